@@ -1,0 +1,25 @@
+"""`loopgate` command line: each subcommand lives in its own module and registers here."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="loopgate",
+    help="OpenAI-compatible serving gateway with A/B routing and feedback capture.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    # Imported here, not at module top, so `import gateway.cli` stays cheap.
+    from gateway.cli import serve
+
+    serve.register(app)
+
+
+def main() -> None:
+    """Console script entry point."""
+    _register()
+    app()

@@ -1,0 +1,138 @@
+"""Settings: one YAML file plus LOOPGATE_* environment overrides, checked at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from feedback.config import EventsConfig, IdsConfig
+from router.config import FlagsConfig
+from sim.profile import SimProfile
+
+DEFAULT_CONFIG = Path(__file__).with_name("defaults.yaml")
+
+
+class Strict(BaseModel):
+    """Config sections refuse unknown keys so a typo is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(Strict):
+    """Upstream timeouts in seconds."""
+
+    connect: float = Field(2.0, gt=0)
+    first_byte: float = Field(60.0, gt=0)
+    total: float = Field(600.0, gt=0)
+
+
+class PoolConfig(Strict):
+    """One upstream pool: OpenAI-compatible endpoints serving the same model."""
+
+    endpoints: list[str] = Field(min_length=1)
+    served_model: str = Field(min_length=1)
+    timeouts: Timeouts = Timeouts()
+    sim: SimProfile | None = None
+
+    @field_validator("endpoints")
+    @classmethod
+    def _http_urls(cls, endpoints: list[str]) -> list[str]:
+        for url in endpoints:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"endpoint {url!r} must start with http:// or https://")
+        return [url.rstrip("/") for url in endpoints]
+
+
+class ModelRoute(Strict):
+    """A model name apps may ask for, served by one pool (flags may route it instead)."""
+
+    pool: str
+    served_model: str | None = None
+    description: str = ""
+
+
+class ServerConfig(Strict):
+    """Where `loopgate serve` listens."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+
+
+class LimitsConfig(Strict):
+    """Request limits enforced before anything reaches an upstream."""
+
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything the gateway needs, validated before it serves."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LOOPGATE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    instance: str = "loopgate"
+    server: ServerConfig = ServerConfig()
+    limits: LimitsConfig = LimitsConfig()
+    pools: dict[str, PoolConfig] = Field(default_factory=dict)
+    models: dict[str, ModelRoute] = Field(default_factory=dict)
+    flags: FlagsConfig = FlagsConfig()
+    events: EventsConfig = EventsConfig()
+    ids: IdsConfig = IdsConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment overrides it.
+        return env_settings, init_settings, file_secret_settings
+
+    @model_validator(mode="after")
+    def _models_name_known_pools(self) -> Settings:
+        for name, route in self.models.items():
+            if route.pool not in self.pools:
+                known = ", ".join(sorted(self.pools)) or "none"
+                raise ValueError(
+                    f"models.{name}.pool: unknown pool {route.pool!r} (known pools: {known})"
+                )
+        return self
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and why."""
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {key}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read the YAML file (the embedded defaults when none is given), apply env, validate."""
+    source = path or DEFAULT_CONFIG
+    try:
+        raw = yaml.safe_load(source.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {source}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration {source} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"configuration {source} must be a mapping at the top level")
+    raw.update(overrides)
+    try:
+        return Settings(**raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(source))) from exc

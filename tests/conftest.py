@@ -1,0 +1,5 @@
+"""Shared fixtures: free ports, real servers on loopback. Fixture modules live in tests/support/."""
+
+from __future__ import annotations
+
+pytest_plugins: list[str] = []
