@@ -83,9 +83,13 @@ class UpstreamTimeout(GatewayError):
     status, type, code = 504, "upstream_error", "upstream_timeout"
 
 
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
+def error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> bytes:
     """Serialise OpenAI's `{"error": {...}}` object."""
-    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+    return orjson.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )
 
 
 def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:

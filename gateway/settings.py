@@ -6,7 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from feedback.config import EventsConfig, IdsConfig
@@ -35,6 +43,7 @@ class PoolConfig(Strict):
 
     endpoints: list[str] = Field(min_length=1)
     served_model: str = Field(min_length=1)
+    api_key: SecretStr | None = None
     timeouts: Timeouts = Timeouts()
     sim: SimProfile | None = None
 
@@ -113,7 +122,7 @@ class ConfigError(Exception):
 
 
 def _describe(error: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+    lines = [f"invalid configuration (file {source}, with LOOPGATE_* environment overrides):"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         lines.append(f"  {key}: {item['msg']}")

@@ -12,6 +12,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """OpenAI-compatible serving gateway with A/B routing and feedback capture."""
+
+
 def _register() -> None:
     # Imported here, not at module top, so `import gateway.cli` stays cheap.
     from gateway.cli import serve

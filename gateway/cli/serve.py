@@ -1,14 +1,186 @@
-"""`loopgate serve`: the gateway under uvicorn."""
+"""`loopgate serve`: the gateway under uvicorn (uvloop + httptools), optionally with simulators."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+import yaml
+from pydantic import SecretStr
+from rich.console import Console
+
+from gateway.settings import ConfigError, PoolConfig, Settings, load_settings
+from sim.profile import SimProfile
+
+console = Console(stderr=True)
+
+
+def _reveal(value: Any) -> Any:
+    """model_dump with secrets written out, for the worker processes' config file."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: _reveal(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_reveal(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_effective_config(settings: Settings, folder: Path) -> Path:
+    """Write settings as YAML readable only by this user; workers load it."""
+    path = folder / "effective-config.yaml"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        yaml.safe_dump(_reveal(settings.model_dump(mode="python")), handle, sort_keys=False)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_sim(profile: SimProfile, served_model: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `loopgate sim` with this profile on a free loopback port; wait for /health."""
+    port = _free_port()
+    cmd = [
+        sys.executable, "-m", "gateway.cli", "sim",
+        "--host", "127.0.0.1", "--port", str(port), "--model", served_model,
+        "--style", profile.style, "--ttft", str(profile.ttft), "--itl", str(profile.itl),
+        "--output-tokens", str(profile.output_tokens), "--error-rate", str(profile.error_rate),
+        "--stall-rate", str(profile.stall_rate), "--seed", str(profile.seed),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"simulator for {served_model} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=0.5) as answer:
+                if answer.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"simulator for {served_model} did not become healthy")
+
+
+def _start_sims(settings: Settings) -> tuple[Settings, list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    pools: dict[str, PoolConfig] = {}
+    try:
+        for name, pool in settings.pools.items():
+            if pool.sim is None:
+                pools[name] = pool
+                continue
+            proc, url = start_sim(pool.sim, pool.served_model)
+            procs.append(proc)
+            pools[name] = pool.model_copy(update={"endpoints": [url]})
+            console.print(
+                f"[dim]simulated policy version[/] {name} [dim]({pool.sim.style}) at[/] {url}"
+            )
+    except BaseException:
+        _stop(procs)
+        raise
+    return settings.model_copy(update={"pools": pools}), procs
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _banner(settings: Settings, host: str, port: int) -> None:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"http://{shown}:{port}/v1"
+    names = ", ".join(sorted(settings.models)) or "(none)"
+    console.print(f"[bold green]Loopgate[/] serving on [bold]{base}[/]  models: {names}")
+    console.print(
+        f'[dim]Point the OpenAI SDK at it:[/] OpenAI(base_url="{base}", api_key="unused")'
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add the serve command."""
 
     @app.command()
-    def serve() -> None:
-        """Run the gateway (filled in by the gateway core)."""
-        raise typer.Exit(1)
+    def serve(
+        config: Annotated[
+            Path | None, typer.Option("--config", "-c", help="YAML config (default: embedded)")
+        ] = None,
+        host: Annotated[str | None, typer.Option(help="Listen address")] = None,
+        port: Annotated[int | None, typer.Option(help="Listen port")] = None,
+        workers: Annotated[int | None, typer.Option(help="Worker processes")] = None,
+        simulate: Annotated[
+            bool,
+            typer.Option("--simulate", help="Start a simulator for each pool with a sim profile"),
+        ] = False,
+        log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+        access_log: Annotated[bool, typer.Option(help="Log every request")] = False,
+    ) -> None:
+        """Run the gateway."""
+        import uvicorn
+
+        try:
+            settings = load_settings(config)
+        except ConfigError as exc:
+            console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from exc
+        server = settings.server.model_copy(
+            update={
+                k: v
+                for k, v in {"host": host, "port": port, "workers": workers}.items()
+                if v is not None
+            }
+        )
+        settings = settings.model_copy(update={"server": server})
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            if simulate:
+                settings, procs = _start_sims(settings)
+            _banner(settings, server.host, server.port)
+            common: dict[str, Any] = {
+                "host": server.host,
+                "port": server.port,
+                "loop": "uvloop",
+                "http": "httptools",
+                "log_level": log_level,
+                "access_log": access_log,
+                "timeout_graceful_shutdown": 30,
+            }
+            if server.workers == 1:
+                from gateway.app import create_app
+
+                uvicorn.run(create_app(settings), **common)
+            else:
+                from gateway.app import CONFIG_ENV
+
+                with tempfile.TemporaryDirectory(prefix="loopgate-") as folder:
+                    os.environ[CONFIG_ENV] = str(write_effective_config(settings, Path(folder)))
+                    uvicorn.run(
+                        "gateway.app:app_from_environment",
+                        factory=True,
+                        workers=server.workers,
+                        **common,
+                    )
+        finally:
+            _stop(procs)
+        sys.exit(0)

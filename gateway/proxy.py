@@ -1,0 +1,475 @@
+"""Chat and completions relay: a raw ASGI endpoint, because this is the hot path.
+
+The body is parsed once with orjson, only `model` (and stream_options, see below) is changed,
+and the answer is relayed as it comes: whole bodies get their id replaced, streams are
+forwarded event by event without being held back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.errors import BadGateway, BodyTooLarge, GatewayError, UpstreamTimeout
+from gateway.exchange import Exchange
+from gateway.protocol import Kind, parse_inbound
+from gateway.resolver import RequestContext, Route
+from gateway.runtime import Runtime
+from gateway.upstream import UpstreamCall
+
+log = logging.getLogger(__name__)
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_JSON = (b"content-type", b"application/json")
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class _Headers:
+    """The request headers the gateway reads, found in one pass."""
+
+    __slots__ = ("consent", "content_length", "request_id", "traceparent", "tracestate", "user")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.request_id = self.user = self.traceparent = self.tracestate = None
+        self.consent = "full"
+        self.content_length: int | None = None
+        for name, value in raw:
+            if name == b"content-length":
+                self.content_length = int(value) if value.isdigit() else None
+            elif name == b"x-request-id":
+                self.request_id = value.decode("latin-1")[:128]
+            elif name == b"x-loopgate-user":
+                self.user = value.decode("latin-1")[:256]
+            elif name == b"x-loopgate-consent":
+                self.consent = value.decode("latin-1").strip().lower()
+            elif name == b"traceparent":
+                self.traceparent = value.decode("latin-1")
+            elif name == b"tracestate":
+                self.tracestate = value.decode("latin-1")
+
+
+async def _read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    first = await receive()
+    if first["type"] == "http.disconnect":
+        raise ClientGone
+    body: bytes = first.get("body", b"")
+    if not first.get("more_body"):
+        if len(body) > limit:
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        parts.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+def _new_request_id() -> str:
+    return os.urandom(12).hex()
+
+
+class _DisconnectWatch:
+    """Cancels the request's task when the client goes away, so the upstream call is cut too."""
+
+    __slots__ = ("_task", "_watcher", "done", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self.done = False
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._watcher = asyncio.create_task(self._watch(receive), name="loopgate-disconnect-watch")
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not self.done:
+                    self.gone = True
+                    self._task.cancel()
+                return
+
+    def close(self) -> None:
+        """Stop watching; the answer is complete."""
+        self.done = True
+        self._watcher.cancel()
+
+
+class ProxyEndpoint:
+    """POST /v1/chat/completions and /v1/completions."""
+
+    def __init__(self, kind: Kind, path: str) -> None:
+        self.kind: Kind = kind
+        self.path = path
+        self.route_label = "chat" if kind == "chat" else "completions"
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        rt: Runtime = scope["app"].state.runtime
+        headers = _Headers(scope["headers"])
+        request_id = headers.request_id or _new_request_id()
+        ex = Exchange(request_id=request_id, kind=self.kind, started_at=time.time())
+        ex.consent = headers.consent
+        rt.metrics.in_flight.labels(self.route_label).inc()
+        watch: _DisconnectWatch | None = None
+        call: UpstreamCall | None = None
+        try:
+            raw = await _read_body(
+                receive, rt.settings.limits.max_body_bytes, headers.content_length
+            )
+            inbound = parse_inbound(raw, self.kind)
+            ex.model, ex.stream, ex.request = inbound.model, inbound.stream, inbound.body
+            ctx = self._context(rt, inbound.user, headers)
+            ex.app_id, ex.unit_id = ctx.app_id, ctx.unit_id
+            route = rt.resolver.resolve(inbound.model, ctx)
+            self._note_route(ex, route)
+            body = inbound.body
+            body["model"] = route.served_model
+            strip_usage = False
+            if inbound.stream and not inbound.include_usage:
+                # Ask for usage anyway so tokens are always counted; the extra chunk is
+                # not forwarded to a client that did not ask for it.
+                options = body.get("stream_options") or {}
+                body["stream_options"] = {**options, "include_usage": True}
+                strip_usage = True
+            payload = orjson.dumps(body)
+            watch = _DisconnectWatch(receive)
+            call = await rt.upstreams.send(
+                route.pool, self.path, payload, self._forward_headers(request_id, headers)
+            )
+            ex.endpoint = call.endpoint.url
+            if inbound.stream and call.response.status == 200:
+                await self._relay_stream(rt, send, call, route, ex, started, strip_usage)
+            else:
+                await self._relay_whole(rt, send, call, route, ex, started)
+            call = None
+        except ClientGone:
+            ex.status, ex.http_status = "cancelled", 499
+        except asyncio.CancelledError:
+            if watch is None or not watch.gone:
+                raise
+            # Our own cancellation: the client left. Cut the upstream and finish quietly.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            ex.status, ex.http_status = "cancelled", 499
+        except GatewayError as err:
+            ex.status, ex.http_status, ex.error = "error", err.status, err.message
+            if not ex.model or not ex.flag:
+                ex.model = ex.flag = ex.variant = ""  # unknown names must not become labels
+            await self._send_error(send, err, request_id)
+        finally:
+            if watch is not None:
+                watch.close()
+            if call is not None:
+                call.abort()
+            self._finish(rt, ex, started)
+
+    def _context(self, rt: Runtime, user: str | None, headers: _Headers) -> RequestContext:
+        app_id = "default"
+        if user:
+            return RequestContext(user, app_id, "user")
+        if headers.user:
+            return RequestContext(headers.user, app_id, "header")
+        return RequestContext(app_id, app_id, "app")
+
+    @staticmethod
+    def _note_route(ex: Exchange, route: Route) -> None:
+        ex.flag, ex.variant, ex.flag_version = route.flag, route.variant, route.flag_version
+        ex.reason, ex.served_model = route.reason, route.served_model
+
+    @staticmethod
+    def _forward_headers(request_id: str, headers: _Headers) -> dict[str, str]:
+        out = {"Content-Type": "application/json", "X-Request-Id": request_id}
+        if headers.traceparent:
+            out["traceparent"] = headers.traceparent
+            if headers.tracestate:
+                out["tracestate"] = headers.tracestate
+        return out
+
+    def _response_headers(
+        self, ex: Exchange, overhead_s: float | None
+    ) -> list[tuple[bytes, bytes]]:
+        out = [
+            (b"x-request-id", ex.request_id.encode()),
+            (b"x-loopgate-flag", ex.flag.encode()),
+            (b"x-loopgate-variant", ex.variant.encode()),
+        ]
+        if overhead_s is not None:
+            out.append((b"x-loopgate-overhead-ms", f"{overhead_s * 1000:.3f}".encode()))
+        return out
+
+    async def _relay_whole(
+        self,
+        rt: Runtime,
+        send: Send,
+        call: UpstreamCall,
+        route: Route,
+        ex: Exchange,
+        started: float,
+    ) -> None:
+        response = call.response
+        try:
+            data = await response.read()
+        except TimeoutError as exc:
+            call.abort()
+            raise UpstreamTimeout(
+                f"upstream {route.pool.name} timed out sending its answer"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            call.abort()
+            rt.metrics.upstream_errors.labels(route.pool.name, "bad_response").inc()
+            raise BadGateway(f"upstream {route.pool.name} broke off its answer") from exc
+        upstream_s = time.perf_counter() - call.started
+        call.release()
+        status = response.status
+        if status == 200:
+            body = self._rewrite_answer(rt, data, route, ex)
+        else:
+            body = self._upstream_error(rt, data, status, route)
+            ex.status, ex.http_status = "error", status
+        overhead = time.perf_counter() - started - upstream_s
+        headers = self._response_headers(ex, overhead)
+        headers.append(_JSON)
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _rewrite_answer(self, rt: Runtime, data: bytes, route: Route, ex: Exchange) -> bytes:
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict):
+            rt.metrics.upstream_errors.labels(route.pool.name, "bad_response").inc()
+            raise BadGateway(f"upstream {route.pool.name} answered with invalid JSON")
+        ex.upstream_id = str(doc.get("id", ""))
+        ex.response_id = rt.response_id(ex)
+        doc["id"] = ex.response_id
+        doc["loopgate"] = {"flag": ex.flag, "variant": ex.variant}
+        _account_answer(ex, doc)
+        return orjson.dumps(doc)
+
+    def _upstream_error(self, rt: Runtime, data: bytes, status: int, route: Route) -> bytes:
+        """Pass the upstream's own error through in OpenAI's shape."""
+        rt.metrics.upstream_errors.labels(route.pool.name, f"http_{status // 100}xx").inc()
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict):
+            if isinstance(doc.get("error"), dict):
+                return data
+            if "message" in doc:  # vLLM's older flat ErrorResponse
+                error = {
+                    "message": doc.get("message"),
+                    "type": doc.get("type"),
+                    "param": doc.get("param"),
+                    "code": doc.get("code"),
+                }
+                return orjson.dumps({"error": error})
+        text = data[:200].decode("utf-8", "replace")
+        message = f"upstream {route.pool.name} answered HTTP {status}: {text}"
+        return orjson.dumps(
+            {"error": {"message": message, "type": "upstream_error", "param": None, "code": None}}
+        )
+
+    async def _relay_stream(
+        self,
+        rt: Runtime,
+        send: Send,
+        call: UpstreamCall,
+        route: Route,
+        ex: Exchange,
+        started: float,
+        strip_usage: bool,
+    ) -> None:
+        overhead = time.perf_counter() - started
+        headers = self._response_headers(ex, overhead)
+        headers.extend(_SSE_HEADERS)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        labels = (ex.flag, ex.variant, ex.model)
+        itl = rt.metrics.itl.labels(*labels)
+        pending = b""
+        swap: tuple[bytes, bytes] | None = None
+        last_content: float | None = None
+        try:
+            async for data in call.response.content.iter_any():
+                pending += data
+                cut = pending.rfind(b"\n\n")
+                if cut < 0:
+                    continue
+                events = pending[:cut].split(b"\n\n")
+                pending = pending[cut + 2 :]
+                out: list[bytes] = []
+                for event in events:
+                    doc = _event_json(event)
+                    if doc is not None:
+                        if swap is None and "id" in doc:
+                            ex.upstream_id = str(doc["id"])
+                            ex.response_id = rt.response_id(ex)
+                            swap = (
+                                orjson.dumps(ex.upstream_id),
+                                orjson.dumps(ex.response_id),
+                            )
+                        if _account_chunk(ex, doc):
+                            now = time.perf_counter()
+                            if last_content is None:
+                                ex.ttft_s = now - started
+                            else:
+                                itl.observe(now - last_content)
+                            last_content = now
+                        if strip_usage and not doc.get("choices") and doc.get("usage"):
+                            continue
+                    out.append(event)
+                if not out:
+                    continue
+                chunk = b"\n\n".join(out) + b"\n\n"
+                if swap is not None:
+                    chunk = chunk.replace(swap[0], swap[1])
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if pending.strip():
+                await send({"type": "http.response.body", "body": pending, "more_body": True})
+            call.release()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            call.abort()
+            kind = "timeout" if isinstance(exc, TimeoutError) else "midstream"
+            rt.metrics.upstream_errors.labels(route.pool.name, kind).inc()
+            err: GatewayError = (
+                UpstreamTimeout(f"upstream {route.pool.name} stalled mid-stream")
+                if isinstance(exc, TimeoutError)
+                else BadGateway(f"upstream {route.pool.name} broke off the stream")
+            )
+            ex.status, ex.http_status, ex.error = "error", err.status, err.message
+            # SSE has started: the error goes in-band and the stream ends (the SDK raises it).
+            await send({"type": "http.response.body", "body": b"data: " + err.body() + b"\n\n"})
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_error(self, send: Send, err: GatewayError, request_id: str) -> None:
+        body = err.body()
+        headers = [
+            _JSON,
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", request_id.encode()),
+        ]
+        headers.extend((k.lower().encode(), v.encode()) for k, v in err.headers.items())
+        try:
+            await send({"type": "http.response.start", "status": err.status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        except OSError:  # the client is gone; nothing left to tell it
+            pass
+
+    def _finish(self, rt: Runtime, ex: Exchange, started: float) -> None:
+        ex.latency_s = time.perf_counter() - started
+        m = rt.metrics
+        m.in_flight.labels(self.route_label).dec()
+        labels = (ex.flag, ex.variant, ex.model)
+        m.requests.labels(*labels, self.route_label, str(ex.http_status)).inc()
+        m.duration.labels(*labels, self.route_label).observe(ex.latency_s)
+        if ex.status == "cancelled":
+            m.cancelled.labels(*labels, self.route_label).inc()
+        if ex.ttft_s is not None:
+            m.ttft.labels(*labels).observe(ex.ttft_s)
+        if ex.prompt_tokens:
+            m.tokens.labels(*labels, "input").inc(ex.prompt_tokens)
+        if ex.completion_tokens:
+            m.tokens.labels(*labels, "output").inc(ex.completion_tokens)
+        if ex.flag:
+            rt.record(ex)
+
+
+def _event_json(event: bytes) -> dict[str, Any] | None:
+    """The JSON object of an SSE `data:` event, or None for [DONE], comments and the unparseable."""
+    start = event.find(b"data:")
+    if start < 0:
+        return None
+    payload = event[start + 5 :].strip()
+    if not payload or payload == b"[DONE]":
+        return None
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _account_usage(ex: Exchange, usage: Any) -> None:
+    if isinstance(usage, dict):
+        ex.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        ex.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+
+def _account_answer(ex: Exchange, doc: dict[str, Any]) -> None:
+    """Take text, tool calls, finish reason and usage from a whole answer."""
+    _account_usage(ex, doc.get("usage"))
+    choices = doc.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return
+    choice = choices[0]
+    ex.finish_reason = choice.get("finish_reason")
+    message = choice.get("message")
+    if isinstance(message, dict):
+        content = message.get("content")
+        if isinstance(content, str):
+            ex.text_parts.append(content)
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            ex.tool_calls.extend(calls)
+    elif isinstance(choice.get("text"), str):
+        ex.text_parts.append(choice["text"])
+
+
+def _account_chunk(ex: Exchange, doc: dict[str, Any]) -> bool:
+    """Take what a stream chunk adds; True when it carried content."""
+    usage = doc.get("usage")
+    if usage:
+        _account_usage(ex, usage)
+    choices = doc.get("choices")
+    if not choices or not isinstance(choices[0], dict):
+        return False
+    choice = choices[0]
+    reason = choice.get("finish_reason")
+    if reason:
+        ex.finish_reason = reason
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        content = delta.get("content")
+        if delta.get("tool_calls"):
+            ex.tool_calls.extend(delta["tool_calls"])
+            return True
+    else:
+        content = choice.get("text")
+    if isinstance(content, str) and content:
+        ex.text_parts.append(content)
+        return True
+    return False
