@@ -1,0 +1,1 @@
+"""Routing core: flags, sticky monotone assignment, and the stores that hold flags."""
