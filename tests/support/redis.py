@@ -7,6 +7,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import redis
@@ -41,6 +42,9 @@ class RedisServer:
     """A redis-server of the test's own on a free port, which the test may stop and restart."""
 
     port: int = field(default_factory=free_port)
+    # With a directory, every write is fsync'd to an append-only file there, so a restart
+    # (even after a kill) comes back with the same data.
+    data_dir: Path | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,22 +53,22 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        """Start (or restart) the server on the same port, without persistence."""
+        """Start (or restart) the server on the same port; persistent only with data_dir."""
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
+        persistence = ["--appendonly", "no"]
+        if self.data_dir is not None:
+            persistence = [
+                "--dir",
+                str(self.data_dir),
                 "--appendonly",
-                "no",
-            ],
+                "yes",
+                "--appendfsync",
+                "always",
+            ]
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -79,9 +83,11 @@ class RedisServer:
 
 
 @pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A private redis-server, killed at the end of the test."""
-    server = RedisServer()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private, persistent redis-server, killed at the end of the test."""
+    data_dir = tmp_path / "redis-data"
+    data_dir.mkdir()
+    server = RedisServer(data_dir=data_dir)
     server.start()
     try:
         yield server
