@@ -92,7 +92,7 @@ class FaultyUpstream:
 
     async def _until_client_leaves(self, request: web.Request) -> None:
         # aiohttp no longer cancels handlers on disconnect; watch the transport instead.
-        while request.transport is not None and not request.transport.is_closing():
+        while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         self.cancelled += 1
 

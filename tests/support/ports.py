@@ -15,7 +15,9 @@ def free_port() -> int:
         return port
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
     """Poll `check` until it is true; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
