@@ -19,9 +19,10 @@ def _root() -> None:
 
 def _register() -> None:
     # Imported here, not at module top, so `import gateway.cli` stays cheap.
-    from gateway.cli import serve
+    from gateway.cli import serve, sim
 
     serve.register(app)
+    sim.register(app)
 
 
 def main() -> None:

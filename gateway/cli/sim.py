@@ -1,0 +1,92 @@
+"""`loopgate sim`: a vLLM simulator to put behind the gateway in demos, load tests and tests."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def _parse_adapters(specs: list[str]) -> dict[str, str]:
+    """`NAME` or `NAME=STYLE` per --lora option; an adapter without a style is formal."""
+    adapters: dict[str, str] = {}
+    for spec in specs:
+        name, _, style = spec.partition("=")
+        if not name:
+            raise typer.BadParameter(f"{spec!r}: expected NAME or NAME=STYLE", param_hint="--lora")
+        adapters[name] = style or "formal"
+    return adapters
+
+
+def register(app: typer.Typer) -> None:
+    """Add the sim command."""
+    from sim.profile import SimProfile
+
+    # Option defaults are the profile's, so the CLI and a pool's `sim` section agree.
+    d = SimProfile()
+
+    @app.command()
+    def sim(
+        host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+        model: Annotated[str, typer.Option(help="Served model name.")] = "sim-model",
+        style: Annotated[
+            str, typer.Option(help="Voice of the answers: concise, friendly, formal, verbose.")
+        ] = d.style,
+        ttft: Annotated[float, typer.Option(help="Time to first token, seconds.")] = d.ttft,
+        itl: Annotated[float, typer.Option(help="Inter-token latency, seconds.")] = d.itl,
+        output_tokens: Annotated[
+            int, typer.Option(help="Typical answer length.")
+        ] = d.output_tokens,
+        error_rate: Annotated[
+            float, typer.Option(help="Share of requests answered 500.")
+        ] = d.error_rate,
+        midstream_error_rate: Annotated[
+            float, typer.Option(help="Share of streams cut off after a few chunks.")
+        ] = d.midstream_error_rate,
+        stall_rate: Annotated[
+            float, typer.Option(help="Share of requests never answered.")
+        ] = d.stall_rate,
+        max_num_seqs: Annotated[
+            int, typer.Option(help="Requests run at once; more wait.")
+        ] = d.max_num_seqs,
+        max_model_len: Annotated[
+            int, typer.Option(help="Context length in tokens.")
+        ] = d.max_model_len,
+        jitter: Annotated[float, typer.Option(help="Relative spread of latencies.")] = d.jitter,
+        seed: Annotated[int, typer.Option(help="Seed of answers, faults and jitter.")] = d.seed,
+        lora: Annotated[
+            list[str] | None,
+            typer.Option(help="A LoRA adapter served too, NAME or NAME=STYLE; repeatable."),
+        ] = None,
+        history: Annotated[int, typer.Option(help="Requests kept for /sim/requests.")] = 256,
+    ) -> None:
+        """Run a vLLM simulator: vLLM's OpenAI API, latency profile, faults and /metrics."""
+        # Imported here so other commands do not pay for aiohttp and pydantic at start.
+        from pydantic import ValidationError
+
+        from sim.server import run_sim
+
+        try:
+            profile = SimProfile(
+                style=style,
+                ttft=ttft,
+                itl=itl,
+                output_tokens=output_tokens,
+                error_rate=error_rate,
+                midstream_error_rate=midstream_error_rate,
+                stall_rate=stall_rate,
+                max_num_seqs=max_num_seqs,
+                max_model_len=max_model_len,
+                jitter=jitter,
+                seed=seed,
+            )
+            adapters = _parse_adapters(lora or [])
+            # Check adapter styles now so a typo is reported before the port is bound.
+            for adapter_style in adapters.values():
+                SimProfile(style=adapter_style)
+        except ValidationError as err:
+            detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            typer.echo(f"loopgate sim: invalid option: {detail}", err=True)
+            raise typer.Exit(2) from None
+        run_sim(host, port, profile, model, adapters, history)
