@@ -163,9 +163,10 @@ class ProxyEndpoint:
                 strip_usage = True
             payload = orjson.dumps(body)
             watch = _DisconnectWatch(receive)
-            call = await rt.upstreams.send(
-                route.pool, self.path, payload, self._forward_headers(request_id, headers)
-            )
+            forward = self._forward_headers(request_id, headers)
+            if route.pool.authorization:
+                forward["Authorization"] = route.pool.authorization
+            call = await rt.upstreams.send(route.pool, self.path, payload, forward)
             ex.endpoint = call.endpoint.url
             if inbound.stream and call.response.status == 200:
                 await self._relay_stream(rt, send, call, route, ex, started, strip_usage)

@@ -43,6 +43,7 @@ class Pool:
     config: PoolConfig
     endpoints: list[Endpoint]
     timeout: aiohttp.ClientTimeout
+    authorization: str | None = None
     _rr: itertools.count[int] = field(default_factory=itertools.count)
 
     @classmethod
@@ -53,7 +54,9 @@ class Pool:
         timeout = aiohttp.ClientTimeout(
             total=t.total, sock_connect=t.connect, sock_read=t.first_byte
         )
-        return cls(name, config, [Endpoint(url, name) for url in config.endpoints], timeout)
+        key = config.api_key.get_secret_value() if config.api_key else None
+        endpoints = [Endpoint(url, name) for url in config.endpoints]
+        return cls(name, config, endpoints, timeout, f"Bearer {key}" if key else None)
 
     def candidates(self) -> list[Endpoint]:
         """Endpoints in the order to try: healthy before failing, fewest in flight first."""
