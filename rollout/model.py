@@ -45,6 +45,17 @@ class Phase(BaseModel):
     weights: dict[str, float]
     counts: dict[str, VariantCounts] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _counted_variants_have_weights(self) -> Phase:
+        # Counts must come from the weighted split (forced variants and allow lists left
+        # out), or sample ratio mismatch would compare them with a weight they never had.
+        unknown = sorted(set(self.counts) - set(self.weights))
+        if unknown:
+            raise ValueError(f"counts for variants without a weight: {unknown}")
+        if any(w < 0.0 for w in self.weights.values()):
+            raise ValueError("weights must be >= 0")
+        return self
+
     def of(self, variant: str) -> VariantCounts:
         """Counts of a variant in this phase, zero if it saw nothing."""
         return self.counts.get(variant, VariantCounts())

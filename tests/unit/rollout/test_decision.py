@@ -261,3 +261,8 @@ def test_same_input_same_report() -> None:
 def test_control_and_canary_must_differ() -> None:
     with pytest.raises(ValidationError):
         ExperimentInput(flag="f", control="a", canary="a", now=NOW)
+
+
+def test_counts_outside_the_weighted_split_are_refused() -> None:
+    with pytest.raises(ValidationError, match="without a weight"):
+        Phase(started_at=NOW, weights={"control": 1.0}, counts={"qa": VariantCounts()})
