@@ -1,0 +1,359 @@
+"""EventPipeline: a bounded queue off the request path, Kafka first, the spool when it fails.
+
+Two modes. *direct*: `emit` puts events on the queue and the sender task sends batches to
+the primary sink (Kafka). *spooling*: `emit` puts events on the spool buffer, the spooler
+task writes them to the spool, and the replayer task re-sends the spool to Kafka in order;
+when the spool is empty again the pipeline goes back to direct. A failed send, or a full
+queue, switches to spooling, moving the unacknowledged batch and the whole queue into the
+spool buffer first, so per-key order holds (a batch that was in flight may arrive twice:
+delivery is at-least-once, `event_id` dedupes). Without Kafka the pipeline always spools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from feedback.config import EventsConfig
+from feedback.redact import Redactor
+from feedback.schema import Event, to_json
+from feedback.scrub import scrub
+from feedback.sinks.base import EventSink, Record, SinkError, SpoolFull
+from feedback.sinks.kafka import KafkaSink
+from feedback.sinks.spool import SpoolSink, record_from_line
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["direct", "spooling"]
+_PREPARE_SLICE = 64
+_LOG_EVERY_S = 10.0  # repeated warnings (drops, refusals) are logged at most this often
+
+
+@dataclass
+class PipelineStats:
+    """Counters since start (only the pipeline writes them); export as Prometheus counters."""
+
+    emitted: int = 0  # accepted by emit()
+    sent: int = 0  # acknowledged by the primary sink directly
+    spooled: int = 0  # written to the spool
+    replayed: int = 0  # re-sent from the spool to the primary sink
+    failed: int = 0  # primary sink batch attempts that failed (sends and replays)
+    dropped: int = 0  # lost: buffers full, spool refused, unserialisable, emitted after close
+    refused: int = 0  # the part of `dropped` that the full spool refused
+    corrupt: int = 0  # unreadable spool lines skipped on replay
+    findings: dict[str, int] = field(default_factory=dict)  # redaction findings by category
+
+
+@dataclass(frozen=True)
+class PipelineSnapshot:
+    """Counters plus gauges at one moment, for a metrics scrape or `events stats`."""
+
+    stats: PipelineStats
+    mode: Mode
+    queue_depth: int
+    spool_buffer_depth: int
+    spool_bytes: int
+    spool_pending_bytes: int
+    spool_segments: int
+    spool_max_bytes: int
+
+
+class EventPipeline:
+    """Accepts events without blocking and gets them to Kafka or the spool, in order."""
+
+    def __init__(
+        self,
+        config: EventsConfig,
+        gateway: str,
+        spool: SpoolSink,
+        primary: EventSink | None,
+        redactor: Redactor | None,
+    ) -> None:
+        self.config = config
+        self.gateway = gateway
+        self.stats = PipelineStats()
+        self._spool = spool
+        self._primary = primary
+        self._redactor = redactor
+        self._queue: deque[Event] = deque()
+        self._spool_buf: deque[Event | Record] = deque()
+        self._queue_ready = asyncio.Event()
+        self._spool_ready = asyncio.Event()
+        self._replay_wake = asyncio.Event()
+        self._mode: Mode = "direct"
+        if primary is None or spool.spool.pending_bytes > 0:
+            # Without Kafka the spool is the sink; with a backlog it is replayed first.
+            self._mode = "spooling"
+        self._inflight: list[Record] | None = None
+        self._inflight_spooled = False
+        self._spool_writing = False
+        self._closing = False
+        self._closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_log: dict[str, float] = {}
+
+    @property
+    def mode(self) -> Mode:
+        """`direct` (queue -> Kafka) or `spooling` (buffer -> spool -> replay)."""
+        return self._mode
+
+    def snapshot(self) -> PipelineSnapshot:
+        """Counters and gauges now."""
+        spool = self._spool.spool
+        return PipelineSnapshot(
+            stats=self.stats,
+            mode=self._mode,
+            queue_depth=len(self._queue),
+            spool_buffer_depth=len(self._spool_buf),
+            spool_bytes=spool.total_bytes,
+            spool_pending_bytes=spool.pending_bytes,
+            spool_segments=spool.segments,
+            spool_max_bytes=spool.max_bytes,
+        )
+
+    def start(self) -> None:
+        """Start the named worker tasks."""
+        if self._primary is not None:
+            self._spawn(self._sender(), "loopgate-events-sender")
+            self._spawn(self._replayer(), "loopgate-events-replayer")
+        self._spawn(self._spooler(), "loopgate-events-spooler")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def emit(self, event: Event) -> None:
+        """Hand an event over; never blocks and never raises. Content is redacted later."""
+        if self._closed:
+            self._drop(1, "event emitted after the pipeline closed")
+            return
+        self.stats.emitted += 1
+        if self._mode == "direct":
+            if len(self._queue) < self.config.queue_size:
+                self._queue.append(event)
+                self._queue_ready.set()
+                return
+            self._warn(
+                "queue", "event queue full (%d): spooling until Kafka catches up", len(self._queue)
+            )
+            self._enter_spooling()
+        if len(self._spool_buf) < self.config.spool_buffer:
+            self._spool_buf.append(event)
+            self._spool_ready.set()
+            return
+        self._drop(1, "spool buffer full: the spool cannot keep up")
+
+    def _enter_spooling(self, failed: list[Record] | None = None) -> None:
+        # Everything not yet acknowledged goes to the spool, oldest first.
+        if self._mode == "direct":
+            log.warning("events: switching to the spool (Kafka failed or fell behind)")
+        self._mode = "spooling"
+        if failed is not None:
+            self._spool_buf.extend(failed)
+        elif self._inflight is not None and not self._inflight_spooled:
+            self._spool_buf.extend(self._inflight)  # may also be acked: a duplicate, not a loss
+            self._inflight_spooled = True
+        self._spool_buf.extend(self._queue)
+        self._queue.clear()
+        self._spool_ready.set()
+        self._replay_wake.set()
+
+    def _warn(self, what: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_log.get(what, -_LOG_EVERY_S) >= _LOG_EVERY_S:
+            self._last_log[what] = now
+            log.warning(message, *args)
+
+    def _drop(self, count: int, why: str) -> None:
+        self.stats.dropped += count
+        now = time.monotonic()
+        if now - self._last_log.get("drop", -_LOG_EVERY_S) >= _LOG_EVERY_S:
+            self._last_log["drop"] = now
+            log.error("events dropped (%d so far): %s", self.stats.dropped, why)
+
+    async def _prepare(self, items: list[Event | Record]) -> list[Record]:
+        records: list[Record] = []
+        for index, item in enumerate(items):
+            if index and not index % _PREPARE_SLICE:
+                await asyncio.sleep(0)  # redaction is CPU work: let requests run between slices
+            if isinstance(item, Record):
+                records.append(item)
+                continue
+            try:
+                clean, found = scrub(item, self._redactor)
+                records.append(Record(clean.topic, clean.key, to_json(clean)))
+            except Exception:
+                log.exception("events: cannot serialise a %s event; dropped", item.type)
+                self._drop(1, "unserialisable event")
+                continue
+            for category, count in found.items():
+                self.stats.findings[category] = self.stats.findings.get(category, 0) + count
+        return records
+
+    async def _sender(self) -> None:
+        assert self._primary is not None
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._queue_ready.clear()
+                await self._queue_ready.wait()
+                continue
+            batch: list[Event | Record] = [
+                self._queue.popleft() for _ in range(min(len(self._queue), self.config.batch_max))
+            ]
+            records = await self._prepare(batch)
+            self._inflight, self._inflight_spooled = records, False
+            try:
+                await self._primary.emit(records)
+                self.stats.sent += len(records)
+            except SinkError as exc:
+                self.stats.failed += 1
+                log.warning("events: primary sink failed (%s); spooling", exc)
+                if not self._inflight_spooled:
+                    self._enter_spooling(failed=records)
+            except Exception:
+                self.stats.failed += 1
+                log.exception("events: sender crashed on a batch; spooling it")
+                if not self._inflight_spooled:
+                    self._enter_spooling(failed=records)
+            finally:
+                self._inflight = None
+
+    async def _spooler(self) -> None:
+        while True:
+            if not self._spool_buf:
+                if self._closing:
+                    return
+                self._spool_ready.clear()
+                await self._spool_ready.wait()
+                continue
+            size = min(len(self._spool_buf), self.config.batch_max * 4)
+            batch = [self._spool_buf.popleft() for _ in range(size)]
+            records = await self._prepare(batch)
+            self._spool_writing = True
+            try:
+                await self._spool.emit(records)
+                self.stats.spooled += len(records)
+            except SpoolFull as exc:
+                refused = len(records) - exc.accepted
+                self.stats.spooled += exc.accepted
+                self.stats.refused += refused
+                self._drop(refused, str(exc))
+            except Exception:
+                log.exception("events: spool write failed; %d events lost", len(records))
+                self._drop(len(records), "spool write failed")
+            finally:
+                self._spool_writing = False
+            self._replay_wake.set()
+
+    async def _replayer(self) -> None:
+        assert self._primary is not None
+        kafka = self.config.kafka
+        base = kafka.retry_backoff_s if kafka else 0.5
+        ceiling = kafka.retry_backoff_max_s if kafka else 5.0
+        backoff = base
+        while not self._closing:
+            if self._mode != "spooling":
+                self._replay_wake.clear()
+                await self._replay_wake.wait()
+                continue
+            lines, position = await self._spool.read(self.config.batch_max)
+            if not lines:
+                idle = not self._spool_buf and not self._spool_writing
+                if idle and self._spool.spool.pending_bytes == 0:
+                    # Checked and switched in one step of the loop: no write can slip between.
+                    self._mode = "direct"
+                    log.info("events: spool replayed; sending to Kafka directly again")
+                    continue
+                self._replay_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._replay_wake.wait(), 0.2)
+                continue
+            records = []
+            for line in lines:
+                try:
+                    records.append(record_from_line(line))
+                except ValueError:
+                    self.stats.corrupt += 1
+                    log.error("events: skipping an unreadable spool line (%d bytes)", len(line))
+            try:
+                await self._primary.emit(records)
+            except SinkError as exc:
+                self.stats.failed += 1
+                self._warn(
+                    "replay", "events: replay to Kafka failed (%s); retry in %.1fs", exc, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, ceiling)
+                continue
+            await self._spool.commit(position)
+            self.stats.replayed += len(records)
+            backoff = base
+
+    async def aclose(self) -> None:
+        """Drain the queue to Kafka (within drain_timeout_s) or the spool, then close sinks."""
+        if self._closed:
+            return
+        self._closing, self._closed = True, True
+        self._queue_ready.set()
+        self._spool_ready.set()
+        self._replay_wake.set()
+        tasks = {task.get_name(): task for task in self._tasks}
+        sender = tasks.get("loopgate-events-sender")
+        if sender is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(sender), self.config.drain_timeout_s)
+            except TimeoutError:
+                log.warning("events: Kafka drain timed out; spooling the rest")
+                self._enter_spooling()  # the batch in flight too, before the task lets go of it
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+        if self._queue:
+            self._enter_spooling()
+        replayer = tasks.get("loopgate-events-replayer")
+        if replayer is not None:
+            replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await replayer
+        spooler = tasks.get("loopgate-events-spooler")
+        if spooler is not None:
+            self._spool_ready.set()
+            await spooler
+        if self._primary is not None:
+            await self._primary.aclose()
+        await self._spool.aclose()
+        left = len(self._spool_buf)
+        if left:
+            self._drop(left, "left over at close")
+
+
+@asynccontextmanager
+async def open_pipeline(
+    config: EventsConfig, instance: str, primary: EventSink | None = None
+) -> AsyncIterator[EventPipeline]:
+    """The pipeline for these settings, started; drained and closed on exit.
+
+    `primary` overrides the Kafka sink built from `config.kafka` (tests pass a MemorySink).
+    """
+    spool = await SpoolSink.open(
+        config.spool.dir, instance, config.spool.segment_bytes, config.spool.max_bytes
+    )
+    if primary is None and config.kafka is not None:
+        primary = KafkaSink(config.kafka)
+    redactor = Redactor.from_config(config.redaction) if config.redaction.enabled else None
+    pipeline = EventPipeline(config, instance, spool, primary, redactor)
+    pipeline.start()
+    try:
+        yield pipeline
+    finally:
+        await pipeline.aclose()

@@ -1,0 +1,317 @@
+"""Event envelope and bodies (completion, feedback, audit); JSON Schema export (pure)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Self, get_args
+from uuid import UUID
+
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+SCHEMA_VERSION = 1
+COMPLETIONS_TOPIC = "loopgate.completions.v1"
+FEEDBACK_TOPIC = "loopgate.feedback.v1"
+AUDIT_TOPIC = "loopgate.audit.v1"
+TOPICS = (COMPLETIONS_TOPIC, FEEDBACK_TOPIC, AUDIT_TOPIC)
+SCHEMA_DIR = Path(__file__).with_name("schemas")
+
+Consent = Literal["full", "none"]
+Status = Literal["ok", "error", "cancelled"]
+FeedbackKind = Literal[
+    "thumbs_up",
+    "thumbs_down",
+    "rating",
+    "edit",
+    "accept",
+    "reject",
+    "regenerate",
+    "report",
+    "comment",
+]
+FEEDBACK_KINDS: tuple[str, ...] = get_args(FeedbackKind)
+Findings = dict[str, Annotated[int, Field(ge=0)]]
+Label = Annotated[str, StringConstraints(max_length=256)]
+MetadataValue = Annotated[str, StringConstraints(max_length=1024)] | int | float | bool | None
+Metadata = Annotated[
+    dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], MetadataValue],
+    Field(max_length=32),
+]
+
+
+def uuid7(now: float) -> UUID:
+    """A UUIDv7 for `now` (unix seconds): time-ordered, 74 random bits."""
+    ms = int(now * 1000) & ((1 << 48) - 1)
+    rand = int.from_bytes(os.urandom(10), "big")
+    rand_a = rand >> 68  # 12 bits
+    rand_b = rand & ((1 << 62) - 1)
+    return UUID(int=(ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RequestContent(_Model):
+    """What the app sent (redacted): messages or prompt, and the sampling parameters."""
+
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | list[str] | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ResponseContent(_Model):
+    """What the app got back (redacted): text and tool calls."""
+
+    text: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class Usage(_Model):
+    """Token counts as the upstream reported them."""
+
+    prompt_tokens: int = Field(0, ge=0)
+    completion_tokens: int = Field(0, ge=0)
+    total_tokens: int = Field(0, ge=0)
+
+
+class ErrorInfo(_Model):
+    """Why an answer failed, in OpenAI's error terms."""
+
+    type: str
+    message: str
+    code: str | None = None
+    status: int | None = None
+
+
+class CompletionBody(_Model):
+    """One answer: who asked which variant, what was said, how it went."""
+
+    response_id: str
+    flag: str | None = None
+    flag_version: int | None = None
+    variant: str | None = None
+    app: str
+    unit_hash: str
+    model_requested: str
+    model_served: str | None = None
+    endpoint: Literal["chat", "completions"] = "chat"
+    stream: bool = False
+    request: RequestContent | None = None
+    response: ResponseContent | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    latency_ms: float = Field(ge=0)
+    ttft_ms: float | None = Field(None, ge=0)
+    status: Status = "ok"
+    error: ErrorInfo | None = None
+    safety: Findings = Field(default_factory=dict)
+    consent: Consent = "full"
+    fallback: bool = False
+
+
+class FeedbackBody(_Model):
+    """One human judgement of an answer, tied to it by the response id."""
+
+    response_id: str
+    flag: str | None = None
+    flag_version: int | None = None
+    variant: str | None = None
+    app: str
+    unit_hash: str | None = None
+    response_time: int | None = None
+    kind: FeedbackKind
+    value: float | None = None
+    edited_text: Annotated[str, StringConstraints(max_length=100_000)] | None = None
+    category: Label | None = None
+    comment: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    idempotency_key: Label | None = None
+    safety: Findings = Field(default_factory=dict)
+    consent: Consent = "full"
+
+
+class AuditBody(_Model):
+    """A change to what the gateway serves: who did what, and the before and after."""
+
+    who: str
+    action: str
+    what: str
+    version: int | None = None
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    reason: str | None = None
+
+
+class Envelope(_Model):
+    """Fields every event carries, before its body."""
+
+    event_id: UUID
+    type: str
+    schema_version: int = SCHEMA_VERSION
+    time: AwareDatetime
+    gateway: str
+    trace_id: str | None = None
+
+    topic: ClassVar[str]
+
+    @property
+    def key(self) -> str:
+        """Kafka key: the response id, so an answer and its feedback share a partition."""
+        raise NotImplementedError
+
+    @classmethod
+    def _header(cls, now: float, gateway: str, trace_id: str | None) -> dict[str, Any]:
+        return {
+            "event_id": uuid7(now),
+            "time": datetime.fromtimestamp(now, UTC),
+            "gateway": gateway,
+            "trace_id": trace_id,
+        }
+
+
+class CompletionEvent(Envelope):
+    """`completion` on loopgate.completions.v1."""
+
+    type: Literal["completion"] = "completion"
+    body: CompletionBody
+
+    topic: ClassVar[str] = COMPLETIONS_TOPIC
+
+    @property
+    def key(self) -> str:
+        """The response id."""
+        return self.body.response_id
+
+    @classmethod
+    def create(
+        cls, body: CompletionBody, *, gateway: str, now: float, trace_id: str | None = None
+    ) -> Self:
+        """A new event (fresh event_id) for this body at `now` (unix seconds)."""
+        return cls(**cls._header(now, gateway, trace_id), body=body)
+
+
+class FeedbackEvent(Envelope):
+    """`feedback` on loopgate.feedback.v1."""
+
+    type: Literal["feedback"] = "feedback"
+    body: FeedbackBody
+
+    topic: ClassVar[str] = FEEDBACK_TOPIC
+
+    @property
+    def key(self) -> str:
+        """The response id."""
+        return self.body.response_id
+
+    @classmethod
+    def create(
+        cls, body: FeedbackBody, *, gateway: str, now: float, trace_id: str | None = None
+    ) -> Self:
+        """A new event (fresh event_id) for this body at `now` (unix seconds)."""
+        return cls(**cls._header(now, gateway, trace_id), body=body)
+
+
+class AuditEvent(Envelope):
+    """`flag_change` and other changes, on loopgate.audit.v1."""
+
+    type: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$")] = "flag_change"
+    body: AuditBody
+
+    topic: ClassVar[str] = AUDIT_TOPIC
+
+    @property
+    def key(self) -> str:
+        """What changed (a flag key), so changes to one thing stay in order."""
+        return self.body.what
+
+    @classmethod
+    def create(
+        cls,
+        body: AuditBody,
+        *,
+        gateway: str,
+        now: float,
+        type: str = "flag_change",
+        trace_id: str | None = None,
+    ) -> Self:
+        """A new audit event of `type` for this body at `now` (unix seconds)."""
+        return cls(**cls._header(now, gateway, trace_id), type=type, body=body)
+
+
+Event = CompletionEvent | FeedbackEvent | AuditEvent
+EVENT_MODELS: dict[str, type[Envelope]] = {
+    "completion": CompletionEvent,
+    "feedback": FeedbackEvent,
+    "audit": AuditEvent,
+}
+
+
+def to_json(event: Envelope) -> bytes:
+    """The event as compact JSON bytes (what Kafka and the spool carry)."""
+    return orjson.dumps(event.model_dump(), option=orjson.OPT_UTC_Z)
+
+
+def from_json(raw: bytes | str) -> Event:
+    """Parse and validate an event of any type."""
+    data = orjson.loads(raw)
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind == "completion":
+        return CompletionEvent.model_validate(data)
+    if kind == "feedback":
+        return FeedbackEvent.model_validate(data)
+    return AuditEvent.model_validate(data)
+
+
+def route_of(raw: dict[str, Any]) -> tuple[str, str]:
+    """(topic, key) of an event already parsed to a dict, without validating it."""
+    body = raw.get("body") or {}
+    kind = raw.get("type")
+    if kind == "completion":
+        return COMPLETIONS_TOPIC, str(body.get("response_id", ""))
+    if kind == "feedback":
+        return FEEDBACK_TOPIC, str(body.get("response_id", ""))
+    return AUDIT_TOPIC, str(body.get("what", ""))
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema (2020-12) of each event type, keyed by file stem."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, model in EVENT_MODELS.items():
+        schema = model.model_json_schema()
+        out[name] = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"https://loopgate.dev/schemas/{name}.v{SCHEMA_VERSION}.json",
+            **schema,
+        }
+    return out
+
+
+def render_schema(schema: dict[str, Any]) -> str:
+    """The exact text a shipped schema file holds."""
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
+    """Regenerate the shipped schema files; returns the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in json_schemas().items():
+        path = directory / f"{name}.json"
+        path.write_text(render_schema(schema))
+        written.append(path)
+    return written
+
+
+def main() -> None:
+    """`python -m feedback.schema`: regenerate feedback/schemas/*.json."""
+    for path in write_schemas():
+        sys.stdout.write(f"wrote {path}\n")
+
+
+if __name__ == "__main__":
+    main()

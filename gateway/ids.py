@@ -1,0 +1,185 @@
+"""Signed response ids `lg1.<payload>.<mac>`: feedback needs nothing but the id (pure)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from feedback.config import IdsConfig
+from gateway.errors import GatewayError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "lg1"
+MAC_BYTES = 16  # 128-bit tag: forgery stays out of reach and the id stays short
+MAX_ID_CHARS = 2048  # refuse absurd inputs before decoding anything
+CLOCK_SKEW_S = 300  # replicas' clocks may disagree this much
+_NONCE_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+_B64_ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class ResponseIdError(GatewayError):
+    """The response id cannot be used for feedback."""
+
+    status, type, code = 400, "invalid_request_error", "invalid_response_id"
+
+
+class MalformedResponseId(ResponseIdError):
+    """Not an `lg1.` id, or its parts do not decode."""
+
+
+class BadResponseIdSignature(ResponseIdError):
+    """No configured key produced this MAC: forged, tampered or signed elsewhere."""
+
+
+class ExpiredResponseId(ResponseIdError):
+    """Older than the accepted age (or dated in the future beyond clock skew)."""
+
+    code = "response_id_expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What a response id says: which flag, variant and app produced the answer, and when."""
+
+    flag: str | None
+    variant: str | None
+    flag_version: int | None
+    app: str
+    unit: str  # unit_hash(...) of the unit id, never the id itself
+    time: int  # unix seconds
+    nonce: str  # upstream id suffix or random: makes every id unique
+
+
+def _b64e(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _b64d(text: str) -> bytes:
+    if not _B64_ALPHABET.fullmatch(text):
+        raise MalformedResponseId("response id is not base64url", param="response_id")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedResponseId("response id is not base64url", param="response_id") from exc
+
+
+def new_nonce(upstream_id: str | None = None) -> str:
+    """A nonce for Claims: the upstream id's last 16 safe characters, else 64 random bits."""
+    if upstream_id:
+        tail = _NONCE_CHARS.sub("", upstream_id)[-16:]
+        if len(tail) >= 8:
+            return tail
+    return secrets.token_urlsafe(8)
+
+
+def unit_hash(unit_id: str, key: bytes) -> str:
+    """Keyed hash of a unit id (32 hex chars): stable per key, reveals nothing without it."""
+    return hmac.digest(key, unit_id.encode(), "sha256")[:16].hex()
+
+
+class ResponseIdSigner:
+    """Signs with the first key and verifies with any, so keys can be rotated."""
+
+    def __init__(self, keys: list[bytes], unit_key: bytes | None = None) -> None:
+        if not keys:
+            raise ValueError("at least one signing key is needed")
+        self._keys = list(keys)
+        self._unit_key = unit_key or hmac.digest(keys[0], b"loopgate unit hash", "sha256")
+
+    def unit_hash(self, unit_id: str) -> str:
+        """The unit hash that goes into ids and events."""
+        return unit_hash(unit_id, self._unit_key)
+
+    def sign(self, claims: Claims) -> str:
+        """The `lg1.<payload>.<mac>` id for these claims."""
+        payload = _b64e(
+            orjson.dumps(
+                {
+                    "f": claims.flag,
+                    "v": claims.variant,
+                    "fv": claims.flag_version,
+                    "a": claims.app,
+                    "u": claims.unit,
+                    "t": claims.time,
+                    "n": claims.nonce,
+                }
+            )
+        )
+        signed = f"{PREFIX}.{payload}"
+        mac = hmac.digest(self._keys[0], signed.encode("ascii"), "sha256")[:MAC_BYTES]
+        return f"{signed}.{_b64e(mac)}"
+
+    def verify(self, response_id: str, now: float, max_age: float) -> Claims:
+        """Claims of a valid id; raises a ResponseIdError subclass saying what is wrong."""
+        if len(response_id) > MAX_ID_CHARS:
+            raise MalformedResponseId("response id is too long", param="response_id")
+        parts = response_id.split(".")
+        if len(parts) != 3 or parts[0] != PREFIX or not parts[1] or not parts[2]:
+            raise MalformedResponseId(
+                "response id is not a Loopgate id (lg1.<payload>.<mac>)", param="response_id"
+            )
+        mac = _b64d(parts[2])
+        signed = f"{PREFIX}.{parts[1]}".encode("ascii")
+        # The MAC is checked before the payload is parsed: nothing unsigned gets decoded.
+        if not any(
+            hmac.compare_digest(hmac.digest(key, signed, "sha256")[:MAC_BYTES], mac)
+            for key in self._keys
+        ):
+            raise BadResponseIdSignature(
+                "response id signature does not verify", param="response_id"
+            )
+        claims = _claims(_b64d(parts[1]))
+        if claims.time > now + CLOCK_SKEW_S:
+            raise ExpiredResponseId("response id is dated in the future", param="response_id")
+        if now - claims.time > max_age:
+            raise ExpiredResponseId(
+                f"response id is older than {max_age:.0f}s", param="response_id"
+            )
+        return claims
+
+
+def _claims(raw: bytes) -> Claims:
+    try:
+        data: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedResponseId("response id payload is not JSON", param="response_id") from exc
+    if not isinstance(data, dict):
+        raise MalformedResponseId("response id payload is not an object", param="response_id")
+    flag, variant, version = data.get("f"), data.get("v"), data.get("fv")
+    app, unit, time, nonce = data.get("a"), data.get("u"), data.get("t"), data.get("n")
+    if not (
+        isinstance(flag, str | None)
+        and isinstance(variant, str | None)
+        and (version is None or (isinstance(version, int) and not isinstance(version, bool)))
+        and isinstance(app, str)
+        and isinstance(unit, str)
+        and isinstance(time, int)
+        and not isinstance(time, bool)
+        and isinstance(nonce, str)
+    ):
+        raise MalformedResponseId("response id payload has wrong fields", param="response_id")
+    return Claims(flag, variant, version, app, unit, time, nonce)
+
+
+def signer_from_config(config: IdsConfig) -> ResponseIdSigner:
+    """The signer for these settings; without keys a random per-process key, with a warning."""
+    keys = [key.get_secret_value().encode() for key in config.keys]
+    if not keys:
+        if config.require_keys:
+            raise ValueError("ids.keys is empty and ids.require_keys is set: configure a key")
+        log.warning(
+            "ids.keys is not configured: signing response ids with a random per-process key; "
+            "ids from other replicas or earlier runs will not verify (set LOOPGATE_IDS__KEYS)"
+        )
+        keys = [secrets.token_bytes(32)]
+    unit_key = config.unit_key.get_secret_value().encode() if config.unit_key else None
+    return ResponseIdSigner(keys, unit_key)
