@@ -2,4 +2,11 @@
 
 from __future__ import annotations
 
-pytest_plugins: list[str] = ["tests.support.redis"]
+pytest_plugins: list[str] = [
+    "tests.support.gateway",
+    "tests.support.sim",
+    "tests.support.faulty_upstream",
+    "tests.support.redis",
+    "tests.support.kafka",
+    "tests.support.vllm",
+]
