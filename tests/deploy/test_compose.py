@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +184,23 @@ def test_gateway_drains_before_compose_kills_it() -> None:
     grace = int(services()["gateway"]["stop_grace_period"].removesuffix("s"))
     assert grace > config["server"]["drain_seconds"]
     assert any(v.endswith(":/var/lib/loopgate/var/spool") for v in services()["gateway"]["volumes"])
+
+
+def test_promtool_accepts_the_scrape_config_with_the_rules(tmp_path: Path) -> None:
+    """promtool (Debian's prometheus package, installed by scripts/test) checks config and rules."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    config = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    rules = DEPLOY / "prometheus/rules"
+    config["rule_files"] = [str(rules / Path(f).name) for f in config["rule_files"]]
+    copy = tmp_path / "prometheus.yml"
+    copy.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [promtool, "check", "config", str(copy)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
