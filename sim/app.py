@@ -335,7 +335,8 @@ def create_sim_app(
 
 async def start_sim(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Serve `app` inside a running loop; cancel handlers when clients disconnect."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # A short shutdown grace: stalled requests would otherwise hold a stop for a minute.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -71,7 +72,17 @@ class SimEngine:
         self.scheduler = Scheduler(profile.max_num_seqs, profile.kv_cache_tokens)
         self.recorder = Recorder(history)
         self.metrics = SimMetrics(served_model)
+        # Writing is the costly part of an answer and a pure function of the request, so
+        # repeated prompts (load tests) reuse it; bounded so memory levels off.
+        self._write = functools.lru_cache(maxsize=2048)(self._compose)
         self.reset()
+
+    def _compose(self, seed: int | str, style: str, topic: str, index: int) -> tuple[str, ...]:
+        profile = self.profile
+        rng = answer_rng(profile.seed, seed, style, topic, index)
+        spread = profile.jitter * (2.0 * rng.random() - 1.0)
+        length = max(1, round(profile.output_tokens * (1.0 + spread)))
+        return tuple(compose(style, topic, rng, length))
 
     def reset(self) -> None:
         """Forget requests and counters and restart the fault sequence from the seed."""
@@ -104,7 +115,6 @@ class SimEngine:
 
     def answers(self, job: Job) -> list[Answer]:
         """The choices for a request: the same request and seed give the same answers."""
-        profile = self.profile
         style = self.styles[job.model]
         seed = "-" if job.seed is None else job.seed
         result: list[Answer] = []
@@ -113,10 +123,7 @@ class SimEngine:
             if limit is None:
                 limit = self.profile.max_model_len - prompt_tokens
             for index in range(job.n):
-                rng = answer_rng(profile.seed, seed, style, topic, index)
-                spread = profile.jitter * (2.0 * rng.random() - 1.0)
-                length = max(1, round(profile.output_tokens * (1.0 + spread)))
-                pieces = compose(style, topic, rng, length)
+                pieces = list(self._write(seed, style, topic, index))
                 pieces, stop = _apply_stop(pieces, job.stop)
                 if stop is not None and len(pieces) <= limit:
                     result.append(Answer(pieces, "stop", stop))

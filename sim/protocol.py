@@ -281,6 +281,16 @@ class ChunkMaker:
         }
         # vLLM sets usage to null on every chunk when the final usage chunk is asked for.
         self.tail: dict[str, Any] = {"usage": None} if include_usage else {}
+        # Mid-stream token chunks are the hot path: pre-serialised around the token text.
+        head = orjson.dumps({**self.head, "choices": []})[:-3]
+        self._open = b"data: " + head + b'[{"index":'
+        field = b',"delta":{"content":' if kind == "chat" else b',"text":'
+        self._field = field
+        close = b'},"logprobs":null' if kind == "chat" else b',"logprobs":null'
+        close += b',"finish_reason":null'
+        if kind == "completion":
+            close += b',"stop_reason":null'
+        self._close = close + b"}]" + (b',"usage":null' if include_usage else b"") + b"}\n\n"
 
     def _event(self, choice: dict[str, Any]) -> bytes:
         return b"data: " + orjson.dumps({**self.head, "choices": [choice], **self.tail}) + b"\n\n"
@@ -296,6 +306,9 @@ class ChunkMaker:
         self, index: int, piece: str, finish: str | None = None, stop_reason: str | None = None
     ) -> bytes:
         """One token of a choice; the last one carries the finish reason."""
+        if finish is None:
+            text = orjson.dumps(piece)
+            return b"".join((self._open, str(index).encode(), self._field, text, self._close))
         choice: dict[str, Any]
         if self.kind == "chat":
             choice = {"index": index, "delta": {"content": piece}, "logprobs": None}
