@@ -9,7 +9,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -53,8 +52,6 @@ class Flag(_Frozen):
     version: int = Field(1, ge=1)
     default: str | None = None
 
-    _by_name: dict[str, Variant] = PrivateAttr(default_factory=dict)
-
     @model_validator(mode="before")
     @classmethod
     def _salt_defaults_to_key(cls, data: Any) -> Any:
@@ -92,17 +89,17 @@ class Flag(_Frozen):
                 )
         return self
 
-    def model_post_init(self, context: Any, /) -> None:
-        """Index variants by name once; evaluation looks them up on every request."""
-        self._by_name.update((v.name, v) for v in self.variants)
-
     def variant(self, name: str) -> Variant:
         """The variant called `name` (KeyError if there is none)."""
-        return self._by_name[name]
+        # A scan, not a cached index: a handful of variants, and model_copy could stale an index.
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise KeyError(name)
 
     def has_variant(self, name: str) -> bool:
         """True when the flag has a variant called `name`."""
-        return name in self._by_name
+        return any(v.name == name for v in self.variants)
 
     def replace(self, **changes: Any) -> Flag:
         """A copy with `changes` applied and validated again (model_copy would skip checks)."""
@@ -110,9 +107,10 @@ class Flag(_Frozen):
 
     def with_weights(self, weights: Mapping[str, float]) -> Flag:
         """A copy with the named variants' weights replaced; unknown names are refused."""
-        unknown = sorted(set(weights) - set(self._by_name))
+        names = [v.name for v in self.variants]
+        unknown = sorted(set(weights) - set(names))
         if unknown:
-            known = ", ".join(self._by_name)
+            known = ", ".join(names)
             raise FlagValidationError(
                 f"flag {self.key!r}: no variant {', '.join(map(repr, unknown))} (variants: {known})"
             )
