@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel
 
 from gateway.settings import Settings
+from router.stores.flagfile import parse_flags
 from tests.deploy.manifests import DEPLOY, EXAMPLES, find, load_values, objects, render
 
 # Keys this deployment sets ahead of the code that reads them: dropped only while the
@@ -81,3 +82,13 @@ def test_compose_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(settings.pools) == {"policy-a", "policy-b"}
     assert settings.events.kafka is not None
     assert settings.events.kafka.bootstrap_servers == ["kafka:9092"]
+
+
+def test_shipped_flag_files_parse_against_their_pools() -> None:
+    compose = yaml.safe_load((DEPLOY / "config/compose-gateway.yaml").read_text())
+    text = (DEPLOY / "config/flags.yaml").read_text()
+    assert parse_flags(text, set(compose["pools"]), "deploy/config/flags.yaml")
+    rendered = objects(render(load_values(EXAMPLES / "multi-version.yaml")))
+    configmap = find(rendered, "ConfigMap", "lg-loopgate-config")["data"]
+    pools = yaml.safe_load(configmap["config.yaml"])["pools"]
+    assert parse_flags(configmap["flags.yaml"], set(pools), "multi-version flags.yaml")
