@@ -21,9 +21,9 @@ from sim.protocol import (
     Job,
     Kind,
     SimError,
-    bad_request,
     chat_body,
     completion_body,
+    invalid_field,
     new_id,
     parse_job,
     server_error,
@@ -73,16 +73,17 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
     engine = request.app[ENGINE]
     arrived = time.perf_counter()
     raw = await request.read()
+    invalid: SimError | None = None
     try:
         body: Any = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        body = None
-    entry = engine.recorder.record(
-        request.method, request.path, request.headers, body if body is not None else raw.decode()
-    )
+    except orjson.JSONDecodeError as err:
+        body = raw.decode(errors="replace")
+        loc = f"body.{err.pos}"
+        invalid = invalid_field("json_invalid", loc, "JSON decode error", {}, error=err.msg)
+    entry = engine.recorder.record(request.method, request.path, request.headers, body)
     try:
-        if body is None:
-            raise bad_request("Invalid JSON in the request body")
+        if invalid is not None:
+            raise invalid
         job = parse_job(kind, body, engine.styles, engine.profile.max_model_len)
     except SimError as err:
         engine.recorder.finish(entry, "rejected", err.status)

@@ -119,9 +119,10 @@ class SimEngine:
         seed = "-" if job.seed is None else job.seed
         result: list[Answer] = []
         for topic, prompt_tokens in job.prompts:
-            limit = job.max_tokens
-            if limit is None:
-                limit = self.profile.max_model_len - prompt_tokens
+            # Generation stops at the context length whatever max_tokens asked for.
+            limit = self.profile.max_model_len - prompt_tokens
+            if job.max_tokens is not None:
+                limit = min(limit, job.max_tokens)
             for index in range(job.n):
                 pieces = list(self._write(seed, style, topic, index))
                 pieces, stop = _apply_stop(pieces, job.stop)

@@ -12,8 +12,9 @@ import orjson
 
 from sim.text import count_tokens
 
-# The vLLM release whose response shapes the simulator follows.
-VLLM_VERSION = "0.10.1.1"
+# The vLLM release whose response shapes the simulator follows (docs/vllm-fidelity.md).
+VLLM_VERSION = "0.32.0"
+FINGERPRINT = f"vllm-{VLLM_VERSION}-5130c0de"
 
 # Chat templates wrap each message in a few special tokens, and add a generation prompt.
 _TOKENS_PER_MESSAGE = 4
@@ -40,9 +41,24 @@ def bad_request(message: str, param: str | None = None) -> SimError:
     return SimError(400, message, "BadRequestError", param)
 
 
-def not_found_model(model: str) -> SimError:
-    """A 404 for a model this server does not serve."""
-    return SimError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+def not_found_model(model: str, base: str) -> SimError:
+    """A 404 for a model this server does not serve (vLLM lists the base name only)."""
+    message = f"The model `{model}` does not exist. Valid aliases: {base}."
+    return SimError(404, message, "NotFoundError", "model")
+
+
+def invalid_field(kind: str, loc: str, msg: str, value: Any, **ctx: str) -> SimError:
+    """A 400 as FastAPI's request validation reports it through vLLM's handler."""
+    shown = f"<dict of {len(value)} items>" if isinstance(value, dict) else value
+    detail: dict[str, Any] = {"type": kind, "loc": loc, "msg": msg, "input": shown}
+    if ctx:
+        detail["ctx"] = ctx
+    return SimError(400, f"1 validation error:\n  {detail!r}", "Bad Request", loc)
+
+
+def bad_value(name: str, message: str, value: Any) -> SimError:
+    """A 400 for a field vLLM's sampling checks refuse, with its parameter suffix."""
+    return bad_request(f"{message} (parameter={name}, value={value})", name)
 
 
 def server_error(message: str) -> SimError:
@@ -72,7 +88,7 @@ class Job:
 
 def new_id(kind: Kind) -> str:
     """A response id as vLLM makes them: chatcmpl-<hex> or cmpl-<hex>."""
-    return ("chatcmpl-" if kind == "chat" else "cmpl-") + os.urandom(16).hex()
+    return ("chatcmpl-" if kind == "chat" else "cmpl-") + os.urandom(8).hex()
 
 
 def _int(body: Mapping[str, Any], name: str) -> int | None:
@@ -80,7 +96,8 @@ def _int(body: Mapping[str, Any], name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_request(f"{name}: Input should be a valid integer", name)
+        msg = "Input should be a valid integer"
+        raise invalid_field("int_type", f"body.{name}", msg, value)
     return value
 
 
@@ -97,9 +114,9 @@ def _content_text(content: Any) -> str:
 def _chat_prompt(body: Mapping[str, Any]) -> tuple[str, int]:
     messages = body.get("messages")
     if messages is None:
-        raise bad_request("messages: Field required", "messages")
+        raise invalid_field("missing", "body.messages", "Field required", dict(body))
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise bad_request("messages: Input should be a valid list of messages", "messages")
+        raise invalid_field("list_type", "body.messages", "Input should be a valid list", "...")
     texts = [_content_text(m.get("content")) for m in messages]
     tokens = sum(count_tokens(text) + _TOKENS_PER_MESSAGE for text in texts)
     tokens += _GENERATION_PROMPT_TOKENS
@@ -122,7 +139,7 @@ def _completion_prompts(body: Mapping[str, Any]) -> list[tuple[str, int]]:
         isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompt
     ):
         return [("", len(p)) for p in prompt]
-    raise bad_request("prompt: Input should be a string, a list of strings or token ids", "prompt")
+    raise invalid_field("string_type", "body.prompt", "Input should be a valid string", "...")
 
 
 def _stop(body: Mapping[str, Any]) -> list[str]:
@@ -133,47 +150,64 @@ def _stop(body: Mapping[str, Any]) -> list[str]:
         return [stop]
     if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
         return [s for s in stop if s]
-    raise bad_request("stop: Input should be a string or a list of strings", "stop")
+    raise invalid_field("string_type", "body.stop", "Input should be a valid string", "...")
 
 
 def parse_job(kind: Kind, body: Any, models: Iterable[str], max_model_len: int) -> Job:
     """Check a request body as vLLM's OpenAI server does; raise SimError when it would."""
     if not isinstance(body, dict):
-        raise bad_request("Expected a JSON object as the request body")
+        raise invalid_field("model_attributes_type", "body", "Input should be an object", "...")
     served = list(models)
     model = body.get("model")
     if model is None:
         model = served[0]  # vLLM serves the first model name when none is asked for
     elif not isinstance(model, str) or model not in served:
-        raise not_found_model(str(model))
+        raise not_found_model(str(model), served[0])
     prompts = [_chat_prompt(body)] if kind == "chat" else _completion_prompts(body)
     n = _int(body, "n")
     n = 1 if n is None else n
     if n < 1:
-        raise bad_request(f"n must be at least 1, got {n}.", "n")
+        raise bad_value("n", f"n must be at least 1, got {n}.", n)
     max_tokens = _int(body, "max_completion_tokens") if kind == "chat" else None
     if max_tokens is None:
         max_tokens = _int(body, "max_tokens")
     if max_tokens is not None and max_tokens < 1:
-        raise bad_request(f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens")
-    for _, tokens in prompts:
+        raise bad_value(
+            "max_tokens", f"max_tokens must be at least 1, got {max_tokens}.", max_tokens
+        )
+    if max_tokens is not None and max_tokens > max_model_len:
+        message = (
+            f"max_tokens={max_tokens} cannot be greater than max_model_len={max_model_len}. "
+            "Please request fewer output tokens."
+        )
+        raise bad_value("max_tokens", message, max_tokens)
+    for topic, tokens in prompts:
+        # vLLM first bounds the prompt by characters (17 per token), then by tokens.
+        chars = len(topic)
+        if chars > 17 * max_model_len:
+            message = (
+                f"This model's maximum context length is {max_model_len} tokens. However, "
+                f"your prompt contains {chars} characters (more than {17 * max_model_len} "
+                f"characters, which is the upper bound for {max_model_len} input tokens). "
+                "Please reduce the length of the input prompt."
+            )
+            raise bad_value("input_text", message, chars)
         if tokens >= max_model_len:
-            raise bad_request(
+            message = (
                 f"This model's maximum context length is {max_model_len} tokens. However, "
                 f"your request has {tokens} input tokens. Please reduce the length of the "
-                "input messages.",
-                "messages" if kind == "chat" else "prompt",
+                "input prompt."
             )
-        if max_tokens is not None and tokens + max_tokens > max_model_len:
-            raise bad_request(
-                f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This "
-                f"model's maximum context length is {max_model_len} tokens and your request "
-                f"has {tokens} input tokens ({max_tokens} > {max_model_len} - {tokens}).",
-                "max_tokens",
-            )
+            raise bad_value("input_tokens", message, tokens)
     temperature = body.get("temperature")
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, int | float)
+    ):
+        msg = "Input should be a valid number, unable to parse string as a number"
+        raise invalid_field("float_parsing", "body.temperature", msg, temperature)
     if isinstance(temperature, int | float) and temperature < 0:
-        raise bad_request(f"temperature must be non-negative, got {temperature}.", "temperature")
+        message = f"temperature must be non-negative, got {temperature}."
+        raise bad_value("temperature", message, temperature)
     stream = body.get("stream") is True
     options = body.get("stream_options")
     if options is not None and not stream:
@@ -221,20 +255,25 @@ def chat_body(
                         "annotations": None,
                         "audio": None,
                         "function_call": None,
-                        "tool_calls": [],
-                        "reasoning_content": None,
+                        "reasoning": None,
                     },
                     "logprobs": None,
                     "finish_reason": finish,
                     "stop_reason": stop_reason,
+                    "token_ids": None,
+                    "routed_experts": None,
                 }
                 for index, (text, finish, stop_reason) in enumerate(choices)
             ],
             "service_tier": None,
-            "system_fingerprint": None,
-            "usage": {**used, "prompt_tokens_details": None},
+            "system_fingerprint": FINGERPRINT,
+            "usage": {**used, "prompt_tokens_details": None, "completion_tokens_details": None},
             "prompt_logprobs": None,
+            "prompt_token_ids": None,
+            "prompt_text": None,
             "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "metrics": None,
         }
     )
 
@@ -256,14 +295,19 @@ def completion_body(
                     "logprobs": None,
                     "finish_reason": finish,
                     "stop_reason": stop_reason,
+                    "token_ids": None,
                     "prompt_logprobs": None,
+                    "prompt_token_ids": None,
+                    "routed_experts": None,
                 }
                 for index, (text, finish, stop_reason) in enumerate(choices)
             ],
             "service_tier": None,
-            "system_fingerprint": None,
-            "usage": {**used, "prompt_tokens_details": None},
+            "system_fingerprint": FINGERPRINT,
+            "usage": {**used, "prompt_tokens_details": None, "completion_tokens_details": None},
             "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "metrics": None,
         }
     )
 
@@ -273,33 +317,35 @@ class ChunkMaker:
 
     def __init__(self, kind: Kind, rid: str, model: str, include_usage: bool) -> None:
         self.kind = kind
+        self.include_usage = include_usage
         self.head = {
             "id": rid,
             "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
             "created": int(time.time()),
             "model": model,
         }
-        # vLLM sets usage to null on every chunk when the final usage chunk is asked for.
-        self.tail: dict[str, Any] = {"usage": None} if include_usage else {}
         # Mid-stream token chunks are the hot path: pre-serialised around the token text.
         head = orjson.dumps({**self.head, "choices": []})[:-3]
         self._open = b"data: " + head + b'[{"index":'
-        field = b',"delta":{"content":' if kind == "chat" else b',"text":'
-        self._field = field
-        close = b'},"logprobs":null' if kind == "chat" else b',"logprobs":null'
-        close += b',"finish_reason":null'
-        if kind == "completion":
-            close += b',"stop_reason":null'
-        self._close = close + b"}]" + (b',"usage":null' if include_usage else b"") + b"}\n\n"
+        if kind == "chat":
+            self._field = b',"delta":{"content":'
+            self._close = b'},"logprobs":null,"finish_reason":null,"token_ids":null}]}\n\n'
+        else:
+            self._field = b',"text":'
+            self._close = (
+                b',"logprobs":null,"finish_reason":null,"stop_reason":null,'
+                b'"prompt_token_ids":null,"token_ids":null}]}\n\n'
+            )
 
-    def _event(self, choice: dict[str, Any]) -> bytes:
-        return b"data: " + orjson.dumps({**self.head, "choices": [choice], **self.tail}) + b"\n\n"
+    def _event(self, event: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(event) + b"\n\n"
 
     def role(self, index: int) -> bytes:
         """The first chat chunk of a choice: the assistant role and empty content."""
         delta = {"role": "assistant", "content": ""}
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
         return self._event(
-            {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
+            {**self.head, "choices": [choice], "prompt_token_ids": None, "prompt_text": None}
         )
 
     def token(
@@ -312,17 +358,21 @@ class ChunkMaker:
         choice: dict[str, Any]
         if self.kind == "chat":
             choice = {"index": index, "delta": {"content": piece}, "logprobs": None}
-            choice["finish_reason"] = finish
-            if finish is not None:
-                choice["stop_reason"] = stop_reason
+            choice.update(finish_reason=finish, stop_reason=stop_reason, token_ids=None)
         else:
             choice = {"index": index, "text": piece, "logprobs": None, "finish_reason": finish}
-            choice["stop_reason"] = stop_reason
-        return self._event(choice)
+            choice.update(stop_reason=stop_reason, prompt_token_ids=None, token_ids=None)
+        event: dict[str, Any] = {**self.head, "choices": [choice]}
+        if not self.include_usage:
+            # The fingerprint rides on the usage chunk when there is one, else here.
+            event["system_fingerprint"] = FINGERPRINT
+        return self._event(event)
 
     def usage(self, used: dict[str, int]) -> bytes:
         """The final chunk with no choices and the stream's usage."""
-        return b"data: " + orjson.dumps({**self.head, "choices": [], "usage": used}) + b"\n\n"
+        return self._event(
+            {**self.head, "choices": [], "usage": used, "system_fingerprint": FINGERPRINT}
+        )
 
 
 DONE = b"data: [DONE]\n\n"

@@ -164,15 +164,19 @@ def test_errors_are_vllms(shared: SimServer) -> None:
             client.chat.completions.create(model="policy-a", messages=MESSAGES, n=0)
     error = missing.value.body
     assert error == {
-        "message": "The model `nope` does not exist.",
+        "message": "The model `nope` does not exist. Valid aliases: policy-a.",
         "type": "NotFoundError",
         "param": "model",
         "code": 404,
     }
-    assert "maximum context length is 8192" in too_long.value.message
+    assert "max_tokens=1000000 cannot be greater than max_model_len=8192." in str(too_long.value)
     status, raw = shared.call("POST", "/v1/completions", {"model": "policy-a"})
     assert status == 400
     assert orjson.loads(raw)["error"]["type"] == "BadRequestError"
+    status, raw = shared.call("POST", "/v1/chat/completions", {"model": "policy-a"})
+    assert status == 400
+    assert orjson.loads(raw)["error"]["param"] == "body.messages"
+    assert orjson.loads(raw)["error"]["type"] == "Bad Request"
 
 
 def test_models_health_version_and_recorded_requests(shared: SimServer) -> None:

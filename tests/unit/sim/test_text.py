@@ -1,15 +1,13 @@
-"""The simulator's pure parts: tokens, styled writer, scheduler, stop strings, chunks."""
+"""The simulator's pure parts: token approximation, styled writer, scheduler, stop strings."""
 
 from __future__ import annotations
 
 import asyncio
 
-import orjson
 import pytest
 
 from sim.engine import _apply_stop
 from sim.profile import STYLES, SimProfile
-from sim.protocol import ChunkMaker, Kind
 from sim.scheduler import Scheduler
 from sim.text import answer_rng, compose, count_tokens, split_tokens, topic_words
 
@@ -79,22 +77,3 @@ def test_scheduler_queues_beyond_capacity_and_survives_cancelled_waiters() -> No
         assert (scheduler.running, scheduler.kv_usage) == (0, 0.0)
 
     asyncio.run(scenario())
-
-
-@pytest.mark.parametrize("kind", ["chat", "completion"])
-@pytest.mark.parametrize("include_usage", [True, False])
-def test_preserialised_token_chunk_equals_the_plain_json_one(
-    kind: Kind, include_usage: bool
-) -> None:
-    maker = ChunkMaker(kind, "chatcmpl-1", 'model "x"', include_usage)
-    piece = ' h\u00e9llo "there"\n'
-    choice: dict[str, object] = {"index": 3, "logprobs": None, "finish_reason": None}
-    if kind == "chat":
-        choice = {"index": 3, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}
-    else:
-        choice = {**choice, "text": piece, "stop_reason": None}
-    expected = {**maker.head, "choices": [choice], **({"usage": None} if include_usage else {})}
-    event = maker.token(3, piece)
-    assert event.startswith(b"data: ")
-    assert event.endswith(b"\n\n")
-    assert orjson.loads(event[6:]) == expected
