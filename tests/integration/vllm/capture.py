@@ -187,6 +187,23 @@ def sse_events(text: str) -> list[Any]:
     return events
 
 
+def shape(value: Any) -> Any:
+    """Keys and JSON types, values dropped: what must match between vLLM, sim and fixture."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(value[0])] if value else []
+    return type(value).__name__
+
+
+def capture_shape(got: dict[str, Any]) -> Any:
+    """Shape of one capture: status, body, or first/last SSE events and the terminator."""
+    if "events" in got:
+        events = got["events"]
+        return [got["status"], shape(events[0]), shape(events[-2]), events[-1]]
+    return [got["status"], shape(got.get("body", got.get("body_text")))]
+
+
 def capture(client: httpx.Client, name: str, sample: Sample) -> dict[str, Any]:
     """One request -> {request, status, headers, body | raw_sse + events}."""
     method, path, body = sample

@@ -17,6 +17,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.vllm.capture import FIXTURES, SAMPLES, capture, capture_shape
 from tests.support.vllm import SETUP_TIMEOUT_S, VllmServer
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(SETUP_TIMEOUT_S)]
@@ -366,3 +367,11 @@ def test_metrics_show_running_and_waiting(http: httpx.Client, vllm_server: VllmS
     idle = metrics(http)
     assert idle["vllm:num_requests_running"][0][1] == 0
     assert idle["vllm:num_requests_waiting"][0][1] == 0
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_captured_fixture_shapes_still_hold(http: httpx.Client, name: str) -> None:
+    # The simulator is checked against these files; a vLLM upgrade that changes a shape fails
+    # here first (regenerate with `python -m tests.integration.vllm.capture`).
+    saved = json.loads((FIXTURES / f"{name}.json").read_text())
+    assert capture_shape(capture(http, name, SAMPLES[name])) == capture_shape(saved)
