@@ -5,22 +5,27 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, MutableMapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.routing import Route
 
+from feedback.emitter import open_pipeline
 from gateway.errors import install_error_handlers
+from gateway.ids import signer_from_config
 from gateway.metrics import Metrics
 from gateway.openapi import document_proxy_routes
 from gateway.proxy import ProxyEndpoint
 from gateway.resolver import Resolver
 from gateway.routes import health, models
+from gateway.routes.admin_flags import admin_flags_router
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
 from gateway.upstream import Upstreams
+from router.stores import open_store
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +38,37 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with Upstreams.open(settings.pools) as upstreams:
-            app.state.runtime = Runtime(
+        async with AsyncExitStack() as stack:
+            upstreams = await stack.enter_async_context(Upstreams.open(settings.pools))
+            events = None
+            if settings.events.enabled:
+                events = await stack.enter_async_context(
+                    open_pipeline(settings.events, settings.instance)
+                )
+            runtime = Runtime(
                 settings=settings,
                 upstreams=upstreams,
                 resolver=Resolver(settings, upstreams),
                 metrics=app_metrics,
+                signer=signer_from_config(settings.ids),
+                events=events,
                 settings_loaded_at=time.time(),
             )
+            store = None
+            if settings.flags.source != "none":
+                store = await stack.enter_async_context(
+                    open_store(settings.flags, set(settings.pools), on_audit=runtime.audit)
+                )
+                runtime.flags = store
+                runtime.resolver = Resolver(settings, upstreams, store)
+            app.state.runtime = runtime
+            app.state.flags = store
+            app_metrics.bind(runtime)
             log.info("loopgate %s ready: pools %s", settings.instance, ", ".join(settings.pools))
-            yield
-            app.state.runtime.ready = False
+            try:
+                yield
+            finally:
+                runtime.ready = False
 
     app = FastAPI(
         title="Loopgate",
@@ -53,22 +78,48 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    # The two hot routes are raw ASGI endpoints; they go first so nothing else matches them.
-    app.router.routes.append(
-        Route(
-            "/v1/chat/completions", ProxyEndpoint("chat", "/v1/chat/completions"), methods=["POST"]
-        )
-    )
-    app.router.routes.append(
-        Route("/v1/completions", ProxyEndpoint("completion", "/v1/completions"), methods=["POST"])
-    )
+    # The proxy routes are raw ASGI endpoints: HotPath serves them without the middleware
+    # stack; these entries make them work (and documented) inside FastAPI as well.
+    for path, endpoint in proxy_endpoints().items():
+        app.router.routes.append(Route(path, endpoint, methods=["POST"]))
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(admin_flags_router())
     document_proxy_routes(app)
     return app
 
 
-def app_from_environment() -> FastAPI:
+def proxy_endpoints() -> dict[str, ProxyEndpoint]:
+    """The OpenAI routes the gateway relays, by path."""
+    return {
+        "/v1/chat/completions": ProxyEndpoint("chat", "/v1/chat/completions"),
+        "/v1/completions": ProxyEndpoint("completion", "/v1/completions"),
+    }
+
+
+class HotPath:
+    """Outer ASGI app: POSTs to the proxy routes skip FastAPI's middleware; the rest go through."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.routes = proxy_endpoints()
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.routes.get(scope["path"])
+            if endpoint is not None:
+                scope["app"] = self.app
+                await endpoint(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_server_app(settings: Settings) -> HotPath:
+    """What uvicorn serves: the app behind its hot-path dispatcher."""
+    return HotPath(create_app(settings))
+
+
+def app_from_environment() -> HotPath:
     """uvicorn factory for `--workers N`: each worker reads the config file named by serve."""
     path = os.environ.get(CONFIG_ENV)
-    return create_app(load_settings(Path(path) if path else None))
+    return create_server_app(load_settings(Path(path) if path else None))

@@ -31,6 +31,10 @@ class GatewayError(Exception):
         return error_body(self.message, self.type, self.param, self.code)
 
 
+class InternalError(GatewayError):
+    status, type, code = 500, "server_error", "internal_error"
+
+
 class InvalidRequest(GatewayError):
     status, type, code = 400, "invalid_request_error", None
 

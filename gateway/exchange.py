@@ -22,6 +22,7 @@ class Exchange:
     endpoint: str = ""
     app_id: str = ""
     unit_id: str = ""
+    unit_hash: str = ""
     consent: str = "full"
     stream: bool = False
     request: dict[str, Any] = field(default_factory=dict)
@@ -39,6 +40,7 @@ class Exchange:
     ttft_s: float | None = None
     trace_id: str = ""
     fallback: bool = False
+    responded: bool = False
 
     @property
     def text(self) -> str:

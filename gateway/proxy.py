@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.errors import BadGateway, BodyTooLarge, GatewayError, UpstreamTimeout
+from gateway.errors import BadGateway, BodyTooLarge, GatewayError, InternalError, UpstreamTimeout
 from gateway.exchange import Exchange
 from gateway.protocol import Kind, parse_inbound
 from gateway.resolver import RequestContext, Route
@@ -31,6 +31,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _JSON = (b"content-type", b"application/json")
+_NO_ATTRIBUTES: dict[str, str] = {}
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -45,14 +46,32 @@ class ClientGone(Exception):
 class _Headers:
     """The request headers the gateway reads, found in one pass."""
 
-    __slots__ = ("consent", "content_length", "request_id", "traceparent", "tracestate", "user")
+    __slots__ = (
+        "attributes",
+        "consent",
+        "content_length",
+        "qa_variant",
+        "request_id",
+        "traceparent",
+        "tracestate",
+        "user",
+    )
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.request_id = self.user = self.traceparent = self.tracestate = None
+        self.qa_variant: str | None = None
+        self.attributes: dict[str, str] | None = None
         self.consent = "full"
         self.content_length: int | None = None
         for name, value in raw:
-            if name == b"content-length":
+            if name.startswith(b"x-loopgate-attr-"):
+                if self.attributes is None:
+                    self.attributes = {}
+                key = name[16:].decode("latin-1")
+                self.attributes[key] = value.decode("latin-1")[:256]
+            elif name == b"x-loopgate-variant":
+                self.qa_variant = value.decode("latin-1")[:128]
+            elif name == b"content-length":
                 self.content_length = int(value) if value.isdigit() else None
             elif name == b"x-request-id":
                 self.request_id = value.decode("latin-1")[:128]
@@ -139,6 +158,8 @@ class ProxyEndpoint:
         request_id = headers.request_id or _new_request_id()
         ex = Exchange(request_id=request_id, kind=self.kind, started_at=time.time())
         ex.consent = headers.consent
+        if headers.traceparent and len(headers.traceparent) >= 35:
+            ex.trace_id = headers.traceparent[3:35]
         rt.metrics.in_flight.labels(self.route_label).inc()
         watch: _DisconnectWatch | None = None
         call: UpstreamCall | None = None
@@ -152,6 +173,10 @@ class ProxyEndpoint:
             ex.app_id, ex.unit_id = ctx.app_id, ctx.unit_id
             route = rt.resolver.resolve(inbound.model, ctx)
             self._note_route(ex, route)
+            if route.reason != "static":
+                rt.metrics.assignments.labels(route.flag, route.variant, route.reason).inc()
+                if ctx.unit_from == "app":
+                    rt.metrics.without_unit.labels(route.flag).inc()
             body = inbound.body
             body["model"] = route.served_model
             strip_usage = False
@@ -187,7 +212,15 @@ class ProxyEndpoint:
             ex.status, ex.http_status, ex.error = "error", err.status, err.message
             if not ex.model or not ex.flag:
                 ex.model = ex.flag = ex.variant = ""  # unknown names must not become labels
-            await self._send_error(send, err, request_id)
+            if not ex.responded:
+                await self._send_error(send, err, request_id)
+        except Exception as exc:  # the edge: a bug must not take the process or hang the client
+            log.exception("request %s failed", request_id)
+            ex.status, ex.http_status, ex.error = "error", 500, exc.__class__.__name__
+            if not ex.model or not ex.flag:
+                ex.model = ex.flag = ex.variant = ""
+            if not ex.responded:
+                await self._send_error(send, InternalError("internal error"), request_id)
         finally:
             if watch is not None:
                 watch.close()
@@ -197,11 +230,14 @@ class ProxyEndpoint:
 
     def _context(self, rt: Runtime, user: str | None, headers: _Headers) -> RequestContext:
         app_id = "default"
+        attributes = headers.attributes or _NO_ATTRIBUTES
         if user:
-            return RequestContext(user, app_id, "user")
-        if headers.user:
-            return RequestContext(headers.user, app_id, "header")
-        return RequestContext(app_id, app_id, "app")
+            unit, source = user, "user"
+        elif headers.user:
+            unit, source = headers.user, "header"
+        else:
+            unit, source = app_id, "app"
+        return RequestContext(unit, app_id, source, attributes, headers.qa_variant, False)
 
     @staticmethod
     def _note_route(ex: Exchange, route: Route) -> None:
@@ -262,6 +298,7 @@ class ProxyEndpoint:
         headers = self._response_headers(ex, overhead)
         headers.append(_JSON)
         headers.append((b"content-length", str(len(body)).encode()))
+        ex.responded = True
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -317,9 +354,9 @@ class ProxyEndpoint:
         overhead = time.perf_counter() - started
         headers = self._response_headers(ex, overhead)
         headers.extend(_SSE_HEADERS)
+        ex.responded = True
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        labels = (ex.flag, ex.variant, ex.model)
-        itl = rt.metrics.itl.labels(*labels)
+        itl = rt.metrics.route(ex.flag, ex.variant, ex.model, self.route_label).itl
         pending = b""
         swap: tuple[bytes, bytes] | None = None
         last_content: float | None = None
@@ -394,17 +431,18 @@ class ProxyEndpoint:
         ex.latency_s = time.perf_counter() - started
         m = rt.metrics
         m.in_flight.labels(self.route_label).dec()
-        labels = (ex.flag, ex.variant, ex.model)
-        m.requests.labels(*labels, self.route_label, str(ex.http_status)).inc()
-        m.duration.labels(*labels, self.route_label).observe(ex.latency_s)
+        key = (ex.flag, ex.variant, ex.model, self.route_label)
+        rm = m.route(*key)
+        m.requests_child(rm, key, ex.http_status).inc()
+        rm.duration.observe(ex.latency_s)
         if ex.status == "cancelled":
-            m.cancelled.labels(*labels, self.route_label).inc()
+            rm.cancelled.inc()
         if ex.ttft_s is not None:
-            m.ttft.labels(*labels).observe(ex.ttft_s)
+            rm.ttft.observe(ex.ttft_s)
         if ex.prompt_tokens:
-            m.tokens.labels(*labels, "input").inc(ex.prompt_tokens)
+            rm.tokens_in.inc(ex.prompt_tokens)
         if ex.completion_tokens:
-            m.tokens.labels(*labels, "output").inc(ex.completion_tokens)
+            rm.tokens_out.inc(ex.completion_tokens)
         if ex.flag:
             rt.record(ex)
 

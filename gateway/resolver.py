@@ -1,12 +1,19 @@
-"""Which pool and served model answer a request for a model name."""
+"""Which pool and served model answer a request for a model name: its flag, else a static route."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from gateway.errors import UnknownModel
 from gateway.settings import Settings
 from gateway.upstream import Pool, Upstreams
+from router.evaluate import evaluate
+from router.model import EvalContext
+from router.stores.base import FlagStore
+
+_NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,17 +31,24 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
-    """Who is asking: the unit that assignment is sticky for, and the app."""
+    """Who is asking: the unit that assignment is sticky for, the app, request attributes."""
 
     unit_id: str
     app_id: str
     unit_from: str
+    attributes: Mapping[str, str] = field(default_factory=lambda: _NO_ATTRIBUTES)
+    qa_variant: str | None = None
+    qa_allowed: bool = False
 
 
 class Resolver:
-    """Maps asked model names to routes; static models are resolved once at start."""
+    """Maps asked model names to routes: a flag decides when one governs the name."""
 
-    def __init__(self, settings: Settings, upstreams: Upstreams) -> None:
+    def __init__(
+        self, settings: Settings, upstreams: Upstreams, flags: FlagStore | None = None
+    ) -> None:
+        self._upstreams = upstreams
+        self._flags = flags
         self._static = {
             name: Route(
                 model=name,
@@ -49,11 +63,39 @@ class Resolver:
         }
 
     def models(self) -> list[str]:
-        """Model names apps may ask for."""
-        return sorted(self._static)
+        """Model names apps may ask for: flag keys and static models."""
+        names = set(self._static)
+        if self._flags is not None:
+            names.update(self._flags.snapshot().flags)
+        return sorted(names)
 
     def resolve(self, model: str, ctx: RequestContext) -> Route:
         """The route for this request, or UnknownModel."""
+        if self._flags is not None:
+            flag = self._flags.snapshot().flags.get(model)
+            if flag is not None:
+                assignment = evaluate(
+                    flag,
+                    EvalContext(
+                        unit_id=ctx.unit_id,
+                        app_id=ctx.app_id,
+                        model=model,
+                        attributes=ctx.attributes,
+                        qa_variant=ctx.qa_variant,
+                        qa_allowed=ctx.qa_allowed,
+                    ),
+                )
+                variant = assignment.variant
+                pool = self._upstreams.pools[variant.pool]
+                return Route(
+                    model=model,
+                    flag=flag.key,
+                    variant=variant.name,
+                    flag_version=assignment.flag_version,
+                    reason=assignment.reason,
+                    pool=pool,
+                    served_model=variant.served_model or pool.config.served_model,
+                )
         route = self._static.get(model)
         if route is None:
             raise UnknownModel(f"The model `{model}` does not exist.", param="model")

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from feedback.emitter import EventPipeline
+from feedback.schema import AuditBody, AuditEvent
+from gateway.events import completion_event
 from gateway.exchange import Exchange
+from gateway.ids import Claims, ResponseIdSigner, new_nonce
 from gateway.metrics import Metrics
 from gateway.resolver import Resolver
 from gateway.settings import Settings
 from gateway.upstream import Upstreams
-
-
-def _keep_upstream_id(ex: Exchange) -> str:
-    return ex.upstream_id
-
-
-def _discard(ex: Exchange) -> None:
-    return None
+from router.stores.base import AuditRecord, FlagStore, log_audit
 
 
 @dataclass(eq=False)
@@ -28,8 +24,52 @@ class Runtime:
     upstreams: Upstreams
     resolver: Resolver
     metrics: Metrics
-    response_id: Callable[[Exchange], str] = _keep_upstream_id
-    record: Callable[[Exchange], None] = _discard
+    signer: ResponseIdSigner
+    events: EventPipeline | None = None
+    flags: FlagStore | None = None
     settings_loaded_at: float = 0.0
     ready: bool = True
     notes: dict[str, str] = field(default_factory=dict)
+
+    def unit_hash(self, ex: Exchange) -> str:
+        """The keyed hash of the request's unit id, computed once."""
+        if not ex.unit_hash:
+            ex.unit_hash = self.signer.unit_hash(ex.unit_id)
+        return ex.unit_hash
+
+    def response_id(self, ex: Exchange) -> str:
+        """The signed id that replaces the upstream's in the answer."""
+        claims = Claims(
+            flag=ex.flag or None,
+            variant=ex.variant or None,
+            flag_version=ex.flag_version,
+            app=ex.app_id,
+            unit=self.unit_hash(ex),
+            time=int(ex.started_at),
+            nonce=new_nonce(ex.upstream_id),
+        )
+        return self.signer.sign(claims)
+
+    def record(self, ex: Exchange) -> None:
+        """Hand the completion event to the pipeline; never blocks the request."""
+        if self.events is not None:
+            event = completion_event(
+                ex, instance=self.settings.instance, unit_hash=self.unit_hash(ex)
+            )
+            self.events.emit(event)
+
+    def audit(self, record: AuditRecord) -> None:
+        """A flag change: logged, and written as an audit event."""
+        log_audit(record)
+        if self.events is None:
+            return
+        body = AuditBody(
+            who=record.who,
+            action=record.action,
+            what=record.flag_key,
+            version=record.after.version if record.after else None,
+            before=record.before.model_dump(mode="json") if record.before else None,
+            after=record.after.model_dump(mode="json") if record.after else None,
+        )
+        now = record.time.timestamp()
+        self.events.emit(AuditEvent.create(body, gateway=self.settings.instance, now=now))

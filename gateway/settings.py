@@ -70,6 +70,8 @@ class ServerConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1)
+    # On SIGTERM: how long in-flight requests and streams may take to finish.
+    drain_seconds: float = Field(30.0, gt=0)
 
 
 class LimitsConfig(Strict):

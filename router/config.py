@@ -15,7 +15,8 @@ class FlagsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    source: Literal["file", "redis"] = "file"
+    # "none": no flags, every model is a static route (a config without a flags section).
+    source: Literal["none", "file", "redis"] = "none"
     # None: the embedded router/defaults/flags.yaml, served read-only.
     path: Path | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"

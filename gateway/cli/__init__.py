@@ -19,10 +19,11 @@ def _root() -> None:
 
 def _register() -> None:
     # Imported here, not at module top, so `import gateway.cli` stays cheap.
-    from gateway.cli import serve, sim
+    from gateway.cli import flags, serve, sim
 
     serve.register(app)
     sim.register(app)
+    flags.register(app)
 
 
 def main() -> None:

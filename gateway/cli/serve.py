@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -108,6 +110,18 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.kill()
 
 
+def _shared_signing_key(settings: Settings) -> Settings:
+    """Workers must verify each other's response ids: give them one key when none is set."""
+    if settings.ids.keys:
+        return settings
+    console.print(
+        "[yellow]warning:[/] ids.keys is not configured: response ids are signed with a key "
+        "made for this run; set LOOPGATE_IDS__KEYS so ids survive restarts and replicas"
+    )
+    ids = settings.ids.model_copy(update={"keys": [SecretStr(secrets.token_urlsafe(32))]})
+    return settings.model_copy(update={"ids": ids})
+
+
 def _banner(settings: Settings, host: str, port: int) -> None:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{port}/v1"
@@ -164,15 +178,16 @@ def register(app: typer.Typer) -> None:
                 "http": "httptools",
                 "log_level": log_level,
                 "access_log": access_log,
-                "timeout_graceful_shutdown": 30,
+                "timeout_graceful_shutdown": math.ceil(server.drain_seconds),
             }
             if server.workers == 1:
-                from gateway.app import create_app
+                from gateway.app import create_server_app
 
-                uvicorn.run(create_app(settings), **common)
+                uvicorn.run(create_server_app(settings), **common)
             else:
                 from gateway.app import CONFIG_ENV
 
+                settings = _shared_signing_key(settings)
                 with tempfile.TemporaryDirectory(prefix="loopgate-") as folder:
                     os.environ[CONFIG_ENV] = str(write_effective_config(settings, Path(folder)))
                     uvicorn.run(

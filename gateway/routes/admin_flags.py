@@ -48,7 +48,9 @@ class FlagStoreReadOnly(GatewayError):
 
 
 def _store(request: Request) -> FlagStore:
-    store: FlagStore = request.app.state.flags
+    store: FlagStore | None = getattr(request.app.state, "flags", None)
+    if store is None:
+        raise Conflict("no flag store is configured (flags.source is none)")
     return store
 
 

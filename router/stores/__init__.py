@@ -30,6 +30,8 @@ async def open_store(
     config: FlagsConfig, known_pools: Collection[str], on_audit: AuditSink = log_audit
 ) -> AsyncIterator[FlagStore]:
     """The store `config` names, running until the block exits (put it in the lifespan)."""
+    if config.source == "none":
+        raise ValueError("flags.source is none: there is no flag store to open")
     if config.source == "file":
         async with FileFlagStore.open(
             config.flags_file(),

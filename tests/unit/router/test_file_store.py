@@ -134,7 +134,7 @@ async def test_a_hand_edit_is_not_lost_by_a_write(tmp_path: Path) -> None:
 
 
 async def test_embedded_defaults_are_served_read_only() -> None:
-    async with open_store(FlagsConfig(), {"policy-a", "policy-b"}) as store:
+    async with open_store(FlagsConfig(source="file"), {"policy-a", "policy-b"}) as store:
         flag = store.snapshot().get("support-bot")
         assert flag is not None
         with pytest.raises(ReadOnlyStore, match="read-only"):
@@ -145,5 +145,5 @@ async def test_a_bad_file_fails_the_start(tmp_path: Path) -> None:
     path = tmp_path / "flags.yaml"
     path.write_text("flags:\n  a: {control: x}\n")
     with pytest.raises(FlagValidationError, match=r"flags\.yaml"):
-        async with open_store(FlagsConfig(path=path), POOLS):
+        async with open_store(FlagsConfig(source="file", path=path), POOLS):
             pass
