@@ -11,6 +11,7 @@ from typing import Any
 
 import openai
 import pytest
+import yaml
 
 from tests.support.gateway import GatewayServer, pool
 from tests.support.vllm import SETUP_TIMEOUT_S, VllmServer
@@ -20,19 +21,34 @@ pytestmark = [pytest.mark.vllm, pytest.mark.timeout(SETUP_TIMEOUT_S)]
 HELLO: list[Any] = [{"role": "user", "content": "Hello, how can I help you today?"}]
 BASE_ALIAS = "tiny"
 LORA_ALIAS = "tiny-v2"
+FLAG = "tiny-policy"
 
 
 @pytest.fixture(scope="module")
 def gateway(
-    module_gateway_factory: Callable[..., GatewayServer], vllm_server: VllmServer
+    module_gateway_factory: Callable[..., GatewayServer],
+    vllm_server: VllmServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> GatewayServer:
-    """A gateway with both policy versions on the one vLLM: base model and its adapter."""
+    """Both policy versions on the one vLLM, as static aliases and as a flag's variants."""
+    flags = tmp_path_factory.mktemp("flags") / "flags.yaml"
+    variants = [
+        {"name": "base", "pool": "vllm", "served_model": vllm_server.base_model, "weight": 50},
+        {"name": "lora", "pool": "vllm", "served_model": vllm_server.lora_model, "weight": 50},
+    ]
+    rules = [
+        {"kind": "allow_units", "units": ["alice"], "variant": "lora"},
+        {"kind": "allow_units", "units": ["bob"], "variant": "base"},
+    ]
+    flag = {"key": FLAG, "salt": "vllm-it", "control": "base", "variants": variants}
+    flags.write_text(yaml.safe_dump({"flags": [{**flag, "rules": rules}]}))
     config = {
         "pools": {"vllm": pool(vllm_server.base_url, served_model=vllm_server.base_model)},
         "models": {
             BASE_ALIAS: {"pool": "vllm"},
             LORA_ALIAS: {"pool": "vllm", "served_model": vllm_server.lora_model},
         },
+        "flags": {"source": "file", "path": str(flags)},
     }
     return module_gateway_factory(config)
 
@@ -123,6 +139,20 @@ def test_adapter_alias_reaches_the_lora(
     lora = chat_text(via, LORA_ALIAS, max_tokens=8, temperature=0)
     assert lora == chat_text(direct, vllm_server.lora_model, max_tokens=8, temperature=0)
     assert lora != chat_text(via, BASE_ALIAS, max_tokens=8, temperature=0)
+
+
+@pytest.mark.parametrize(("unit", "variant"), [("alice", "lora"), ("bob", "base")])
+def test_flag_picks_the_policy_version(
+    via: openai.OpenAI, direct: openai.OpenAI, vllm_server: VllmServer, unit: str, variant: str
+) -> None:
+    raw = via.chat.completions.with_raw_response.create(
+        model=FLAG, messages=HELLO, max_tokens=8, temperature=0, user=unit
+    )
+    served = vllm_server.lora_model if variant == "lora" else vllm_server.base_model
+    assert raw.headers["x-loopgate-flag"] == FLAG
+    assert raw.headers["x-loopgate-variant"] == variant
+    got = raw.parse().choices[0].message.content
+    assert got == chat_text(direct, served, max_tokens=8, temperature=0)
 
 
 @pytest.mark.parametrize("stream", [False, True])
