@@ -1,0 +1,1 @@
+"""Training datasets (DPO, KTO, SFT) built from completion and feedback events."""

@@ -1,0 +1,162 @@
+"""From events to datasets: join, rules, output redaction, dedupe and split (pure)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from feedback.datasets.join import JoinConfig, JoinStats, join
+from feedback.datasets.rules import KINDS, Example, Filters, Kind, RuleConfig, apply_rules
+from feedback.redact import Redactor
+from feedback.schema import Event
+
+Split = Literal["train", "test"]
+SPLITS: tuple[Split, ...] = ("train", "test")
+Row = dict[str, Any]
+
+
+class BuildConfig(BaseModel):
+    """Everything that decides a build's content (all of it goes into the manifest)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    filters: Filters = Filters()
+    rules: RuleConfig = RuleConfig()
+    skew_s: float = Field(300.0, ge=0)
+    max_feedback_age_s: float = Field(7 * 24 * 3600.0, gt=0)
+    test_fraction: float = Field(0.1, ge=0, le=1)
+    split_salt: str = "loopgate-datasets-v1"
+    # Re-run redaction over every output text: events are redacted at emission, this
+    # catches a gateway that ran with redaction off or older patterns.
+    redact_outputs: bool = True
+
+
+@dataclass
+class Built:
+    """Rows per (kind, split), the counters, and the content hash."""
+
+    rows: dict[tuple[Kind, Split], list[Row]]
+    join: JoinStats
+    dropped: Counter[str] = field(default_factory=Counter)
+    content_hash: str = ""
+
+    def count(self, kind: Kind, split: Split) -> int:
+        """Rows of one file."""
+        return len(self.rows[(kind, split)])
+
+
+def split_of(unit_hash: str, salt: str, test_fraction: float) -> Split:
+    """train or test from the unit hash alone: a unit stays on one side across rebuilds."""
+    digest = hashlib.sha256(f"{salt}\0{unit_hash}".encode()).digest()
+    point = (int.from_bytes(digest[:8], "big") + 0.5) / 2**64
+    return "test" if point < test_fraction else "train"
+
+
+def to_row(example: Example) -> Row:
+    """The file row: TRL's columns first, then provenance."""
+    row: Row = dict(example.columns)
+    row.update(
+        rule=example.rule,
+        flag=example.flag,
+        variant=example.variant,
+        app=example.app,
+        time=example.time.isoformat().replace("+00:00", "Z"),
+        unit_hashes=list(example.units),
+        response_ids=list(example.response_ids),
+    )
+    if example.kind == "dpo":
+        row["rejected_variant"] = example.rejected_variant
+    return row
+
+
+def canonical(row: Row) -> bytes:
+    """Sorted-key JSON of a row: the unit of dedupe order and of the content hash."""
+    return orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
+
+
+def _dedupe_key(kind: Kind, row: Row) -> tuple[bytes, bytes]:
+    """(content, direction): rows with the same content and another direction contradict."""
+    if kind == "dpo":
+        chosen, rejected = canonical({"c": row["chosen"]}), canonical({"c": row["rejected"]})
+        low, high = sorted((chosen, rejected))
+        content = canonical({"p": row["prompt"]}) + b"\0" + low + b"\0" + high
+        return content, b"+" if chosen == low else b"-"
+    if kind == "kto":
+        label = b"+" if row["label"] else b"-"
+        return canonical({"p": row["prompt"], "c": row["completion"]}), label
+    return canonical({"m": row["messages"]}), b""
+
+
+def _redact_row(row: Row, redactor: Redactor, unsafe: frozenset[str]) -> Row | None:
+    findings: dict[str, int] = {}
+    content = {
+        k: row[k] for k in ("prompt", "chosen", "rejected", "completion", "messages") if k in row
+    }
+    cleaned = redactor.redact_value(content, findings)
+    if unsafe & set(findings):
+        return None
+    return {**row, **cleaned} if findings else row
+
+
+def _settle(kind: Kind, rows: list[Row], dropped: Counter[str]) -> list[Row]:
+    """Dedupe identical content (earliest row wins); drop contradicting pairs and labels."""
+    groups: dict[bytes, list[tuple[bytes, Row]]] = {}
+    for row in rows:
+        key, direction = _dedupe_key(kind, row)
+        groups.setdefault(key, []).append((direction, row))
+    out: list[Row] = []
+    for group in groups.values():
+        if len({direction for direction, _ in group}) > 1:
+            dropped[f"{kind}_contradicting"] += len(group)
+            continue
+        if len(group) > 1:
+            dropped[f"{kind}_duplicate"] += len(group) - 1
+        out.append(min((row for _, row in group), key=lambda r: (r["time"], canonical(r))))
+    return out
+
+
+def content_hash(rows: dict[tuple[Kind, Split], list[Row]]) -> str:
+    """sha256 over every row's canonical JSON, sorted within each (kind, split)."""
+    digest = hashlib.sha256()
+    for kind in KINDS:
+        for split in SPLITS:
+            for line in sorted(canonical(row) for row in rows[(kind, split)]):
+                digest.update(f"{kind}\0{split}\0".encode() + line + b"\n")
+    return "sha256:" + digest.hexdigest()
+
+
+def build(events: Iterable[Event], config: BuildConfig, stats: JoinStats | None = None) -> Built:
+    """Join, apply the rules, clean, dedupe and split; same events in any order, same rows."""
+    joined = join(events, JoinConfig(config.skew_s, config.max_feedback_age_s), stats)
+    dropped: Counter[str] = Counter()
+    examples = apply_rules(joined.answers, config.filters, config.rules, dropped)
+    redactor = Redactor() if config.redact_outputs else None
+    by_kind: dict[Kind, list[Row]] = {kind: [] for kind in KINDS}
+    for example in examples:
+        row: Row | None = to_row(example)
+        if redactor is not None:
+            row = _redact_row(to_row(example), redactor, config.rules.unsafe_categories)
+        if row is None:
+            dropped["unsafe_on_output"] += 1
+            continue
+        by_kind[example.kind].append(row)
+    rows: dict[tuple[Kind, Split], list[Row]] = {(k, s): [] for k in KINDS for s in SPLITS}
+    for kind in KINDS:
+        for row in _settle(kind, by_kind[kind], dropped):
+            sides = {
+                split_of(u, config.split_salt, config.test_fraction) for u in row["unit_hashes"]
+            }
+            if len(sides) > 1:
+                # A cross-variant pair of two users on opposite sides would leak one into the other.
+                dropped[f"{kind}_straddles_split"] += 1
+                continue
+            rows[(kind, sides.pop())].append(row)
+    for key in rows:
+        rows[key].sort(key=lambda r: (r["time"], canonical(r)))
+    return Built(rows, joined.stats, dropped, content_hash(rows))

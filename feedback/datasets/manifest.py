@@ -1,0 +1,127 @@
+"""manifest.json: what a dataset holds, where it came from, and how to check a rebuild."""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from feedback.datasets.build import SPLITS, BuildConfig, Built
+from feedback.datasets.rules import KINDS
+
+FORMAT = "loopgate.datasets/1"
+MANIFEST = "manifest.json"
+
+
+def code_version() -> dict[str, str | None]:
+    """Package version and, when running from a git checkout, its commit."""
+    try:
+        version: str | None = metadata.version("loopgate")
+    except metadata.PackageNotFoundError:
+        version = None
+    commit: str | None = None
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        if done.returncode == 0:
+            commit = done.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"package": version, "git_commit": commit}
+
+
+def _tally(built: Built, column: str) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for kind in KINDS:
+        counter: Counter[str] = Counter()
+        for split in SPLITS:
+            for row in built.rows[(kind, split)]:
+                counter[str(row.get(column) or "-")] += 1
+        out[kind] = dict(sorted(counter.items()))
+    return out
+
+
+def manifest(
+    built: Built,
+    config: BuildConfig,
+    *,
+    sources: Sequence[str],
+    files: dict[str, dict[str, object]],
+    version: dict[str, str | None],
+    built_at: datetime,
+) -> dict[str, Any]:
+    """The manifest document (content_hash covers rows only, never the build time)."""
+    times = [row["time"] for rows in built.rows.values() for row in rows]
+    return {
+        "format": FORMAT,
+        "content_hash": built.content_hash,
+        "built_at": built_at.isoformat().replace("+00:00", "Z"),
+        "code_version": version,
+        "sources": list(sources),
+        "counts": {kind: {split: built.count(kind, split) for split in SPLITS} for kind in KINDS},
+        "by_rule": _tally(built, "rule"),
+        "by_flag": _tally(built, "flag"),
+        "by_variant": _tally(built, "variant"),
+        "time_range": {"first": min(times), "last": max(times)} if times else None,
+        "filters": config.filters.model_dump(mode="json"),
+        "config": config.model_dump(mode="json", exclude={"filters"}),
+        "join": built.join.as_dict(),
+        "dropped": dict(sorted(built.dropped.items())),
+        "files": files,
+    }
+
+
+def _pairs_table(title: str, rows: dict[str, Any], key: str = "what", value: str = "n") -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column(key)
+    table.add_column(value, justify="right")
+    for name, count in rows.items():
+        table.add_row(str(name), str(count))
+    return table
+
+
+def tables(doc: dict[str, Any]) -> list[Table]:
+    """Rich tables describing a manifest, for `loopgate datasets stats`."""
+    head = Table(title="dataset", title_justify="left", show_header=False)
+    head.add_column("field")
+    head.add_column("value")
+    version = doc.get("code_version") or {}
+    time_range = doc.get("time_range") or {}
+    head.add_row("content hash", str(doc.get("content_hash")))
+    head.add_row("built at", str(doc.get("built_at")))
+    head.add_row("code", f"{version.get('package')} @ {version.get('git_commit') or '-'}")
+    head.add_row("sources", "\n".join(doc.get("sources") or []) or "-")
+    head.add_row("time range", f"{time_range.get('first', '-')} .. {time_range.get('last', '-')}")
+    active = {k: v for k, v in (doc.get("filters") or {}).items() if v is not None}
+    head.add_row("filters", ", ".join(f"{k}={v}" for k, v in active.items()) or "none")
+    counts = Table(title="rows", title_justify="left")
+    counts.add_column("kind")
+    for split in SPLITS:
+        counts.add_column(split, justify="right")
+    for kind, by_split in (doc.get("counts") or {}).items():
+        counts.add_row(kind, *(str(by_split.get(split, 0)) for split in SPLITS))
+    out = [head, counts]
+    for section, label in (("by_rule", "rule"), ("by_flag", "flag"), ("by_variant", "variant")):
+        table = Table(title=f"rows by {label}", title_justify="left")
+        table.add_column("kind")
+        table.add_column(label)
+        table.add_column("rows", justify="right")
+        for kind, counts_by in (doc.get(section) or {}).items():
+            for name, count in counts_by.items():
+                table.add_row(kind, name, str(count))
+        out.append(table)
+    out.append(_pairs_table("join", doc.get("join") or {}, "counter"))
+    out.append(_pairs_table("dropped", doc.get("dropped") or {}, "reason"))
+    return out

@@ -1,0 +1,160 @@
+"""`loopgate datasets build | stats`: preference, KTO and SFT datasets from captured events."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def _aware(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise typer.BadParameter(f"{text!r} needs a timezone (e.g. 2025-01-01T00:00:00Z)")
+    return value
+
+
+def _set(values: list[str] | None) -> frozenset[str] | None:
+    return frozenset(values) if values else None
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `datasets` command group."""
+    datasets = typer.Typer(
+        help="Build training datasets from completion and feedback events.",
+        no_args_is_help=True,
+    )
+    app.add_typer(datasets, name="datasets")
+
+    @datasets.command()
+    def build(
+        out: Annotated[Path, typer.Option(help="Directory to write the dataset into.")],
+        jsonl: Annotated[
+            list[Path] | None, typer.Option(help="Exported event JSON-lines file or directory.")
+        ] = None,
+        spool: Annotated[list[Path] | None, typer.Option(help="A spool directory.")] = None,
+        kafka: Annotated[
+            list[str] | None, typer.Option(help="Kafka bootstrap server (host:port).")
+        ] = None,
+        group: Annotated[str, typer.Option(help="Kafka consumer group.")] = "loopgate-datasets",
+        state: Annotated[
+            Path | None,
+            typer.Option(help="Local event log for Kafka (default var/datasets/<group>)."),
+        ] = None,
+        config: Annotated[
+            Path | None, typer.Option(help="YAML with rule thresholds and split settings.")
+        ] = None,
+        since: Annotated[str | None, typer.Option(help="Completions from (ISO time).")] = None,
+        until: Annotated[str | None, typer.Option(help="Completions before (ISO time).")] = None,
+        flag: Annotated[list[str] | None, typer.Option(help="Only these flags.")] = None,
+        variant: Annotated[list[str] | None, typer.Option(help="Only these variants.")] = None,
+        app_id: Annotated[list[str] | None, typer.Option("--app", help="Only these apps.")] = None,
+        kind: Annotated[
+            list[str] | None, typer.Option(help="Only these feedback kinds count.")
+        ] = None,
+        test_fraction: Annotated[
+            float | None, typer.Option(help="Share of units in the test split.")
+        ] = None,
+        fmt: Annotated[
+            list[str] | None, typer.Option("--format", help="jsonl and/or parquet (default both).")
+        ] = None,
+        overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset.")] = False,
+    ) -> None:
+        """Join events, apply the pairing and labelling rules, write files and a manifest."""
+        import yaml
+        from rich.console import Console
+
+        from feedback.datasets.build import BuildConfig
+        from feedback.datasets.export import OutputExists, export
+        from feedback.datasets.manifest import tables
+        from feedback.datasets.sources import EventLog, KafkaSource, read_jsonl, read_spool
+        from feedback.datasets.writers import FORMATS
+
+        if not (jsonl or spool or kafka):
+            raise typer.BadParameter("give at least one source: --jsonl, --spool or --kafka")
+        raw: dict[str, Any] = (yaml.safe_load(config.read_text()) or {}) if config else {}
+        filters = dict(raw.get("filters") or {})
+        filters.update(
+            {
+                key: value
+                for key, value in {
+                    "since": _aware(since),
+                    "until": _aware(until),
+                    "flags": _set(flag),
+                    "variants": _set(variant),
+                    "apps": _set(app_id),
+                    "kinds": _set(kind),
+                }.items()
+                if value is not None
+            }
+        )
+        raw["filters"] = filters
+        if test_fraction is not None:
+            raw["test_fraction"] = test_fraction
+        settings = BuildConfig.model_validate(raw)
+        for name in fmt or []:
+            if name not in FORMATS:
+                raise typer.BadParameter(f"--format {name!r}: choose from {', '.join(FORMATS)}")
+        formats = [name for name in FORMATS if not fmt or name in fmt]
+
+        console = Console()
+        streams: list[Iterable[bytes]] = []
+        sources: list[str] = []
+        for path in jsonl or []:
+            streams.append(read_jsonl([path]))
+            sources.append(f"jsonl:{path}")
+        for path in spool or []:
+            streams.append(read_spool(path))
+            sources.append(f"spool:{path}")
+        if kafka:
+            log = EventLog(state or Path("var/datasets") / group)
+            pulled = KafkaSource(kafka, group_id=group).pull(log)
+            console.print(f"kafka: {pulled.records} new events into {log.path}")
+            streams.append(log.lines())
+            sources.append(f"kafka:{','.join(kafka)}#{group}")
+        lines: Iterator[bytes] = itertools.chain.from_iterable(streams)
+        try:
+            doc = export(
+                lines,
+                settings,
+                out,
+                sources=sources,
+                formats=formats,
+                overwrite=overwrite,
+            )
+        except OutputExists as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
+        for table in tables(doc)[:2]:
+            console.print(table)
+        console.print(f"wrote {out} ({doc['content_hash']})")
+
+    @datasets.command()
+    def stats(
+        directory: Annotated[Path, typer.Argument(help="A built dataset directory.")],
+        as_json: Annotated[bool, typer.Option("--json", help="Print the raw manifest.")] = False,
+    ) -> None:
+        """Describe a built dataset from its manifest."""
+        import orjson
+        from rich.console import Console
+
+        from feedback.datasets.export import load_manifest
+        from feedback.datasets.manifest import tables
+
+        try:
+            doc = load_manifest(directory)
+        except (OSError, ValueError) as exc:
+            typer.echo(f"cannot read the manifest in {directory}: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        if as_json:
+            typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+            return
+        console = Console()
+        for table in tables(doc):
+            console.print(table)
