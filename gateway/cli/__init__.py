@@ -23,6 +23,7 @@ def _register() -> None:
 
     serve.register(app)
     sim.register(app)
+    __import__("gateway.cli.datasets", fromlist=["register"]).register(app)
     flags.register(app)
 
 
