@@ -114,6 +114,18 @@ class Metrics:
             ("flag", "variant", "reason"),
             registry=r,
         )
+        self.feedback = Counter(
+            "loopgate_feedback_total",
+            "Feedback recorded, by the flag and variant that produced the answer, and kind.",
+            ("flag", "variant", "kind"),
+            registry=r,
+        )
+        self.reports = Counter(
+            "loopgate_safety_reports_total",
+            "User `report` feedback by category.",
+            ("flag", "variant", "category"),
+            registry=r,
+        )
         self.cancelled = Counter(
             "loopgate_client_disconnects_total",
             "Requests whose client went away before the answer ended.",
