@@ -15,12 +15,13 @@ from starlette.routing import Route
 
 from feedback.emitter import open_pipeline
 from gateway.errors import install_error_handlers
+from gateway.idempotency import IdempotencyKeys, LocalIdempotencyKeys, RedisIdempotencyKeys
 from gateway.ids import signer_from_config
 from gateway.metrics import Metrics
 from gateway.openapi import document_proxy_routes
 from gateway.proxy import ProxyEndpoint
 from gateway.resolver import Resolver
-from gateway.routes import health, models
+from gateway.routes import feedback, health, models
 from gateway.routes.admin_flags import admin_flags_router
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
@@ -54,6 +55,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
                 events=events,
                 settings_loaded_at=time.time(),
             )
+            runtime.idempotency = _idempotency_keys(settings)
+            stack.push_async_callback(runtime.idempotency.aclose)
             store = None
             if settings.flags.source != "none":
                 store = await stack.enter_async_context(
@@ -84,9 +87,19 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         app.router.routes.append(Route(path, endpoint, methods=["POST"]))
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(feedback.router)
     app.include_router(admin_flags_router())
     document_proxy_routes(app)
     return app
+
+
+def _idempotency_keys(settings: Settings) -> IdempotencyKeys:
+    api = settings.feedback
+    if api.redis_url:
+        return RedisIdempotencyKeys(
+            api.redis_url, api.namespace, api.idempotency_ttl_s, api.idempotency_max_keys
+        )
+    return LocalIdempotencyKeys(api.idempotency_ttl_s, api.idempotency_max_keys)
 
 
 def proxy_endpoints() -> dict[str, ProxyEndpoint]:

@@ -15,3 +15,12 @@ def _runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
+
+
+def _caller_app(request: Request) -> str:
+    """The app making this request; anonymous callers are the app `default`."""
+    app_id: str | None = getattr(request.state, "app_id", None)
+    return app_id or "default"
+
+
+CallerAppDep = Annotated[str, Depends(_caller_app)]

@@ -8,6 +8,7 @@ from feedback.emitter import EventPipeline
 from feedback.schema import AuditBody, AuditEvent
 from gateway.events import completion_event
 from gateway.exchange import Exchange
+from gateway.idempotency import IdempotencyKeys, LocalIdempotencyKeys
 from gateway.ids import Claims, ResponseIdSigner, new_nonce
 from gateway.metrics import Metrics
 from gateway.resolver import Resolver
@@ -27,6 +28,7 @@ class Runtime:
     signer: ResponseIdSigner
     events: EventPipeline | None = None
     flags: FlagStore | None = None
+    idempotency: IdempotencyKeys = field(default_factory=lambda: LocalIdempotencyKeys(3600, 10_000))
     settings_loaded_at: float = 0.0
     ready: bool = True
     notes: dict[str, str] = field(default_factory=dict)

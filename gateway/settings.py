@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from feedback.config import EventsConfig, IdsConfig
+from gateway.telemetry_config import OtelEnvSource, TelemetryConfig
 from router.config import FlagsConfig
 from sim.profile import SimProfile
 
@@ -80,6 +82,18 @@ class LimitsConfig(Strict):
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
 
 
+class FeedbackApiConfig(Strict):
+    """How /v1/feedback accepts judgements of answers."""
+
+    # Idempotency keys are remembered this long; a repeat within it is not recorded again.
+    idempotency_ttl_s: float = Field(24 * 3600, gt=0)
+    idempotency_max_keys: int = Field(100_000, ge=1)
+    # Share idempotency keys across replicas through Redis (None: this process only).
+    redis_url: str | None = None
+    namespace: str = "loopgate"
+    max_batch: int = Field(100, ge=1, le=1000)
+
+
 class Settings(BaseSettings):
     """Everything the gateway needs, validated before it serves."""
 
@@ -95,6 +109,8 @@ class Settings(BaseSettings):
     flags: FlagsConfig = FlagsConfig()
     events: EventsConfig = EventsConfig()
     ids: IdsConfig = IdsConfig()
+    feedback: FeedbackApiConfig = FeedbackApiConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -105,8 +121,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The YAML file arrives as init kwargs; the environment overrides it.
-        return env_settings, init_settings, file_secret_settings
+        # The YAML file arrives as init kwargs; the environment overrides it. OTEL_TRACES_EXPORTER
+        # (the standard switch) overrides the YAML; LOOPGATE_TELEMETRY__* overrides both.
+        otel = OtelEnvSource(settings_cls, dict(os.environ))
+        return env_settings, otel, init_settings, file_secret_settings
 
     @model_validator(mode="after")
     def _models_name_known_pools(self) -> Settings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -110,6 +111,10 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.kill()
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def _shared_signing_key(settings: Settings) -> Settings:
     """Workers must verify each other's response ids: give them one key when none is set."""
     if settings.ids.keys:
@@ -167,6 +172,10 @@ def register(app: typer.Typer) -> None:
         )
         settings = settings.model_copy(update={"server": server})
         procs: list[subprocess.Popen[bytes]] = []
+        # uvicorn drains on SIGTERM/SIGINT, restores the handlers it found, then re-raises the
+        # signal: these handlers turn that into a clean exit 0 once the drain is done.
+        signal.signal(signal.SIGTERM, _exit_cleanly)
+        signal.signal(signal.SIGINT, _exit_cleanly)
         try:
             if simulate:
                 settings, procs = _start_sims(settings)

@@ -1,0 +1,186 @@
+"""POST /v1/feedback (and /v1/feedback/batch): human judgements of answers, as events.
+
+Feedback needs nothing but the answer's signed id: it says which flag, variant and app
+produced the answer. Only the app that got the answer may judge it, within the id's age.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from feedback.schema import FeedbackBody, FeedbackEvent, FeedbackKind, Metadata
+from gateway.deps import CallerAppDep, RuntimeDep
+from gateway.errors import Forbidden, GatewayError, InvalidRequest, UpstreamUnavailable
+from gateway.runtime import Runtime
+
+router = APIRouter(tags=["feedback"])
+
+
+class FeedbackIn(BaseModel):
+    """One judgement of one answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    response_id: str = Field(min_length=1, max_length=2048)
+    kind: FeedbackKind
+    value: float | None = Field(None, description="Rating 1-5 for `rating`; a score otherwise")
+    edited_text: str | None = Field(None, max_length=100_000, description="For `edit`")
+    category: str | None = Field(None, min_length=1, max_length=256, description="For `report`")
+    comment: str | None = Field(None, max_length=10_000)
+    metadata: Metadata = Field(default_factory=dict)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> FeedbackIn:
+        if self.kind == "rating" and (self.value is None or not 1 <= self.value <= 5):
+            raise ValueError("a rating needs a value from 1 to 5")
+        if self.kind == "edit" and not self.edited_text:
+            raise ValueError("an edit needs edited_text")
+        if self.kind == "report" and not self.category:
+            raise ValueError("a report needs a category")
+        if self.kind == "comment" and not self.comment:
+            raise ValueError("a comment needs comment text")
+        return self
+
+
+class FeedbackOut(BaseModel):
+    """What was recorded."""
+
+    object: Literal["feedback"] = "feedback"
+    id: str | None = Field(description="The event id; null when this was a repeat")
+    response_id: str
+    kind: str
+    flag: str | None
+    variant: str | None
+    recorded: bool
+    duplicate: bool
+
+
+class FeedbackBatchIn(BaseModel):
+    """Several judgements at once; each is accepted or refused on its own."""
+
+    model_config = ConfigDict(extra="forbid")
+    items: list[FeedbackIn] = Field(min_length=1, max_length=1000)
+
+
+class ItemError(BaseModel):
+    """Why one batch item was refused, in OpenAI's error terms."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class FeedbackBatchItem(BaseModel):
+    """The outcome of one batch item."""
+
+    index: int
+    status: int
+    feedback: FeedbackOut | None = None
+    error: ItemError | None = None
+
+
+class FeedbackBatchOut(BaseModel):
+    """Per-item outcomes, in request order."""
+
+    object: Literal["list"] = "list"
+    data: list[FeedbackBatchItem]
+    recorded: int
+
+
+async def record_feedback(
+    rt: Runtime, item: FeedbackIn, app_id: str, consent: str, now: float
+) -> FeedbackOut:
+    """Verify the id, check the app, dedupe, emit the event; raises GatewayError when refused."""
+    if rt.events is None:
+        raise UpstreamUnavailable("the event pipeline is disabled (events.enabled is false)")
+    claims = rt.signer.verify(item.response_id, now=now, max_age=rt.settings.ids.max_age_s)
+    if claims.app != app_id:
+        raise Forbidden("this answer was given to another app", param="response_id")
+    out = FeedbackOut(
+        id=None,
+        response_id=item.response_id,
+        kind=item.kind,
+        flag=claims.flag,
+        variant=claims.variant,
+        recorded=False,
+        duplicate=False,
+    )
+    if item.idempotency_key is not None:
+        scoped = f"{app_id}\0{item.response_id}\0{item.idempotency_key}"
+        if not await rt.idempotency.first_use(scoped):
+            return out.model_copy(update={"duplicate": True})
+    body = FeedbackBody(
+        response_id=item.response_id,
+        flag=claims.flag,
+        flag_version=claims.flag_version,
+        variant=claims.variant,
+        app=app_id,
+        unit_hash=claims.unit,
+        response_time=claims.time,
+        kind=item.kind,
+        value=item.value,
+        edited_text=item.edited_text,
+        category=item.category,
+        comment=item.comment,
+        metadata=item.metadata,
+        idempotency_key=item.idempotency_key,
+        consent="none" if consent == "none" else "full",
+    )
+    event = FeedbackEvent.create(body, gateway=rt.settings.instance, now=now)
+    rt.events.emit(event)
+    flag, variant = claims.flag or "", claims.variant or ""
+    rt.metrics.feedback.labels(flag, variant, item.kind).inc()
+    if item.kind == "report" and item.category:
+        rt.metrics.reports.labels(flag, variant, _bounded(item.category)).inc()
+    return out.model_copy(update={"id": str(event.event_id), "recorded": True})
+
+
+def _bounded(category: str) -> str:
+    """Report categories are free text from apps; keep the metric label set bounded."""
+    return category if category in _REPORT_CATEGORIES else "other"
+
+
+_REPORT_CATEGORIES = frozenset(
+    {"harmful", "hate", "harassment", "self_harm", "sexual", "violence", "privacy",
+     "misinformation", "jailbreak", "spam", "other"}
+)  # fmt: skip
+
+ConsentHeader = Annotated[str | None, Header(alias="X-Loopgate-Consent")]
+
+
+@router.post("/v1/feedback", response_model=FeedbackOut)
+async def post_feedback(
+    item: FeedbackIn, rt: RuntimeDep, app_id: CallerAppDep, consent: ConsentHeader = None
+) -> FeedbackOut:
+    """Record one judgement of an answer."""
+    return await record_feedback(rt, item, app_id, (consent or "full").lower(), time.time())
+
+
+@router.post("/v1/feedback/batch", response_model=FeedbackBatchOut)
+async def post_feedback_batch(
+    batch: FeedbackBatchIn, rt: RuntimeDep, app_id: CallerAppDep, consent: ConsentHeader = None
+) -> FeedbackBatchOut:
+    """Record several judgements; a refused item does not stop the others."""
+    if len(batch.items) > rt.settings.feedback.max_batch:
+        raise InvalidRequest(
+            f"a batch holds at most {rt.settings.feedback.max_batch} items", param="items"
+        )
+    now = time.time()
+    results: list[FeedbackBatchItem] = []
+    for index, item in enumerate(batch.items):
+        try:
+            out = await record_feedback(rt, item, app_id, (consent or "full").lower(), now)
+        except GatewayError as err:
+            error = ItemError(message=err.message, type=err.type, param=err.param, code=err.code)
+            results.append(FeedbackBatchItem(index=index, status=err.status, error=error))
+        else:
+            results.append(FeedbackBatchItem(index=index, status=200, feedback=out))
+    return FeedbackBatchOut(
+        data=results, recorded=sum(1 for r in results if r.feedback and r.feedback.recorded)
+    )
