@@ -307,9 +307,7 @@ def _pair(prompt: list[Message], chosen: str, rejected: str) -> dict[str, Any]:
     return {"prompt": prompt, "chosen": _assistant(chosen), "rejected": _assistant(rejected)}
 
 
-def edit_rows(
-    pool: Sequence[Candidate], config: RuleConfig, dropped: Counter[str]
-) -> list[Example]:
+def edit_rows(pool: Sequence[Candidate], config: RuleConfig) -> list[Example]:
     """`edit`: a DPO pair (edited over original) and, when enabled, an SFT row of the edit."""
     out: list[Example] = []
     for candidate in pool:
@@ -432,7 +430,7 @@ def apply_rules(
     """Every rule over the answers, in a fixed order."""
     pool = candidates(answers, filters, config, dropped)
     return [
-        *edit_rows(pool, config, dropped),
+        *edit_rows(pool, config),
         *regenerate_rows(pool, config, dropped),
         *variant_rows(pool),
         *kto_rows(pool, config),

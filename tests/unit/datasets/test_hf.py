@@ -8,6 +8,7 @@ import pytest
 
 from feedback.datasets.build import BuildConfig
 from feedback.datasets.export import export
+from feedback.datasets.rules import Kind
 from feedback.datasets.writers import columns
 from feedback.schema import to_json
 from tests.unit.datasets.events import completion, feedback
@@ -35,7 +36,8 @@ def test_every_file_loads_with_its_columns(tmp_path: Path, monkeypatch: pytest.M
             out / split,
             sources=["test"],
         )
-    for kind, rows in (("dpo", 1), ("kto", 2), ("sft", 2)):
+    cases: list[tuple[Kind, int]] = [("dpo", 1), ("kto", 2), ("sft", 2)]
+    for kind, rows in cases:
         for split in ("train", "test"):
             for fmt, builder in (("jsonl", "json"), ("parquet", "parquet")):
                 path = out / split / kind / f"{split}.{fmt}"

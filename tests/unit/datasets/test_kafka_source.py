@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,7 @@ def scenario() -> list[Event]:
                        variant=("control", "canary")[i % 2], at=i)
         )  # fmt: skip
         kind = KINDS[i % len(KINDS)]
-        extra = {"edited_text": f"better {i}"} if kind == "edit" else {}
+        extra: dict[str, Any] = {"edited_text": f"better {i}"} if kind == "edit" else {}
         if kind == "rating":
             extra = {"value": float(1 + i % 5)}
         events.append(feedback(rid, kind, at=i + 5, **extra))

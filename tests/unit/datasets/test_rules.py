@@ -108,7 +108,7 @@ def test_variants_pair_liked_and_disliked_answers_to_one_prompt() -> None:
     (row,) = rows(events)["dpo"]
     assert (row["variant"], row["rejected_variant"]) == ("canary", "control")
     assert sorted(row["unit_hashes"]) == ["u1", "u2"]
-    same_variant = [
+    same_variant: list[Event] = [
         completion("c1", unit="u1", text="meh answer"),
         feedback("c1", "thumbs_down"),
         completion("c2", unit="u2", text="great answer"),
@@ -143,19 +143,19 @@ def test_kto_labels_from_thumbs_accept_reject_and_ratings() -> None:
 
 
 def test_latest_signal_wins_and_a_report_bars_positive_use() -> None:
-    up_then_down = [
+    up_then_down: list[Event] = [
         completion("r1"),
         feedback("r1", "thumbs_up", at=5),
         feedback("r1", "thumbs_down", at=6),
     ]
-    down_then_up = [
+    down_then_up: list[Event] = [
         completion("r1"),
         feedback("r1", "thumbs_down", at=5),
         feedback("r1", "thumbs_up", at=6),
     ]
     assert [x[2] for x in labels(up_then_down)] == [False]
     assert [x[2] for x in labels(down_then_up)] == [True]
-    reported = [
+    reported: list[Event] = [
         completion("r1"),
         feedback("r1", "accept"),
         feedback("r1", "report", category="harm"),
