@@ -86,9 +86,6 @@ def gateway(
 def test_seeded_feedback_becomes_exactly_the_expected_datasets(
     gateway: GatewayServer, kafka_broker: TansuBroker, tmp_path: Path
 ) -> None:
-    status, _ = post_feedback(gateway, {})
-    if status == 404:
-        pytest.skip("the gateway does not serve POST /v1/feedback yet")
     sdk = gateway.client()
 
     def ask(user: str, question: str, **extra: Any) -> tuple[str, str]:
@@ -122,7 +119,7 @@ def test_seeded_feedback_becomes_exactly_the_expected_datasets(
     frank, _ = ask("frank", "Is there a mobile app?")
     judge(frank, "reject")
     judge(frank, "rating", value=3)  # neutral: the reject stays the verdict
-    gateway.stop()  # SIGTERM: the lifespan drains the event pipeline into Kafka
+    assert gateway.stop() == 0  # SIGTERM: the lifespan drains the event pipeline into Kafka
 
     out = tmp_path / "dataset"
     result = CliRunner().invoke(
