@@ -19,12 +19,12 @@ def _root() -> None:
 
 def _register() -> None:
     # Imported here, not at module top, so `import gateway.cli` stays cheap.
-    from gateway.cli import flags, serve, sim
+    from gateway.cli import datasets, flags, serve, sim
 
     serve.register(app)
     sim.register(app)
-    __import__("gateway.cli.datasets", fromlist=["register"]).register(app)
     flags.register(app)
+    datasets.register(app)
 
 
 def main() -> None:
