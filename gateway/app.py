@@ -14,12 +14,14 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from feedback.emitter import open_pipeline
+from gateway.auth import Authenticator, keys_from_redis
 from gateway.errors import install_error_handlers
 from gateway.idempotency import IdempotencyKeys, LocalIdempotencyKeys, RedisIdempotencyKeys
 from gateway.ids import signer_from_config
 from gateway.metrics import Metrics
 from gateway.openapi import document_proxy_routes
 from gateway.proxy import ProxyEndpoint
+from gateway.ratelimit import RateLimiter
 from gateway.resolver import Resolver
 from gateway.routes import feedback, health, models
 from gateway.routes.admin_flags import admin_flags_router
@@ -40,7 +42,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            upstreams = await stack.enter_async_context(Upstreams.open(settings.pools))
+            upstreams = await stack.enter_async_context(
+                Upstreams.open(settings.pools, settings.balancer, app_metrics.registry)
+            )
             events = None
             if settings.events.enabled:
                 events = await stack.enter_async_context(
@@ -57,6 +61,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             )
             runtime.idempotency = _idempotency_keys(settings)
             stack.push_async_callback(runtime.idempotency.aclose)
+            runtime.auth = Authenticator(settings.auth)
+            await stack.enter_async_context(keys_from_redis(runtime.auth))
+            runtime.limiter = await stack.enter_async_context(RateLimiter.open(settings.ratelimit))
             store = None
             if settings.flags.source != "none":
                 store = await stack.enter_async_context(

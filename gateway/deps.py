@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from gateway.auth import caller_app
 from gateway.runtime import Runtime
 
 
@@ -18,9 +19,8 @@ RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 
 
 def _caller_app(request: Request) -> str:
-    """The app making this request; anonymous callers are the app `default`."""
-    app_id: str | None = getattr(request.state, "app_id", None)
-    return app_id or "default"
+    """The app making this request, from its API key (401 without a valid one)."""
+    return caller_app(request).app_id
 
 
 CallerAppDep = Annotated[str, Depends(_caller_app)]

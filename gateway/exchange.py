@@ -40,6 +40,8 @@ class Exchange:
     ttft_s: float | None = None
     trace_id: str = ""
     fallback: bool = False
+    # Response headers the request path adds (rate limits); None: none.
+    headers_out: list[tuple[bytes, bytes]] | None = None
     responded: bool = False
 
     @property

@@ -17,9 +17,19 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.errors import BadGateway, BodyTooLarge, GatewayError, InternalError, UpstreamTimeout
+from gateway.auth import AppPrincipal, ModelNotAllowed
+from gateway.errors import (
+    BadGateway,
+    BodyTooLarge,
+    GatewayError,
+    InternalError,
+    InvalidRequest,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gateway.exchange import Exchange
-from gateway.protocol import Kind, parse_inbound
+from gateway.protocol import Inbound, Kind, parse_inbound
+from gateway.ratelimit import Reservation, estimate_tokens
 from gateway.resolver import RequestContext, Route
 from gateway.runtime import Runtime
 from gateway.upstream import UpstreamCall
@@ -31,6 +41,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _JSON = (b"content-type", b"application/json")
+_ANONYMOUS = AppPrincipal("default")
+_FALLBACK = (b"x-loopgate-fallback", b"true")
 _NO_ATTRIBUTES: dict[str, str] = {}
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -48,6 +60,7 @@ class _Headers:
 
     __slots__ = (
         "attributes",
+        "authorization",
         "consent",
         "content_length",
         "qa_variant",
@@ -60,6 +73,7 @@ class _Headers:
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.request_id = self.user = self.traceparent = self.tracestate = None
         self.qa_variant: str | None = None
+        self.authorization: bytes | None = None
         self.attributes: dict[str, str] | None = None
         self.consent = "full"
         self.content_length: int | None = None
@@ -69,6 +83,8 @@ class _Headers:
                     self.attributes = {}
                 key = name[16:].decode("latin-1")
                 self.attributes[key] = value.decode("latin-1")[:256]
+            elif name == b"authorization":
+                self.authorization = value
             elif name == b"x-loopgate-variant":
                 self.qa_variant = value.decode("latin-1")[:128]
             elif name == b"content-length":
@@ -163,14 +179,18 @@ class ProxyEndpoint:
         rt.metrics.in_flight.labels(self.route_label).inc()
         watch: _DisconnectWatch | None = None
         call: UpstreamCall | None = None
+        reservation: Reservation | None = None
         try:
+            app = rt.auth.app(headers.authorization) if rt.auth is not None else _ANONYMOUS
+            ex.app_id = app.app_id
             raw = await _read_body(
                 receive, rt.settings.limits.max_body_bytes, headers.content_length
             )
             inbound = parse_inbound(raw, self.kind)
             ex.model, ex.stream, ex.request = inbound.model, inbound.stream, inbound.body
-            ctx = self._context(rt, inbound.user, headers)
-            ex.app_id, ex.unit_id = ctx.app_id, ctx.unit_id
+            max_tokens = self._check_limits(rt, app, inbound)
+            ctx = self._context(rt, inbound.user, headers, app)
+            ex.unit_id = ctx.unit_id
             route = rt.resolver.resolve(inbound.model, ctx)
             self._note_route(ex, route)
             if route.reason != "static":
@@ -186,12 +206,30 @@ class ProxyEndpoint:
                 options = body.get("stream_options") or {}
                 body["stream_options"] = {**options, "include_usage": True}
                 strip_usage = True
+            if app.limited and rt.limiter is not None:
+                reservation = await rt.limiter.reserve(app, estimate_tokens(len(raw), max_tokens))
+                ex.headers_out = reservation.headers
             payload = orjson.dumps(body)
             watch = _DisconnectWatch(receive)
             forward = self._forward_headers(request_id, headers)
             if route.pool.authorization:
                 forward["Authorization"] = route.pool.authorization
-            call = await rt.upstreams.send(route.pool, self.path, payload, forward)
+            try:
+                call = await rt.upstreams.send(route.pool, self.path, payload, forward)
+            except UpstreamUnavailable:
+                # The variant's whole pool is down: its traffic goes to the flag's control.
+                control = rt.resolver.fallback(route)
+                if control is None:
+                    raise
+                rt.upstreams.metrics.fallbacks.labels(route.flag, route.variant).inc()
+                self._note_route(ex, control)
+                ex.fallback = True
+                route = control
+                body["model"] = route.served_model
+                forward.pop("Authorization", None)
+                if route.pool.authorization:
+                    forward["Authorization"] = route.pool.authorization
+                call = await rt.upstreams.send(route.pool, self.path, orjson.dumps(body), forward)
             ex.endpoint = call.endpoint.url
             if inbound.stream and call.response.status == 200:
                 await self._relay_stream(rt, send, call, route, ex, started, strip_usage)
@@ -226,10 +264,50 @@ class ProxyEndpoint:
                 watch.close()
             if call is not None:
                 call.abort()
+            if reservation is not None and rt.limiter is not None:
+                rt.limiter.settle(reservation, ex.prompt_tokens + ex.completion_tokens)
             self._finish(rt, ex, started)
 
-    def _context(self, rt: Runtime, user: str | None, headers: _Headers) -> RequestContext:
-        app_id = "default"
+    def _check_limits(self, rt: Runtime, app: AppPrincipal, inbound: Inbound) -> int:
+        """Refuse what the app may not ask for; returns the max_tokens used as the estimate."""
+        body = inbound.body
+        if not app.may_use(inbound.model):
+            raise ModelNotAllowed(
+                f"this API key may not use the model `{inbound.model}`", param="model"
+            )
+        if self.kind == "chat" and len(body["messages"]) > rt.settings.limits.max_messages:
+            raise InvalidRequest(
+                f"messages has {len(body['messages'])} items; at most "
+                f"{rt.settings.limits.max_messages} are accepted",
+                param="messages",
+            )
+        asked = None
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = body.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidRequest(f"{name} must be a positive integer", param=name)
+            if app.max_tokens is not None and value > app.max_tokens:
+                raise InvalidRequest(
+                    f"{name} is {value}; this API key allows at most {app.max_tokens}",
+                    param=name,
+                )
+            asked = value if asked is None else max(asked, value)
+        if asked is not None:
+            return asked
+        if self.kind == "completion":
+            return 16  # the completions API's default
+        if app.max_tokens is not None:
+            # The ceiling is enforced, so the request carries it (chat has no default length).
+            body["max_tokens"] = app.max_tokens
+            return app.max_tokens
+        return rt.limiter.config.default_max_tokens if rt.limiter is not None else 1024
+
+    def _context(
+        self, rt: Runtime, user: str | None, headers: _Headers, app: AppPrincipal
+    ) -> RequestContext:
+        app_id = app.app_id
         attributes = headers.attributes or _NO_ATTRIBUTES
         if user:
             unit, source = user, "user"
@@ -237,7 +315,7 @@ class ProxyEndpoint:
             unit, source = headers.user, "header"
         else:
             unit, source = app_id, "app"
-        return RequestContext(unit, app_id, source, attributes, headers.qa_variant, False)
+        return RequestContext(unit, app_id, source, attributes, headers.qa_variant, app.qa_override)
 
     @staticmethod
     def _note_route(ex: Exchange, route: Route) -> None:
@@ -263,6 +341,10 @@ class ProxyEndpoint:
         ]
         if overhead_s is not None:
             out.append((b"x-loopgate-overhead-ms", f"{overhead_s * 1000:.3f}".encode()))
+        if ex.headers_out:
+            out.extend(ex.headers_out)
+        if ex.fallback:
+            out.append(_FALLBACK)
         return out
 
     async def _relay_whole(
@@ -278,12 +360,12 @@ class ProxyEndpoint:
         try:
             data = await response.read()
         except TimeoutError as exc:
-            call.abort()
+            call.fail()
             raise UpstreamTimeout(
                 f"upstream {route.pool.name} timed out sending its answer"
             ) from exc
         except aiohttp.ClientError as exc:
-            call.abort()
+            call.fail()
             rt.metrics.upstream_errors.labels(route.pool.name, "bad_response").inc()
             raise BadGateway(f"upstream {route.pool.name} broke off its answer") from exc
         upstream_s = time.perf_counter() - call.started
@@ -383,6 +465,7 @@ class ProxyEndpoint:
                             now = time.perf_counter()
                             if last_content is None:
                                 ex.ttft_s = now - started
+                                call.first_token()
                             else:
                                 itl.observe(now - last_content)
                             last_content = now
@@ -399,7 +482,7 @@ class ProxyEndpoint:
                 await send({"type": "http.response.body", "body": pending, "more_body": True})
             call.release()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            call.abort()
+            call.fail()
             kind = "timeout" if isinstance(exc, TimeoutError) else "midstream"
             rt.metrics.upstream_errors.labels(route.pool.name, kind).inc()
             err: GatewayError = (

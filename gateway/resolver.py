@@ -100,3 +100,24 @@ class Resolver:
         if route is None:
             raise UnknownModel(f"The model `{model}` does not exist.", param="model")
         return route
+
+    def fallback(self, route: Route) -> Route | None:
+        """The flag's control variant when `route`'s pool is down; None if there is none."""
+        if self._flags is None or route.reason == "static":
+            return None
+        flag = self._flags.snapshot().flags.get(route.model)
+        if flag is None or flag.control == route.variant:
+            return None
+        variant = flag.variant(flag.control)
+        pool = self._upstreams.pools[variant.pool]
+        if pool is route.pool:
+            return None
+        return Route(
+            model=route.model,
+            flag=flag.key,
+            variant=variant.name,
+            flag_version=flag.version,
+            reason="fallback",
+            pool=pool,
+            served_model=variant.served_model or pool.config.served_model,
+        )

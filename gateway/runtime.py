@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 
 from feedback.emitter import EventPipeline
 from feedback.schema import AuditBody, AuditEvent
+from gateway.auth import Authenticator
 from gateway.events import completion_event
 from gateway.exchange import Exchange
 from gateway.idempotency import IdempotencyKeys, LocalIdempotencyKeys
 from gateway.ids import Claims, ResponseIdSigner, new_nonce
 from gateway.metrics import Metrics
+from gateway.ratelimit import RateLimiter
 from gateway.resolver import Resolver
 from gateway.settings import Settings
 from gateway.upstream import Upstreams
@@ -32,6 +34,9 @@ class Runtime:
     settings_loaded_at: float = 0.0
     ready: bool = True
     notes: dict[str, str] = field(default_factory=dict)
+    # None: every caller is the anonymous app `default`, no rate limits (bare test apps).
+    auth: Authenticator | None = None
+    limiter: RateLimiter | None = None
 
     def unit_hash(self, ex: Exchange) -> str:
         """The keyed hash of the request's unit id, computed once."""

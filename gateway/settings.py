@@ -19,6 +19,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from feedback.config import EventsConfig, IdsConfig
+from gateway.auth import AuthConfig
+from gateway.balancer import BalancerConfig
+from gateway.ratelimit import RateLimitConfig
 from gateway.telemetry_config import OtelEnvSource, TelemetryConfig
 from router.config import FlagsConfig
 from sim.profile import SimProfile
@@ -74,12 +77,17 @@ class ServerConfig(Strict):
     workers: int = Field(1, ge=1)
     # On SIGTERM: how long in-flight requests and streams may take to finish.
     drain_seconds: float = Field(30.0, gt=0)
+    # On SIGTERM, /readyz answers 503 and requests are still served this long before the
+    # listener closes, so load balancers stop sending first (set it to their probe period).
+    unready_seconds: float = Field(0.0, ge=0)
 
 
 class LimitsConfig(Strict):
     """Request limits enforced before anything reaches an upstream."""
 
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    # Chat messages per request (vLLM has no limit of its own; a huge array is an attack).
+    max_messages: int = Field(2048, gt=0)
 
 
 class FeedbackApiConfig(Strict):
@@ -111,6 +119,9 @@ class Settings(BaseSettings):
     ids: IdsConfig = IdsConfig()
     feedback: FeedbackApiConfig = FeedbackApiConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    auth: AuthConfig = AuthConfig()
+    ratelimit: RateLimitConfig = RateLimitConfig()
+    balancer: BalancerConfig = BalancerConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -10,7 +10,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
+from prometheus_client import CollectorRegistry
 
+from gateway.balancer import (
+    BalancerConfig,
+    BalancerMetrics,
+    Breaker,
+    EndpointCollector,
+    EndpointLoad,
+    Watcher,
+    order,
+)
 from gateway.errors import BadGateway, UpstreamTimeout, UpstreamUnavailable
 from gateway.settings import PoolConfig
 
@@ -26,66 +36,98 @@ class Endpoint:
 
     url: str
     pool: str
+    breaker: Breaker
     in_flight: int = 0
-    failures: int = 0
     last_failure: float = 0.0
+    healthy: bool = True  # the last active health check passed (or none ran yet)
+    latency: float = 0.0  # moving average of time to first token (or whole answer); 0: unknown
+    latency_at: float = 0.0
+    load: EndpointLoad = field(default_factory=EndpointLoad)
+    metrics_supported: bool = True
 
-    def healthy(self) -> bool:
-        """A recently failing endpoint is tried last, not never (it may be back)."""
-        return self.failures == 0
+    @property
+    def failures(self) -> int:
+        """Consecutive failures seen by the breaker."""
+        return self.breaker.failures
+
+    def observe_latency(self, seconds: float, alpha: float) -> None:
+        """Fold one latency sample into the moving average."""
+        self.latency = (
+            seconds if self.latency <= 0 else self.latency + alpha * (seconds - self.latency)
+        )
+        self.latency_at = time.monotonic()
 
 
 @dataclass(eq=False)
 class Pool:
-    """Endpoints serving one model, chosen least-loaded first."""
+    """Endpoints serving one model, chosen by expected wait; broken ones are left out."""
 
     name: str
     config: PoolConfig
     endpoints: list[Endpoint]
     timeout: aiohttp.ClientTimeout
     authorization: str | None = None
+    balancer: BalancerConfig = field(default_factory=BalancerConfig)
     _rr: itertools.count[int] = field(default_factory=itertools.count)
 
     @classmethod
-    def build(cls, name: str, config: PoolConfig) -> Pool:
+    def build(cls, name: str, config: PoolConfig, balancer: BalancerConfig | None = None) -> Pool:
         """Pool from its config section."""
+        b = balancer or BalancerConfig()
         t = config.timeouts
         # sock_read bounds the wait for the first byte and every gap between chunks after it.
         timeout = aiohttp.ClientTimeout(
             total=t.total, sock_connect=t.connect, sock_read=t.first_byte
         )
         key = config.api_key.get_secret_value() if config.api_key else None
-        endpoints = [Endpoint(url, name) for url in config.endpoints]
-        return cls(name, config, endpoints, timeout, f"Bearer {key}" if key else None)
+        endpoints = [
+            Endpoint(url, name, Breaker(b.failure_threshold, b.cooldown_s))
+            for url in config.endpoints
+        ]
+        return cls(name, config, endpoints, timeout, f"Bearer {key}" if key else None, b)
 
     def candidates(self) -> list[Endpoint]:
-        """Endpoints in the order to try: healthy before failing, fewest in flight first."""
-        eps = self.endpoints
-        if len(eps) == 1:
-            return eps
-        start = next(self._rr) % len(eps)
-        rotated = eps[start:] + eps[:start]  # round-robin among equals
-        return sorted(rotated, key=lambda e: (not e.healthy(), e.in_flight))
+        """Endpoints to try, best first: healthy, breaker letting requests through."""
+        now = time.monotonic()
+        usable = [ep for ep in self.endpoints if ep.healthy and ep.breaker.allows(now)]
+        if len(usable) <= 1:
+            return usable
+        return order(self, usable, next(self._rr))
+
+    def usable(self) -> bool:
+        """True when some endpoint may take a request now."""
+        now = time.monotonic()
+        return any(ep.healthy and ep.breaker.allows(now) for ep in self.endpoints)
 
 
 class UpstreamCall:
     """An upstream response whose headers have arrived; release() when done with it."""
 
-    __slots__ = ("_open", "endpoint", "response", "started")
+    __slots__ = ("_alpha", "_open", "_timed", "endpoint", "response", "started")
 
     def __init__(
-        self, endpoint: Endpoint, response: aiohttp.ClientResponse, started: float
+        self, endpoint: Endpoint, response: aiohttp.ClientResponse, started: float, alpha: float
     ) -> None:
         self.endpoint = endpoint
         self.response = response
         self.started = started
+        self._alpha = alpha
         self._open = True
+        self._timed = False
+
+    def first_token(self) -> None:
+        """The first content arrived: its delay is the endpoint's latency sample."""
+        if not self._timed:
+            self._timed = True
+            self.endpoint.observe_latency(time.perf_counter() - self.started, self._alpha)
 
     def release(self) -> None:
         """Return the connection to the pool once the body has been read."""
         if self._open:
             self._open = False
+            self.first_token()  # a whole answer: its full time is the sample
             self.endpoint.in_flight -= 1
+            self.endpoint.breaker.end_trial()
             self.response.release()
 
     def abort(self) -> None:
@@ -93,29 +135,61 @@ class UpstreamCall:
         if self._open:
             self._open = False
             self.endpoint.in_flight -= 1
+            self.endpoint.breaker.end_trial()
             self.response.close()
+
+    def fail(self) -> None:
+        """The upstream broke its answer (dropped, stalled, garbage): count it, then abort."""
+        if self._open:
+            Upstreams.failed(self.endpoint, "broken answer")
+        self.abort()
 
 
 class Upstreams:
     """All pools of this process over one shared connection pool."""
 
-    def __init__(self, session: aiohttp.ClientSession, pools: dict[str, Pool]) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        pools: dict[str, Pool],
+        metrics: BalancerMetrics | None = None,
+    ) -> None:
         self.session = session
         self.pools = pools
+        self.metrics = metrics or BalancerMetrics(None)
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, configs: Mapping[str, PoolConfig]) -> AsyncIterator[Upstreams]:
-        """Create the shared client for the lifespan of the app."""
+    async def open(
+        cls,
+        configs: Mapping[str, PoolConfig],
+        balancer: BalancerConfig | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> AsyncIterator[Upstreams]:
+        """Create the shared client and the endpoint watcher for the lifespan of the app."""
+        b = balancer or BalancerConfig()
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
         session = aiohttp.ClientSession(
             connector=connector,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
             auto_decompress=False,
         )
+        pools = {name: Pool.build(name, cfg, b) for name, cfg in configs.items()}
+        collector = EndpointCollector(pools)
+        if registry is not None:
+            registry.register(collector)
+        metrics = BalancerMetrics(registry)
+        watcher = Watcher(session, pools, b)
+        watcher.start()
         try:
-            yield cls(session, {name: Pool.build(name, cfg) for name, cfg in configs.items()})
+            yield cls(session, pools, metrics)
         finally:
+            await watcher.aclose()
+            if registry is not None:
+                # The app may start again on the same registry (tests do): free the names.
+                registry.unregister(collector)
+                registry.unregister(metrics.fallbacks)
+                registry.unregister(metrics.breaker_opens)
             await session.close()
 
     async def send(
@@ -123,8 +197,10 @@ class Upstreams:
     ) -> UpstreamCall:
         """POST to the first endpoint that answers; retry others only before any response byte."""
         last_error: BaseException | None = None
-        for endpoint in pool.candidates():
+        candidates = pool.candidates()
+        for endpoint in candidates:
             endpoint.in_flight += 1
+            endpoint.breaker.begin()
             started = time.perf_counter()
             try:
                 response = await self.session.post(
@@ -132,13 +208,13 @@ class Upstreams:
                 )
             except _NOT_STARTED as exc:
                 endpoint.in_flight -= 1
-                self._failed(endpoint, exc)
+                self._count_failure(pool, endpoint, exc)
                 last_error = exc
                 continue
             except TimeoutError as exc:
                 endpoint.in_flight -= 1
+                self._count_failure(pool, endpoint, exc)
                 if isinstance(exc, aiohttp.ConnectionTimeoutError):
-                    self._failed(endpoint, exc)
                     last_error = exc
                     continue
                 waited = pool.config.timeouts.first_byte
@@ -147,23 +223,42 @@ class Upstreams:
                 ) from exc
             except aiohttp.ClientError as exc:
                 endpoint.in_flight -= 1
-                self._failed(endpoint, exc)
+                self._count_failure(pool, endpoint, exc)
                 raise BadGateway(f"upstream {pool.name} failed: {exc.__class__.__name__}") from exc
             except BaseException:
                 endpoint.in_flight -= 1
+                endpoint.breaker.end_trial()
                 raise
-            endpoint.failures = 0
-            return UpstreamCall(endpoint, response, started)
-        reason = last_error.__class__.__name__ if last_error else "no endpoints"
+            if response.status >= 500:
+                self._count_failure(pool, endpoint, None, f"HTTP {response.status}")
+            else:
+                endpoint.breaker.success()
+            return UpstreamCall(endpoint, response, started, pool.balancer.latency_alpha)
+        if last_error is None:
+            reason = "every endpoint is down or its circuit breaker is open"
+        else:
+            reason = last_error.__class__.__name__
         raise UpstreamUnavailable(
             f"no endpoint of pool {pool.name} is reachable ({reason})"
         ) from last_error
 
+    def _count_failure(
+        self, pool: Pool, endpoint: Endpoint, exc: BaseException | None, what: str = ""
+    ) -> None:
+        if self.failed(endpoint, what or (exc.__class__.__name__ if exc else "failure")):
+            self.metrics.breaker_opens.labels(pool.name).inc()
+
     @staticmethod
-    def _failed(endpoint: Endpoint, exc: BaseException) -> None:
-        endpoint.failures += 1
-        endpoint.last_failure = time.monotonic()
-        log.warning("upstream %s unreachable: %s", endpoint.url, exc.__class__.__name__)
+    def failed(endpoint: Endpoint, what: str) -> bool:
+        """Count a failure against the endpoint; True when its breaker opened."""
+        now = time.monotonic()
+        endpoint.last_failure = now
+        opened = endpoint.breaker.failure(now)
+        if opened:
+            log.warning("upstream %s: circuit breaker open after %s", endpoint.url, what)
+        else:
+            log.warning("upstream %s failed: %s", endpoint.url, what)
+        return opened
 
     async def probe(self, pool: Pool, deadline: float = 1.0) -> bool:
         """True when at least one endpoint of the pool answers its /health."""

@@ -25,6 +25,7 @@ def _register() -> None:
     sim.register(app)
     flags.register(app)
     datasets.register(app)
+    __import__("gateway.cli.keys", fromlist=["register"]).register(app)
 
 
 def main() -> None:

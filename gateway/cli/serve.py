@@ -191,8 +191,9 @@ def register(app: typer.Typer) -> None:
             }
             if server.workers == 1:
                 from gateway.app import create_server_app
+                from gateway.shutdown import serve as serve_draining
 
-                uvicorn.run(create_server_app(settings), **common)
+                serve_draining(create_server_app(settings), server.unready_seconds, **common)
             else:
                 from gateway.app import CONFIG_ENV
 

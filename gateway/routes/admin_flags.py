@@ -1,25 +1,26 @@
 """`/admin/flags`: list, read, create, update, weights, kill switch, delete, explain.
 
-The store is `app.state.flags` (a FlagStore); the bearer token is
-`app.state.settings.flags.admin_token` (no token configured: the API answers 403).
+The store is `app.state.flags` (a FlagStore). Callers present an admin token
+(`auth.admin_tokens`, hashed, each with a role; or the shared `flags.admin_token`, which is
+an admin): viewer reads and explains, flag_editor also creates, updates, re-weights and
+kills, admin also deletes. No token configured: the API answers 403.
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.auth import AdminPrincipal, Role, admin_principal
 from gateway.errors import (
     Conflict,
     Forbidden,
     GatewayError,
     NotFound,
-    Unauthorized,
     UnprocessableEntity,
 )
 from router import admin
@@ -54,21 +55,32 @@ def _store(request: Request) -> FlagStore:
     return store
 
 
-def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
-    """Accept only `Authorization: Bearer <flags.admin_token>`."""
-    token: str | None = request.app.state.settings.flags.admin_token
-    if not token:
-        raise Forbidden("the flag admin API is disabled: set flags.admin_token to enable it")
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-        raise Unauthorized("a valid admin token is required: Authorization: Bearer <token>")
+def require_role(role: Role) -> Callable[..., AdminPrincipal]:
+    """A dependency accepting admin tokens whose role is at least `role`."""
+
+    def check(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> AdminPrincipal:
+        principal = admin_principal(request.app.state.settings, authorization)
+        if not principal.allows(role):
+            raise Forbidden(f"{principal.name} has role {principal.role}; this needs {role}")
+        return principal
+
+    check.__name__ = f"require_{role}"
+    return check
 
 
-def _who(actor: str | None) -> str:
-    return actor or "admin"
+def _who(admin: AdminPrincipal, actor: str | None) -> str:
+    # The shared token says nothing about the person: the actor header does. A named token
+    # is the identity; the header only annotates it.
+    if admin.shared:
+        return actor or admin.name
+    return f"{admin.name} ({actor})" if actor else admin.name
 
 
 StoreDep = Annotated[FlagStore, Depends(_store)]
+EditorDep = Annotated[AdminPrincipal, Depends(require_role("flag_editor"))]
+AdminDep = Annotated[AdminPrincipal, Depends(require_role("admin"))]
 ActorHeader = Annotated[str | None, Header(alias="X-Loopgate-Actor")]
 
 
@@ -126,7 +138,9 @@ def _flag_input(body: dict[str, Any], **fixed: Any) -> Flag:
 
 def admin_flags_router() -> APIRouter:
     """The `/admin/flags` routes; mount on an app whose state has `flags` and `settings`."""
-    router = APIRouter(prefix="/admin/flags", tags=["admin"], dependencies=[Depends(require_admin)])
+    router = APIRouter(
+        prefix="/admin/flags", tags=["admin"], dependencies=[Depends(require_role("viewer"))]
+    )
 
     @router.get("")
     async def list_flags(store: StoreDep) -> dict[str, Any]:
@@ -141,43 +155,54 @@ def admin_flags_router() -> APIRouter:
 
     @router.post("", status_code=201)
     async def create_flag(
-        store: StoreDep, body: Annotated[dict[str, Any], Body()], actor: ActorHeader = None
+        store: StoreDep,
+        who: EditorDep,
+        body: Annotated[dict[str, Any], Body()],
+        actor: ActorHeader = None,
     ) -> dict[str, Any]:
         """Create a flag (version 1); 409 if the key exists."""
         with _errors():
-            flag = await store.put(_flag_input(body, version=1), None, who=_who(actor))
+            flag = await store.put(_flag_input(body, version=1), None, who=_who(who, actor))
         return _flag_json(flag)
 
     # Routes with a suffix come before the bare `{key:path}` ones: keys may contain '/'.
     @router.post("/{key:path}/weights")
     async def set_weights(
-        key: str, store: StoreDep, body: WeightsBody, actor: ActorHeader = None
+        key: str, store: StoreDep, who: EditorDep, body: WeightsBody, actor: ActorHeader = None
     ) -> dict[str, Any]:
         """Replace the named variants' weights."""
         with _errors():
             flag = await admin.set_weights(
-                store, key, body.weights, body.expected_version, who=_who(actor)
+                store, key, body.weights, body.expected_version, who=_who(who, actor)
             )
         return _flag_json(flag)
 
     @router.post("/{key:path}/kill")
     async def kill(
-        key: str, store: StoreDep, body: VersionBody | None = None, actor: ActorHeader = None
+        key: str,
+        store: StoreDep,
+        who: EditorDep,
+        body: VersionBody | None = None,
+        actor: ActorHeader = None,
     ) -> dict[str, Any]:
         """Send all traffic of the flag to its control variant."""
         expected = body.expected_version if body else None
         with _errors():
-            flag = await admin.set_killed(store, key, True, expected, who=_who(actor))
+            flag = await admin.set_killed(store, key, True, expected, who=_who(who, actor))
         return _flag_json(flag)
 
     @router.post("/{key:path}/unkill")
     async def unkill(
-        key: str, store: StoreDep, body: VersionBody | None = None, actor: ActorHeader = None
+        key: str,
+        store: StoreDep,
+        who: EditorDep,
+        body: VersionBody | None = None,
+        actor: ActorHeader = None,
     ) -> dict[str, Any]:
         """Lift the kill switch: the split and rules apply again."""
         expected = body.expected_version if body else None
         with _errors():
-            flag = await admin.set_killed(store, key, False, expected, who=_who(actor))
+            flag = await admin.set_killed(store, key, False, expected, who=_who(who, actor))
         return _flag_json(flag)
 
     @router.post("/{key:path}/explain")
@@ -208,6 +233,7 @@ def admin_flags_router() -> APIRouter:
     async def update_flag(
         key: str,
         store: StoreDep,
+        who: EditorDep,
         body: Annotated[dict[str, Any], Body()],
         actor: ActorHeader = None,
     ) -> dict[str, Any]:
@@ -220,19 +246,20 @@ def admin_flags_router() -> APIRouter:
         if body.get("key", key) != key:
             raise UnprocessableEntity(f"key: body says {body['key']!r}, URL says {key!r}", "key")
         with _errors():
-            flag = await store.put(_flag_input(body, key=key), expected, who=_who(actor))
+            flag = await store.put(_flag_input(body, key=key), expected, who=_who(who, actor))
         return _flag_json(flag)
 
     @router.delete("/{key:path}", status_code=204)
     async def delete_flag(
         key: str,
         store: StoreDep,
+        who: AdminDep,
         expected_version: Annotated[int | None, Query()] = None,
         actor: ActorHeader = None,
     ) -> Response:
         """Delete a flag; its model falls back to the static route."""
         with _errors():
-            await admin.remove(store, key, expected_version, who=_who(actor))
+            await admin.remove(store, key, expected_version, who=_who(who, actor))
         return Response(status_code=204)
 
     return router
