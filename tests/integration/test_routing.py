@@ -7,6 +7,7 @@ is checked against what the pure router computes and against what each simulator
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -116,12 +117,19 @@ def assignments(sdk: openai.OpenAI, model: str, units: list[str]) -> dict[str, s
     return out
 
 
-def admin(gateway: GatewayServer, method: str, path: str, body: Any = None) -> Any:
+def admin(
+    gateway: GatewayServer,
+    method: str,
+    path: str,
+    body: Any = None,
+    client: httpx.Client | None = None,
+) -> Any:
     """One /admin/flags call with the admin token; the JSON answer (fails on an error)."""
-    with httpx.Client(base_url=gateway.base_url, timeout=10) as http:
+    with contextlib.ExitStack() as stack:
+        http = client or stack.enter_context(httpx.Client(timeout=10))
         answer = http.request(
             method,
-            "/admin/flags" + path,
+            gateway.base_url + "/admin/flags" + path,
             json=body,
             headers={"Authorization": f"Bearer {TOKEN}", "X-Loopgate-Actor": "routing-test"},
         )

@@ -110,8 +110,10 @@ class Traffic:
             self._thread.join(15)
 
 
-def _lands(gateway: GatewayServer, unit: str, variant: str) -> Callable[[], bool]:
-    return lambda: chat(gateway.base_url, unit) == variant
+def _lands(
+    gateway: GatewayServer, unit: str, variant: str, client: httpx.Client
+) -> Callable[[], bool]:
+    return lambda: chat(gateway.base_url, unit, client) == variant
 
 
 def _stale(gateway: GatewayServer) -> Callable[[], bool]:
@@ -140,17 +142,18 @@ def test_a_change_through_one_gateway_is_applied_by_the_other_within_a_second(
         for gateway in (a, b):
             assert {u: chat(gateway.base_url, u, http) for u in UNITS} == want
 
-    with Traffic([a, b]).running() as traffic:
+    with Traffic([a, b]).running() as traffic, httpx.Client(timeout=10) as http:
+        chat(b.base_url, ON_CONTROL, http)  # the connection is open before the clock starts
         time.sleep(0.2)
         started = time.monotonic()
-        admin(a, "POST", f"/{KEY}/weights", {"weights": {"control": 0, "canary": 100}})
-        poll(_lands(b, ON_CONTROL, "canary"), 5, "the weight change on gateway B")
+        admin(a, "POST", f"/{KEY}/weights", {"weights": {"control": 0, "canary": 100}}, http)
+        poll(_lands(b, ON_CONTROL, "canary", http), 5, "the weight change on gateway B")
         weight_lag = time.monotonic() - started
-        assert chat(a.base_url, ON_CONTROL) == "canary"
+        assert chat(a.base_url, ON_CONTROL, http) == "canary"
 
         started = time.monotonic()
-        admin(a, "POST", f"/{KEY}/kill", {})
-        poll(_lands(b, ON_CANARY, "control"), 5, "the kill on gateway B")
+        admin(a, "POST", f"/{KEY}/kill", {}, http)
+        poll(_lands(b, ON_CANARY, "control", http), 5, "the kill on gateway B")
         kill_lag = time.monotonic() - started
         time.sleep(0.2)
     assert weight_lag < 1.0, weight_lag
@@ -212,8 +215,10 @@ def test_redis_away_both_keep_serving_and_follow_again_when_it_returns(
         out = _flags_cli(redis_server, namespace, a.config_path, "kill", KEY)
         assert KEY in out
         started = time.monotonic()
-        for gateway in gateways:
-            poll(_lands(gateway, ON_CANARY, "control"), 10, f"the kill on gateway {gateway.port}")
+        with httpx.Client(timeout=10) as http:
+            for gateway in gateways:
+                landed = _lands(gateway, ON_CANARY, "control", http)
+                poll(landed, 10, f"the kill on gateway {gateway.port}")
         print(f"kill after Redis returned seen by both in {time.monotonic() - started:.2f} s")
     assert traffic.failures == []
     for gateway in gateways:
