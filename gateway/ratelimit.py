@@ -68,7 +68,7 @@ class RateLimitConfig(BaseModel):
     redis_url: str | None = None
     namespace: str = Field("loopgate", pattern=r"^[A-Za-z0-9._-]+$")
     # A request waits at most this long on Redis before the local bucket decides.
-    redis_timeout_s: float = Field(0.25, gt=0)
+    redis_timeout_s: float = Field(0.5, gt=0)
     # After a Redis failure, requests use local buckets this long before Redis is tried again.
     retry_redis_after_s: float = Field(1.0, gt=0)
     # Share of each limit one replica enforces alone while Redis is away.
