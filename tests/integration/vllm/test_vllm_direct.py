@@ -113,7 +113,8 @@ def test_chat_stream_with_usage(client: openai.OpenAI, vllm_server: VllmServer) 
     # No separate empty finish chunk: the last token's chunk carries finish_reason.
     assert finish.choices[0].finish_reason == "length"
     assert finish.choices[0].delta.content
-    assert len(content) == 3
+    # Up to one chunk per token: a slow front end coalesces tokens into fewer chunks.
+    assert len(content) <= 3
     assert all(c.choices[0].finish_reason is None for c in [first, *content])
     assert usage.choices == []
     assert usage.usage is not None
@@ -339,7 +340,9 @@ def test_metrics_names_and_labels(http: httpx.Client, vllm_server: VllmServer) -
 
 
 def test_metrics_show_running_and_waiting(http: httpx.Client, vllm_server: VllmServer) -> None:
-    n = vllm_server.max_num_seqs + 3
+    # Three batches' worth: the gauges update coarsely here (a handful of distinct values over
+    # a ~10 s burst on 2 cores), so a short burst can finish between two updates.
+    n = vllm_server.max_num_seqs * 3
     body = {"model": vllm_server.base_model, "prompt": "hi", "max_tokens": 480, "ignore_eos": True}
 
     def send() -> None:
@@ -349,21 +352,20 @@ def test_metrics_show_running_and_waiting(http: httpx.Client, vllm_server: VllmS
     threads = [threading.Thread(target=send, name=f"vllm-load-{i}") for i in range(n)]
     for t in threads:
         t.start()
+    seen: list[tuple[float, float]] = []
     try:
-        seen: list[tuple[float, float]] = []
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 60.0
+        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
             got = metrics(http)
-            running = got["vllm:num_requests_running"][0][1]
-            waiting = got["vllm:num_requests_waiting"][0][1]
-            seen.append((running, waiting))
-            if running == vllm_server.max_num_seqs and waiting > 0:
-                break
+            seen.append(
+                (got["vllm:num_requests_running"][0][1], got["vllm:num_requests_waiting"][0][1])
+            )
             time.sleep(0.05)
-        assert any(r == vllm_server.max_num_seqs and w > 0 for r, w in seen), seen
     finally:
         for t in threads:
             t.join(timeout=120)
+    assert any(r == vllm_server.max_num_seqs and w > 0 for r, w in seen), sorted(set(seen))
+    assert all(r <= vllm_server.max_num_seqs and r + w <= n for r, w in seen), sorted(set(seen))
     idle = metrics(http)
     assert idle["vllm:num_requests_running"][0][1] == 0
     assert idle["vllm:num_requests_waiting"][0][1] == 0
