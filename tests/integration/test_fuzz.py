@@ -69,7 +69,7 @@ def test_fuzz_the_documented_routes(gateway: GatewayServer) -> None:
     schema = schemathesis.openapi.from_url(gateway.base_url + "/openapi.json")
     operations = []
     for result in schema.get_all_operations():
-        operation = result.ok()
+        operation = result.ok()  # type: ignore[union-attr]  # Err would raise here: fine
         if operation.path.startswith(PREFIXES):
             operations.append(operation)
     assert len(operations) >= 8, [op.path for op in operations]
