@@ -24,10 +24,12 @@ from gateway.proxy import ProxyEndpoint
 from gateway.ratelimit import RateLimiter
 from gateway.resolver import Resolver
 from gateway.routes import feedback, health, models
+from gateway.routes.admin_experiments import admin_experiments_router
 from gateway.routes.admin_flags import admin_flags_router
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
 from gateway.upstream import Upstreams
+from rollout.service import open_experiments
 from router.stores import open_store
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
                 )
                 runtime.flags = store
                 runtime.resolver = Resolver(settings, upstreams, store)
+            app.state.experiments = None
+            if settings.experiments.enabled:
+                app.state.experiments = await stack.enter_async_context(
+                    open_experiments(settings.experiments, store, app_metrics.registry)
+                )
+                runtime.experiments = app.state.experiments.counters
             app.state.runtime = runtime
             app.state.flags = store
             app_metrics.bind(runtime)
@@ -96,6 +104,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(feedback.router)
     app.include_router(admin_flags_router())
+    app.include_router(admin_experiments_router())
     document_proxy_routes(app)
     return app
 

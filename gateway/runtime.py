@@ -16,6 +16,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.resolver import Resolver
 from gateway.settings import Settings
 from gateway.upstream import Upstreams
+from rollout.counters import ExperimentCounters
 from router.stores.base import AuditRecord, FlagStore, log_audit
 
 
@@ -37,6 +38,8 @@ class Runtime:
     # None: every caller is the anonymous app `default`, no rate limits (bare test apps).
     auth: Authenticator | None = None
     limiter: RateLimiter | None = None
+    # Experiment counters (batched in memory, flushed off the request path); None: off.
+    experiments: ExperimentCounters | None = None
 
     def unit_hash(self, ex: Exchange) -> str:
         """The keyed hash of the request's unit id, computed once."""
@@ -64,6 +67,14 @@ class Runtime:
                 ex, instance=self.settings.instance, unit_hash=self.unit_hash(ex)
             )
             self.events.emit(event)
+        counters = self.experiments
+        if counters is not None and ex.reason == "split":
+            # Only the weighted split is an exposure: QA, forced and allow-listed traffic
+            # would bias the comparison and the sample ratio check.
+            counters.count_exchange(
+                ex.flag, ex.flag_version, ex.variant, self.unit_hash(ex),
+                ex.status, ex.latency_s, ex.ttft_s,
+            )  # fmt: skip
 
     def audit(self, record: AuditRecord) -> None:
         """A flag change: logged, and written as an audit event."""

@@ -23,6 +23,7 @@ from gateway.auth import AuthConfig
 from gateway.balancer import BalancerConfig
 from gateway.ratelimit import RateLimitConfig
 from gateway.telemetry_config import OtelEnvSource, TelemetryConfig
+from rollout.config import ExperimentsConfig
 from router.config import FlagsConfig
 from sim.profile import SimProfile
 
@@ -119,6 +120,7 @@ class Settings(BaseSettings):
     ids: IdsConfig = IdsConfig()
     feedback: FeedbackApiConfig = FeedbackApiConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    experiments: ExperimentsConfig = ExperimentsConfig()
     auth: AuthConfig = AuthConfig()
     ratelimit: RateLimitConfig = RateLimitConfig()
     balancer: BalancerConfig = BalancerConfig()

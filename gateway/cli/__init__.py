@@ -25,6 +25,9 @@ def _register() -> None:
     sim.register(app)
     flags.register(app)
     datasets.register(app)
+    __import__("gateway.cli.experiments", fromlist=["register"]).register(app)
+    __import__("gateway.cli.rollout", fromlist=["register"]).register(app)
+    __import__("gateway.cli.demo", fromlist=["register"]).register(app)
     __import__("gateway.cli.keys", fromlist=["register"]).register(app)
 
 

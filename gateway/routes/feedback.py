@@ -136,6 +136,10 @@ async def record_feedback(
     rt.events.emit(event)
     flag, variant = claims.flag or "", claims.variant or ""
     rt.metrics.feedback.labels(flag, variant, item.kind).inc()
+    if rt.experiments is not None and flag and variant:
+        rt.experiments.count_feedback(
+            flag, claims.flag_version or 0, variant, item.kind, item.value
+        )
     if item.kind == "report" and item.category:
         rt.metrics.reports.labels(flag, variant, _bounded(item.category)).inc()
     return out.model_copy(update={"id": str(event.event_id), "recorded": True})

@@ -1,0 +1,469 @@
+"""Experiment counters per flag, flag version and variant: batched in memory, flushed to a backend.
+
+The request path only adds to an in-process batch (a few dict increments); a named background
+task flushes the batch every ~1 s to the backend: memory (the embedded default, this process
+only) or Redis (hashes plus a HyperLogLog of distinct units, so every replica adds to the same
+numbers, pipelined in one round trip per flush).
+
+Keys (Redis): `<ns>:exp:flags` (set of flags), `<ns>:exp:<flag>:versions` (hash: flag version
+-> JSON {weights, killed, seen_at}), `<ns>:exp:<flag>:<version>:<variant>` (hash of tallies) and
+`...:<variant>:units` (HyperLogLog of unit hashes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+log = logging.getLogger("loopgate.experiments")
+
+# Latency histogram: geometric buckets, four per doubling from 5 ms (bucket i covers
+# [5 ms * 2^((i-1)/4), 5 ms * 2^(i/4))), so a p95 read from it is within ~9% of the truth.
+HIST_BASE_S = 0.005
+HIST_PER_DOUBLING = 4
+HIST_BUCKETS = 64  # the last one holds everything above ~2 minutes
+
+# Field names of a tally hash (Redis) or dict (memory).
+EXPOSURES, COMPLETIONS, ERRORS, SAFETY = "exposures", "completions", "errors", "safety"
+RATING_N, RATING_SUM, RATING_SQ = "rating_n", "rating_sum", "rating_sq"
+LATENCY, TTFT, FEEDBACK = "lat:", "ttft:", "fb:"
+# Sums of ratings are fractional; Redis refuses HINCRBY on a field once it holds a float.
+_FLOAT_FIELDS = frozenset({RATING_SUM, RATING_SQ})
+
+TallyKey = tuple[str, int, str]  # (flag, flag version, variant)
+
+
+def bucket_upper(index: int) -> float:
+    """Upper edge of bucket `index` in seconds."""
+    return float(HIST_BASE_S * 2.0 ** (index / HIST_PER_DOUBLING))
+
+
+# Precomputed so the request path does a bisect and no float math or string formatting.
+_EDGES = [bucket_upper(i) for i in range(HIST_BUCKETS - 1)]
+_LAT_FIELDS = [LATENCY + str(i) for i in range(HIST_BUCKETS)]
+_TTFT_FIELDS = [TTFT + str(i) for i in range(HIST_BUCKETS)]
+
+
+def bucket_of(seconds: float) -> int:
+    """The histogram bucket a duration falls in (bucket i holds (edge i-1, edge i])."""
+    return bisect.bisect_left(_EDGES, seconds)
+
+
+def quantile(histogram: Mapping[int, float], q: float) -> float | None:
+    """The q-quantile from bucket counts, interpolated geometrically inside its bucket."""
+    total = sum(histogram.values())
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0.0
+    for index in sorted(histogram):
+        count = histogram[index]
+        if count <= 0:
+            continue
+        if seen + count >= rank:
+            upper = bucket_upper(index)
+            lower = bucket_upper(index - 1) if index > 0 else 0.0
+            within = (rank - seen) / count
+            if lower <= 0.0:
+                return upper * within
+            return float(lower * (upper / lower) ** within)
+        seen += count
+    return bucket_upper(max(histogram))
+
+
+@dataclass(frozen=True)
+class VersionMeta:
+    """The weights a flag version split traffic by, and when it was first seen."""
+
+    version: int
+    weights: dict[str, float]
+    killed: bool
+    seen_at: float
+
+    def to_json(self) -> str:
+        """Stored form."""
+        return json.dumps({"weights": self.weights, "killed": self.killed, "seen_at": self.seen_at})
+
+    @classmethod
+    def from_json(cls, version: int, text: str | bytes) -> VersionMeta:
+        """Parse the stored form."""
+        doc = json.loads(text)
+        return cls(
+            version=version,
+            weights={str(k): float(v) for k, v in doc["weights"].items()},
+            killed=bool(doc.get("killed", False)),
+            seen_at=float(doc["seen_at"]),
+        )
+
+
+@dataclass
+class Tally:
+    """Everything counted for one (flag, version, variant): a flat field -> number map."""
+
+    fields: dict[str, float] = field(default_factory=dict)
+    units: int | None = None
+
+    def get(self, name: str) -> float:
+        """One field, 0 when never counted."""
+        return self.fields.get(name, 0.0)
+
+    def histogram(self, prefix: str) -> dict[int, float]:
+        """Bucket counts of `lat:` or `ttft:`."""
+        return {
+            int(name[len(prefix) :]): count
+            for name, count in self.fields.items()
+            if name.startswith(prefix)
+        }
+
+    def feedback(self, kind: str) -> int:
+        """Feedback events of one kind."""
+        return int(self.get(FEEDBACK + kind))
+
+    def add(self, other: Tally) -> None:
+        """Add `other`'s fields into this one (units summed: an upper bound on distinct)."""
+        for name, value in other.fields.items():
+            self.fields[name] = self.fields.get(name, 0.0) + value
+        if other.units is not None:
+            self.units = (self.units or 0) + other.units
+
+
+@dataclass(frozen=True)
+class ExperimentCounts:
+    """What the backend holds for one flag: version metadata and tallies per (version, variant)."""
+
+    flag: str
+    versions: list[VersionMeta]
+    tallies: dict[tuple[int, str], Tally]
+
+
+@dataclass
+class Batch:
+    """Increments gathered since the last flush."""
+
+    fields: dict[TallyKey, dict[str, float]] = field(default_factory=dict)
+    units: dict[TallyKey, set[str]] = field(default_factory=dict)
+    versions: dict[tuple[str, int], VersionMeta] = field(default_factory=dict)
+
+    def empty(self) -> bool:
+        """True when there is nothing to flush."""
+        return not (self.fields or self.units or self.versions)
+
+
+class CounterBackend(Protocol):
+    """Where flushed counts live and are read from."""
+
+    async def apply(self, batch: Batch) -> None:
+        """Add a batch."""
+        ...
+
+    async def read(self, flag: str) -> ExperimentCounts:
+        """Everything counted for a flag."""
+        ...
+
+    async def flags(self) -> list[str]:
+        """Flags with any counts."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+class MemoryCounterBackend:
+    """This process only (the embedded default); bounded: distinct units capped per arm."""
+
+    def __init__(self, max_units: int = 50_000, max_versions: int = 256) -> None:
+        self._max_units = max_units
+        self._max_versions = max_versions
+        self._tallies: dict[TallyKey, dict[str, float]] = {}
+        self._units: dict[TallyKey, set[str]] = {}
+        self._versions: dict[str, dict[int, VersionMeta]] = {}
+
+    async def apply(self, batch: Batch) -> None:
+        """Add a batch."""
+        for (flag, version), meta in batch.versions.items():
+            known = self._versions.setdefault(flag, {})
+            known.setdefault(version, meta)
+            if len(known) > self._max_versions:
+                self._forget(flag, min(known))
+        for key, fields in batch.fields.items():
+            tally = self._tallies.setdefault(key, {})
+            for name, value in fields.items():
+                tally[name] = tally.get(name, 0.0) + value
+        for key, units in batch.units.items():
+            seen = self._units.setdefault(key, set())
+            # Past the cap the count is a lower bound; memory stays bounded (FIELD.md 1).
+            for unit in units:
+                if len(seen) >= self._max_units:
+                    break
+                seen.add(unit)
+
+    def _forget(self, flag: str, version: int) -> None:
+        self._versions[flag].pop(version, None)
+        for key in [k for k in self._tallies if k[0] == flag and k[1] == version]:
+            self._tallies.pop(key, None)
+            self._units.pop(key, None)
+
+    async def read(self, flag: str) -> ExperimentCounts:
+        """Everything counted for a flag (copies)."""
+        versions = sorted(self._versions.get(flag, {}).values(), key=lambda m: m.version)
+        tallies = {
+            (version, variant): Tally(dict(fields), len(self._units.get((f, version, variant), ())))
+            for (f, version, variant), fields in self._tallies.items()
+            if f == flag
+        }
+        return ExperimentCounts(flag, versions, tallies)
+
+    async def flags(self) -> list[str]:
+        """Flags with any counts."""
+        return sorted(self._versions)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+class RedisCounterBackend:
+    """Shared by every replica: HINCRBY(FLOAT) hashes, PFADD HyperLogLogs, one pipeline a flush."""
+
+    def __init__(self, url: str, namespace: str, ttl_s: float, timeout: float = 2.0) -> None:
+        from redis.asyncio import Redis
+
+        self._redis: Any = Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self._ns = namespace
+        self._ttl_ms = int(ttl_s * 1000)
+
+    def _flag_key(self, flag: str) -> str:
+        return f"{self._ns}:exp:{flag}"
+
+    def _tally_key(self, flag: str, version: int, variant: str) -> str:
+        return f"{self._ns}:exp:{flag}:{version}:{variant}"
+
+    async def apply(self, batch: Batch) -> None:
+        """Add a batch in one pipelined round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        touched: set[str] = set()
+        for (flag, version), meta in batch.versions.items():
+            key = self._flag_key(flag) + ":versions"
+            pipe.hsetnx(key, str(version), meta.to_json())
+            pipe.sadd(f"{self._ns}:exp:flags", flag)
+            touched.add(key)
+        for (flag, version, variant), fields in batch.fields.items():
+            key = self._tally_key(flag, version, variant)
+            for name, value in fields.items():
+                if name in _FLOAT_FIELDS:
+                    pipe.hincrbyfloat(key, name, value)
+                else:
+                    pipe.hincrby(key, name, int(value))
+            touched.add(key)
+        for (flag, version, variant), units in batch.units.items():
+            key = self._tally_key(flag, version, variant) + ":units"
+            pipe.pfadd(key, *units)
+            touched.add(key)
+        # Counters expire unless written to: Redis memory stays bounded for dead experiments.
+        for key in touched:
+            pipe.pexpire(key, self._ttl_ms)
+        await pipe.execute()
+
+    async def read(self, flag: str) -> ExperimentCounts:
+        """Everything counted for a flag: two round trips."""
+        raw = await self._redis.hgetall(self._flag_key(flag) + ":versions")
+        versions = sorted(
+            (VersionMeta.from_json(int(v), text) for v, text in raw.items()),
+            key=lambda m: m.version,
+        )
+        keys = [(m.version, name) for m in versions for name in m.weights]
+        pipe = self._redis.pipeline(transaction=False)
+        for version, variant in keys:
+            pipe.hgetall(self._tally_key(flag, version, variant))
+            pipe.pfcount(self._tally_key(flag, version, variant) + ":units")
+        results = await pipe.execute() if keys else []
+        tallies: dict[tuple[int, str], Tally] = {}
+        for i, key in enumerate(keys):
+            fields, units = results[2 * i], results[2 * i + 1]
+            if fields or units:
+                tallies[key] = Tally({k.decode(): float(v) for k, v in fields.items()}, int(units))
+        return ExperimentCounts(flag, versions, tallies)
+
+    async def flags(self) -> list[str]:
+        """Flags with any counts."""
+        return sorted(m.decode() for m in await self._redis.smembers(f"{self._ns}:exp:flags"))
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._redis.aclose()
+
+
+FlagLookup = Callable[[str], tuple[int, dict[str, float], bool] | None]
+
+
+class ExperimentCounters:
+    """The request path's side: add to a batch in memory; a background task flushes it."""
+
+    def __init__(
+        self,
+        backend: CounterBackend,
+        lookup: FlagLookup | None = None,
+        *,
+        max_pending_keys: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = backend
+        self._lookup = lookup
+        self._batch = Batch()
+        self._known: set[tuple[str, int]] = set()
+        self._max_pending = max_pending_keys
+        self._clock = clock
+        self.dropped = 0
+        self.flush_errors = 0
+
+    def _tally(self, key: TallyKey) -> dict[str, float] | None:
+        fields = self._batch.fields.get(key)
+        if fields is None:
+            if len(self._batch.fields) >= self._max_pending:
+                # A backend down for long must not grow memory without bound (FIELD.md 1).
+                self.dropped += 1
+                return None
+            fields = self._batch.fields[key] = {}
+        return fields
+
+    def _note_version(self, flag: str, version: int) -> None:
+        if (flag, version) in self._known or self._lookup is None:
+            return
+        found = self._lookup(flag)
+        if found is None or found[0] != version:
+            return  # the flag moved on already; another replica (or the controller) records it
+        self._known.add((flag, version))
+        if len(self._known) > 4096:
+            self._known.clear()
+        _, weights, killed = found
+        self._batch.versions[(flag, version)] = VersionMeta(version, weights, killed, self._clock())
+
+    def register_version(
+        self, flag: str, version: int, weights: Mapping[str, float], killed: bool, now: float
+    ) -> None:
+        """Record a flag version's weights now (the controller calls this right after a write)."""
+        self._known.add((flag, version))
+        self._batch.versions[(flag, version)] = VersionMeta(version, dict(weights), killed, now)
+
+    def count_exchange(
+        self,
+        flag: str,
+        version: int,
+        variant: str,
+        unit_hash: str,
+        status: str,
+        latency_s: float,
+        ttft_s: float | None,
+        safety_findings: int = 0,
+    ) -> None:
+        """One request assigned by the weighted split, at its end; a few dict increments."""
+        self._note_version(flag, version)
+        key = (flag, version, variant)
+        fields = self._tally(key)
+        if fields is None:
+            return
+        fields[EXPOSURES] = fields.get(EXPOSURES, 0.0) + 1
+        if status == "ok":
+            fields[COMPLETIONS] = fields.get(COMPLETIONS, 0.0) + 1
+            name = _LAT_FIELDS[bucket_of(latency_s)]
+            fields[name] = fields.get(name, 0.0) + 1
+        elif status == "error":
+            fields[ERRORS] = fields.get(ERRORS, 0.0) + 1
+        if ttft_s is not None:
+            name = _TTFT_FIELDS[bucket_of(ttft_s)]
+            fields[name] = fields.get(name, 0.0) + 1
+        if safety_findings:
+            fields[SAFETY] = fields.get(SAFETY, 0.0) + safety_findings
+        if unit_hash:
+            units = self._batch.units.get(key)
+            if units is None:
+                units = self._batch.units[key] = set()
+            units.add(unit_hash)
+
+    def count_feedback(
+        self, flag: str, version: int, variant: str, kind: str, value: float | None
+    ) -> None:
+        """One piece of feedback on an answer of (flag, version, variant)."""
+        fields = self._tally((flag, version, variant))
+        if fields is None:
+            return
+        name = FEEDBACK + kind
+        fields[name] = fields.get(name, 0.0) + 1
+        if kind == "report":
+            fields[SAFETY] = fields.get(SAFETY, 0.0) + 1
+        if kind == "rating" and value is not None:
+            fields[RATING_N] = fields.get(RATING_N, 0.0) + 1
+            fields[RATING_SUM] = fields.get(RATING_SUM, 0.0) + value
+            fields[RATING_SQ] = fields.get(RATING_SQ, 0.0) + value * value
+
+    async def flush(self) -> None:
+        """Hand the batch to the backend; on failure keep it for the next try (bounded)."""
+        if self._batch.empty():
+            return
+        batch, self._batch = self._batch, Batch()
+        try:
+            await self.backend.apply(batch)
+        except Exception:  # the edge: Redis away must not kill the flusher
+            self.flush_errors += 1
+            log.warning("experiment counters: flush failed; keeping the batch", exc_info=True)
+            self._merge_back(batch)
+
+    def _merge_back(self, batch: Batch) -> None:
+        current = self._batch
+        for key, fields in batch.fields.items():
+            target = self._tally(key)
+            if target is None:
+                continue
+            for name, value in fields.items():
+                target[name] = target.get(name, 0.0) + value
+        for key, units in batch.units.items():
+            if key in current.fields:
+                current.units.setdefault(key, set()).update(units)
+        for vkey, meta in batch.versions.items():
+            current.versions.setdefault(vkey, meta)
+
+    async def read(self, flag: str) -> ExperimentCounts:
+        """Flush what is pending, then read the backend's numbers."""
+        await self.flush()
+        return await self.backend.read(flag)
+
+    async def run(self, interval: float) -> None:
+        """Flush every `interval` seconds until cancelled (a named task in the lifespan)."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.flush()
+
+
+def open_backend(
+    redis_url: str | None, namespace: str, ttl_s: float, max_units: int
+) -> CounterBackend:
+    """Redis when a URL is given, else this process's memory."""
+    if redis_url:
+        return RedisCounterBackend(redis_url, namespace, ttl_s)
+    return MemoryCounterBackend(max_units=max_units)
+
+
+@contextlib.asynccontextmanager
+async def running_counters(
+    counters: ExperimentCounters, interval: float
+) -> AsyncIterator[ExperimentCounters]:
+    """Run the flusher while the block runs; flush once more and close at the end."""
+    task = asyncio.create_task(counters.run(interval), name="experiment-counters-flush")
+    try:
+        yield counters
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(Exception):
+            await counters.flush()
+        await counters.backend.aclose()

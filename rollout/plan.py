@@ -1,0 +1,154 @@
+"""Rollout plans (steps, minimum sample, guardrails, primary metric) and the controller's state."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rollout.model import Decision, Policy
+
+GuardrailMetric = Literal[
+    "error_rate", "latency_p95", "ttft_p95", "safety_rate", "thumbs_down_share", "regenerate_rate"
+]
+PrimaryMetric = Literal["thumbs", "accept"]
+RolloutStatus = Literal["running", "rolled_back", "promoted", "paused"]
+ActionKind = Literal["start", "advance", "rollback", "promote", "allocate", "hold"]
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+# Pairs of feedback kinds (positive, negative) each primary metric compares.
+PRIMARY_KINDS: dict[str, tuple[str, str]] = {
+    "thumbs": ("thumbs_up", "thumbs_down"),
+    "accept": ("accept", "reject"),
+}
+
+
+class GuardrailSpec(BaseModel):
+    """A metric the canary may not be worse on than control by more than a relative margin."""
+
+    model_config = _FROZEN
+
+    metric: GuardrailMetric
+    max_relative_increase: float = Field(0.1, ge=0.0)
+    absolute_slack: float = Field(0.0, ge=0.0)
+
+
+DEFAULT_GUARDRAILS: tuple[GuardrailSpec, ...] = (
+    GuardrailSpec(metric="error_rate", max_relative_increase=0.2, absolute_slack=0.01),
+    GuardrailSpec(metric="latency_p95", max_relative_increase=0.25, absolute_slack=0.05),
+    GuardrailSpec(metric="ttft_p95", max_relative_increase=0.25, absolute_slack=0.05),
+    GuardrailSpec(metric="safety_rate", max_relative_increase=0.5, absolute_slack=0.005),
+    GuardrailSpec(metric="thumbs_down_share", max_relative_increase=0.2, absolute_slack=0.02),
+)
+
+
+class BanditConfig(BaseModel):
+    """Thompson-sampling allocation instead of fixed steps, with a floor share per variant."""
+
+    model_config = _FROZEN
+
+    floor: float = Field(0.05, gt=0.0, lt=0.5)
+    # Allocation moves only when a share changes by at least this much (percentage points):
+    # every change opens a phase, so jitter would fragment the data.
+    min_change: float = Field(2.0, ge=0.0)
+    seed: int = 0
+
+
+class RolloutPlan(BaseModel):
+    """How a canary is ramped on one flag, and what may stop it."""
+
+    model_config = _FROZEN
+
+    flag: str
+    control: str
+    canary: str
+    steps: tuple[float, ...] = Field((1.0, 5.0, 25.0, 50.0, 100.0), min_length=1)
+    min_duration_s: float = Field(600.0, ge=0.0, description="per step")
+    min_exposures: int = Field(500, ge=0, description="canary exposures per step")
+    min_feedback: int = Field(200, ge=1, description="per arm, primary metric")
+    min_outcomes: int = Field(10, ge=0)
+    min_guardrail_sample: int = Field(100, ge=0)
+    guardrails: tuple[GuardrailSpec, ...] = DEFAULT_GUARDRAILS
+    primary: PrimaryMetric = "thumbs"
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    tau: float = Field(0.05, gt=0.0)
+    promote_requires_better: bool = False
+    # weight: the canary's weight goes to 0 (units stay sticky for a later retry);
+    # kill: the flag's kill switch (everyone to control, rules included).
+    rollback: Literal["weight", "kill"] = "weight"
+    bandit: BanditConfig | None = None
+
+    @field_validator("steps")
+    @classmethod
+    def _ascending_to_100(cls, steps: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 < s <= 100.0 for s in steps):
+            raise ValueError("steps are canary percentages in (0, 100]")
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError("steps must ascend")
+        if steps[-1] != 100.0:
+            raise ValueError("the last step must be 100 (promotion)")
+        return steps
+
+    @model_validator(mode="after")
+    def _distinct(self) -> RolloutPlan:
+        if self.control == self.canary:
+            raise ValueError("control and canary must be different variants")
+        return self
+
+    def weights(self, canary_share: float) -> dict[str, float]:
+        """Weights (percent) that give the canary `canary_share` and control the rest."""
+        return {self.canary: canary_share, self.control: 100.0 - canary_share}
+
+    def policy(self, step: int) -> Policy:
+        """The decision policy while the canary is at step index `step`."""
+        return Policy(
+            alpha=self.alpha,
+            tau=self.tau,
+            min_feedback=self.min_feedback,
+            min_outcomes=self.min_outcomes,
+            min_exposures=self.min_exposures,
+            min_duration_s=self.min_duration_s,
+            min_guardrail_sample=self.min_guardrail_sample,
+            last_step=step + 1 >= len(self.steps) - 1,
+            promote_requires_better=self.promote_requires_better,
+        )
+
+
+class RolloutAction(BaseModel):
+    """One thing the controller did (or decided) to a flag, and why."""
+
+    model_config = _FROZEN
+
+    time: float
+    action: ActionKind
+    decision: Decision | None = None
+    from_share: float | None = None
+    to_share: float | None = None
+    flag_version: int | None = None
+    p_value: float | None = None
+    reasons: tuple[str, ...] = ()
+
+
+class RolloutState(BaseModel):
+    """Where a rollout is: its step, since when, the running p-value, and its history."""
+
+    model_config = _FROZEN
+
+    flag: str
+    status: RolloutStatus = "running"
+    step: int = Field(-1, ge=-1, description="index into plan.steps; -1 before the first")
+    step_started_at: float | None = None
+    share: float | None = Field(None, description="the canary share (percent) last written")
+    p_value: float = Field(1.0, ge=0.0, le=1.0)
+    flag_version: int | None = None
+    last_decision: Decision | None = None
+    last_reasons: tuple[str, ...] = ()
+    checked_at: float | None = None
+    allocations: int = Field(0, ge=0, description="bandit reallocations so far")
+    history: tuple[RolloutAction, ...] = ()
+
+    def with_action(self, action: RolloutAction, keep: int = 200) -> RolloutState:
+        """A copy with `action` appended; history is bounded (oldest dropped)."""
+        return self.model_copy(update={"history": (*self.history, action)[-keep:]})
