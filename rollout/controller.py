@@ -312,7 +312,7 @@ async def run_controller(
     renew = min(interval, renew_every or interval)
     stop = stop or asyncio.Event()
     last_tick = -float("inf")
-    was_leader = False
+    was_leader: bool | None = None  # log the first answer either way
     try:
         while not stop.is_set():
             try:
