@@ -190,6 +190,9 @@ def gateway_config(sims: dict[str, SimServer], flags_path: Path) -> dict[str, An
     return {
         "pools": {name: pool(s.base_url, served_model=name) for name, s in sims.items()},
         "models": {name: {"pool": name} for name in sims},
+        # One missed 1 s health probe takes a one-endpoint pool out for 5 s (503s); on a
+        # loaded 2-core test box that is CPU starvation, not the routing under test.
+        "balancer": {"probe_timeout_s": 5.0},
         "flags": {
             "source": "file",
             "path": str(flags_path),
@@ -336,6 +339,20 @@ def test_streaming_gets_the_same_headers_and_the_header_unit_counts(
         assert got == {u: 2 for u, v in plain.items() if POOL_OF[v] == pool_name}
         streams = [e for e in server.requests() if e["body"].get("user") in got]
         assert sum(1 for e in streams if e["body"].get("stream")) == len(got)
+
+
+def test_without_a_unit_the_app_is_the_unit_and_is_counted(
+    gateway: GatewayServer, sdk: openai.OpenAI
+) -> None:
+    # No key configured: requests come from the anonymous app, `default`.
+    said = admin(gateway, "POST", f"/{SPLIT}/explain", {"unit_id": "default"})
+    for _ in range(5):
+        assert ask(sdk, SPLIT, None).variant == said["variant"]
+    counted = f'loopgate_requests_without_unit_total{{flag="{SPLIT}"}}'
+    status, body = gateway.get("/metrics")
+    assert status == 200
+    samples = dict(line.rsplit(" ", 1) for line in body.decode().splitlines() if line[:1] != "#")
+    assert float(samples[counted]) >= 5
 
 
 # -- the file store -----------------------------------------------------------------------
