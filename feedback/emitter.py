@@ -217,7 +217,7 @@ class EventPipeline:
                 self.stats.sent += len(records)
             except SinkError as exc:
                 self.stats.failed += 1
-                log.warning("events: primary sink failed (%s); spooling", exc)
+                log.warning("events: primary sink failed (%s); spooling", str(exc))  # see replay
                 if not self._inflight_spooled:
                     self._enter_spooling(failed=records)
             except Exception:
@@ -289,8 +289,10 @@ class EventPipeline:
                 await self._primary.emit(records)
             except SinkError as exc:
                 self.stats.failed += 1
+                # The message, not the exception: its traceback would pin the client's sockets.
+                why = str(exc)
                 self._warn(
-                    "replay", "events: replay to Kafka failed (%s); retry in %.1fs", exc, backoff
+                    "replay", "events: replay to Kafka failed (%s); retry in %.1fs", why, backoff
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, ceiling)

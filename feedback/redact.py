@@ -95,7 +95,8 @@ _KEY_RULES: tuple[tuple[tuple[str, ...], str, re.Pattern[str]], ...] = (
 
 # Shapes made of digits, tried only inside digit clusters; ordered so the more specific wins.
 _DIGIT_RULES = (
-    _Rule("card", "card", r"(?<![\d.-])\d(?:[ -]?\d){12,18}(?!\d)"),
+    # A whole run of digit groups: the card inside it is found by windows (_replace_card).
+    _Rule("card", "card", r"(?<![\d.-])\d(?:[ -]?\d){12,}(?![ -]?\d)"),
     _Rule(
         "ssn",
         "national_id",
@@ -238,7 +239,9 @@ class Redactor:
 
     def _replace_ipv6(self, match: re.Match[str], findings: Findings) -> str:
         span = match.group(0)
-        if span.count(":") < 2 or not _ipv6_ok(span) or self._allowed(span):
+        # Three groups at least: `a::b` in code is an address in form only.
+        groups = sum(1 for group in span.split(":") if group)
+        if groups < 3 or not _ipv6_ok(span) or self._allowed(span):
             return span
         self._count("ip_address", findings)
         return PLACEHOLDERS["ip_address"]
@@ -288,11 +291,17 @@ class Redactor:
         return span
 
     def _replace_card(self, span: str, findings: Findings) -> str:
-        digits = span.replace(" ", "").replace("-", "")
+        redacted = self._cards_in(span, findings)
+        return redacted if redacted != span else self._fallback(span, "card", findings)
+
+    def _cards_in(self, span: str, findings: Findings) -> str:
+        core = span.strip(" -")
+        digits = core.replace(" ", "").replace("-", "")
         if 13 <= len(digits) <= 19 and luhn_ok(digits):
             self._count("card", findings)
-            return PLACEHOLDERS["card"]
-        # A card run into neighbouring digit groups: try windows cut at separators.
+            lead = span[: len(span) - len(span.lstrip(" -"))]
+            return f"{lead}{PLACEHOLDERS['card']}{span[len(span.rstrip(' -')) :]}"
+        # Cards run into neighbouring digit groups: windows cut at separators, longest first.
         cuts = [0] + [i + 1 for i, char in enumerate(span) if char in " -"] + [len(span) + 1]
         for size in range(len(cuts) - 1, 0, -1):
             for first in range(len(cuts) - size):
@@ -300,8 +309,10 @@ class Redactor:
                 compact = span[start:end].replace(" ", "").replace("-", "")
                 if 13 <= len(compact) <= 19 and luhn_ok(compact):
                     self._count("card", findings)
-                    return f"{span[:start]}{PLACEHOLDERS['card']}{span[end:]}"
-        return self._fallback(span, "card", findings)
+                    before = self._cards_in(span[:start], findings) if start else ""
+                    after = self._cards_in(span[end:], findings) if end < len(span) else ""
+                    return f"{before}{PLACEHOLDERS['card']}{after}"
+        return span
 
     def redact_value(self, value: Any, findings: Findings) -> Any:
         """Redact every content string in a JSON-like value (messages, tool calls, params)."""

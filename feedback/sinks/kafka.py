@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
+import socket
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -16,6 +19,18 @@ from feedback.sinks.base import Record, SinkUnavailable
 log = logging.getLogger(__name__)
 
 
+def load_kafka_client() -> None:
+    """Import kafka-python now, in this thread, without its import-time DeprecationWarning.
+
+    kafka-python 3 reads its protocol schemas with importlib.resources.read_text, deprecated
+    on Python 3.11; the warning is the library's, not ours, and would fail warning-strict runs.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for module in ("kafka", "kafka.admin", "kafka.errors", "kafka.producer", "kafka.consumer"):
+            importlib.import_module(module)
+
+
 class KafkaSink:
     """Sends batches to Kafka; connects lazily and reconnects after any failure."""
 
@@ -25,15 +40,33 @@ class KafkaSink:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopgate-kafka")
         self._producer: Any = None
         self._topics_ready = not config.create_topics
+        load_kafka_client()  # here, not in the worker thread: warning filters are process-wide
 
     def _timeouts_ms(self) -> tuple[int, int]:
         send_ms = int(self.config.send_timeout_s * 1000)
         request_ms = int(min(self.config.connect_timeout_s, self.config.send_timeout_s / 2) * 1000)
         return send_ms, max(request_ms, 100)
 
+    def _probe(self) -> None:
+        # A plain TCP connect first: kafka-python 3.0 leaks the socket of every refused
+        # connection (kafka/net/inet.py), so a dead broker is never handed to it.
+        timeout = self.config.connect_timeout_s
+        for server in self.config.bootstrap_servers:
+            host, _, port = server.rpartition(":")
+            try:
+                with socket.create_connection((host.strip("[]") or server, int(port)), timeout):
+                    return
+            except (OSError, ValueError):
+                continue
+        raise SinkUnavailable(
+            f"no Kafka bootstrap server accepts connections: {self.config.bootstrap_servers}"
+        )
+
     def _connect(self) -> Any:
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
+
+        self._probe()
 
         send_ms, request_ms = self._timeouts_ms()
         connect_ms = int(self.config.connect_timeout_s * 1000)
@@ -92,6 +125,8 @@ class KafkaSink:
     def _discard(self) -> None:
         # After a failure the producer may hold stale batches; start clean next time.
         producer, self._producer = self._producer, None
+        # A broker that came back empty needs its topics again: check on reconnect.
+        self._topics_ready = not self.config.create_topics
         if producer is None:
             return
         from kafka.errors import KafkaError
@@ -101,16 +136,18 @@ class KafkaSink:
             # Pending batches expire after the delivery timeout, so this returns by then.
             producer.close(timeout=send_ms / 1000 + 1)
         except KafkaError as exc:
-            log.warning("closing the Kafka producer after a failure: %s", exc)
+            log.warning("closing the Kafka producer after a failure: %s", str(exc))
 
     def _send(self, records: Sequence[Record]) -> None:
         from kafka.errors import KafkaError
 
         try:
-            if not self._topics_ready:
-                self._ensure_topics()
             if self._producer is None:
                 self._producer = self._connect()
+            if not self._topics_ready:
+                # Only once the producer got through: kafka-python's admin client leaks its
+                # IO thread when it cannot bootstrap, so it is never tried against a dead broker.
+                self._ensure_topics()
             producer = self._producer
             futures = [
                 producer.send(record.topic, key=record.key.encode(), value=record.value)
@@ -148,7 +185,7 @@ class KafkaSink:
         try:
             producer.close(timeout=self.config.send_timeout_s + 1)
         except KafkaError as exc:
-            log.warning("closing the Kafka producer: %s", exc)
+            log.warning("closing the Kafka producer: %s", str(exc))
 
     async def aclose(self) -> None:
         """Flush and close the producer (bounded by the send timeout)."""

@@ -1,0 +1,207 @@
+"""EventPipeline with an in-memory primary sink: order, failover to the spool, replay, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from feedback.config import EventsConfig, KafkaConfig, SpoolConfig
+from feedback.emitter import EventPipeline, open_pipeline
+from feedback.schema import FeedbackEvent, ResponseContent
+from feedback.sinks.memory import MemorySink
+from tests.unit.feedback.events import completion, feedback
+
+
+def config(tmp_path: Path, **changes: Any) -> EventsConfig:
+    spool = changes.pop("spool", SpoolConfig(dir=tmp_path / "spool"))
+    kafka = KafkaConfig(
+        bootstrap_servers=["127.0.0.1:1"], retry_backoff_s=0.02, retry_backoff_max_s=0.1
+    )
+    return EventsConfig(spool=spool, kafka=kafka, **changes)
+
+
+async def until(check: Callable[[], bool], within: float = 10.0) -> None:
+    """Poll `check` until true; TimeoutError after `within` seconds."""
+    async with asyncio.timeout(within):
+        while not check():  # noqa: ASYNC110 - polling stats the pipeline does not signal
+            await asyncio.sleep(0.01)
+
+
+def workload(n: int, keys: int = 7) -> list[Any]:
+    """Completions and feedback interleaved over a few response ids."""
+    return [
+        completion(f"lg1.r{i % keys}.m", text=str(i))
+        if i % 2
+        else feedback(f"lg1.r{i % keys}.m", comment=str(i))
+        for i in range(n)
+    ]
+
+
+def arrived_in_order(sink: MemorySink, sent: list[Any]) -> None:
+    """Every event arrived (dedupe by event_id), and per key in the order emitted."""
+    first_seen: dict[str, int] = {}
+    for index, event in enumerate(sink.events()):
+        first_seen.setdefault(str(event.event_id), index)
+    assert set(first_seen) == {str(e.event_id) for e in sent}
+    by_key: dict[str, list[str]] = {}
+    for event in sent:
+        by_key.setdefault(event.key, []).append(str(event.event_id))
+    for key, ids in by_key.items():
+        positions = [first_seen[i] for i in ids]
+        assert positions == sorted(positions), f"key {key} out of order"
+
+
+def test_direct_delivery_keyed_redacted(tmp_path: Path) -> None:
+    async def main() -> None:
+        sink = MemorySink()
+        async with open_pipeline(config(tmp_path), "gw", primary=sink) as pipeline:
+            events = workload(50)
+            events.append(completion("lg1.x.m", response=ResponseContent(text="mail a@b.io")))
+            for event in events:
+                pipeline.emit(event)
+            await until(lambda: len(sink.records) == len(events))
+            assert pipeline.mode == "direct"
+            assert pipeline.stats.findings == {"email": 1}
+        assert [r.key for r in sink.records] == [e.key for e in events]
+        assert [r.topic for r in sink.records] == [e.topic for e in events]
+        assert b"a@b.io" not in sink.records[-1].value
+        assert sink.closed
+        assert pipeline.stats.sent == len(events)
+        assert pipeline.stats.dropped == 0
+
+    asyncio.run(main())
+
+
+def test_without_kafka_the_spool_is_the_sink(tmp_path: Path) -> None:
+    async def main() -> None:
+        cfg = EventsConfig(spool=SpoolConfig(dir=tmp_path / "spool"))
+        async with open_pipeline(cfg, "gw") as pipeline:
+            assert pipeline.mode == "spooling"
+            for event in workload(20):
+                pipeline.emit(event)
+        assert pipeline.stats.spooled == 20
+        lines = b"".join(p.read_bytes() for p in (tmp_path / "spool" / "gw").glob("*.jsonl"))
+        assert lines.count(b"\n") == 20
+
+    asyncio.run(main())
+
+
+def test_failure_spools_then_replays_in_order(tmp_path: Path) -> None:
+    async def main() -> None:
+        sink = MemorySink()
+        sink.failing = True
+        async with open_pipeline(config(tmp_path), "gw", primary=sink) as pipeline:
+            events = workload(300)
+            for event in events[:150]:
+                pipeline.emit(event)
+                await asyncio.sleep(0)
+            await until(lambda: pipeline.stats.spooled >= 150)
+            assert pipeline.mode == "spooling"
+            sink.failing = False
+            for event in events[150:]:
+                pipeline.emit(event)
+                await asyncio.sleep(0)
+            await until(lambda: pipeline.mode == "direct" and len(sink.records) >= 300)
+            snap = pipeline.snapshot()
+            assert snap.spool_pending_bytes == 0
+            assert snap.stats.replayed >= 150
+            assert snap.stats.failed >= 1
+        arrived_in_order(sink, events)
+        assert pipeline.stats.dropped == 0
+
+    asyncio.run(main())
+
+
+def test_queue_full_goes_to_the_spool_not_dropped(tmp_path: Path) -> None:
+    async def main() -> None:
+        sink = MemorySink()
+        sink.delay = 0.05  # a slow broker
+        cfg = config(tmp_path, queue_size=5, batch_max=5)
+        async with open_pipeline(cfg, "gw", primary=sink) as pipeline:
+            events = workload(200)
+            for event in events:
+                pipeline.emit(event)  # no awaits: the queue overflows at once
+            assert pipeline.mode == "spooling"
+            await until(lambda: pipeline.stats.spooled > 0)
+            await until(lambda: pipeline.mode == "direct", within=20)
+        assert pipeline.stats.dropped == 0
+        arrived_in_order(sink, events)
+
+    asyncio.run(main())
+
+
+def test_spool_full_drops_with_counter_and_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> EventPipeline:
+        sink = MemorySink()
+        sink.failing = True
+        spool = SpoolConfig(dir=tmp_path / "spool", segment_bytes=4096, max_bytes=16384)
+        async with open_pipeline(config(tmp_path, spool=spool), "gw", primary=sink) as pipeline:
+            for event in workload(200):
+                pipeline.emit(event)  # never raises, never blocks
+                await asyncio.sleep(0)
+            await until(lambda: pipeline.stats.refused > 0)
+            snap = pipeline.snapshot()
+            assert snap.spool_bytes <= 16384
+        return pipeline
+
+    with caplog.at_level(logging.ERROR, logger="feedback.emitter"):
+        pipeline = asyncio.run(main())
+    stats = pipeline.stats
+    assert stats.refused > 0
+    assert stats.dropped == stats.refused
+    assert stats.spooled + stats.refused == 200
+    assert "is full" in caplog.text
+
+
+def test_close_spools_what_kafka_will_not_take_and_next_start_replays_first(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        sink = MemorySink()
+        sink.failing = True
+        events = workload(60)
+        cfg = config(tmp_path, drain_timeout_s=2.0)
+        async with open_pipeline(cfg, "gw", primary=sink) as pipeline:
+            for event in events[:40]:
+                pipeline.emit(event)
+        assert pipeline.stats.spooled == 40
+        sink.failing = False
+        async with open_pipeline(cfg, "gw", primary=sink) as pipeline:
+            assert pipeline.mode == "spooling"  # the backlog goes first
+            for event in events[40:]:
+                pipeline.emit(event)
+            await until(lambda: pipeline.mode == "direct" and len(sink.records) >= 60)
+        arrived_in_order(sink, events)
+
+    asyncio.run(main())
+
+
+def test_emit_after_close_is_counted(tmp_path: Path) -> None:
+    async def main() -> EventPipeline:
+        async with open_pipeline(config(tmp_path), "gw", primary=MemorySink()) as pipeline:
+            pass
+        pipeline.emit(feedback())
+        return pipeline
+
+    assert asyncio.run(main()).stats.dropped == 1
+
+
+def test_consent_none_event_carries_no_text(tmp_path: Path) -> None:
+    async def main() -> None:
+        sink = MemorySink()
+        async with open_pipeline(config(tmp_path), "gw", primary=sink) as pipeline:
+            pipeline.emit(completion(text="very private words", consent="none"))
+            pipeline.emit(feedback(consent="none", edited_text="private edit", comment="private"))
+            await until(lambda: len(sink.records) == 2)
+        for record in sink.records:
+            assert b"private" not in record.value
+        assert isinstance(sink.events()[1], FeedbackEvent)
+
+    asyncio.run(main())
