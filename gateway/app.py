@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from opentelemetry.sdk.trace.export import SpanExporter
 from starlette.routing import Route
 
 from feedback.emitter import open_pipeline
@@ -19,15 +21,18 @@ from gateway.errors import install_error_handlers
 from gateway.idempotency import IdempotencyKeys, LocalIdempotencyKeys, RedisIdempotencyKeys
 from gateway.ids import signer_from_config
 from gateway.metrics import Metrics
+from gateway.observer import Observer
 from gateway.openapi import document_proxy_routes
 from gateway.proxy import ProxyEndpoint
 from gateway.ratelimit import RateLimiter
 from gateway.resolver import Resolver
 from gateway.routes import feedback, health, models
+from gateway.routes.admin_drift import admin_drift_router
 from gateway.routes.admin_experiments import admin_experiments_router
 from gateway.routes.admin_flags import admin_flags_router
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
+from gateway.tracing import open_tracing
 from gateway.upstream import Upstreams
 from rollout.service import open_experiments
 from router.stores import open_store
@@ -37,9 +42,11 @@ log = logging.getLogger(__name__)
 CONFIG_ENV = "LOOPGATE_CONFIG_PATH"
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, metrics: Metrics | None = None, span_exporter: SpanExporter | None = None
+) -> FastAPI:
     """The gateway ASGI app; nothing connects until the lifespan starts."""
-    app_metrics = metrics or Metrics()
+    app_metrics = metrics or Metrics(multiprocess_dir=settings.telemetry.multiprocess_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,6 +89,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             app.state.runtime = runtime
             app.state.flags = store
             app_metrics.bind(runtime)
+            await stack.enter_async_context(app_metrics.mirroring())
+            runtime.tracing = open_tracing(
+                settings.telemetry.tracing, settings.instance, span_exporter
+            )
+            if runtime.tracing is not None:
+                stack.push_async_callback(asyncio.to_thread, runtime.tracing.shutdown)
+            runtime.observer = Observer(settings.telemetry, app_metrics)
+            runtime.observer.start()
+            stack.push_async_callback(runtime.observer.aclose)
             log.info("loopgate %s ready: pools %s", settings.instance, ", ".join(settings.pools))
             try:
                 yield
@@ -93,6 +109,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         version="0.1.0",
         description="OpenAI-compatible gateway with A/B routing and feedback capture.",
         lifespan=lifespan,
+        # Proxy routes are traced by gateway.tracing (HotPath bypasses FastAPI); FastAPI's own
+        # telemetry would use the global providers, which Loopgate never sets: keep it off.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -105,6 +124,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.include_router(feedback.router)
     app.include_router(admin_flags_router())
     app.include_router(admin_experiments_router())
+    app.include_router(admin_drift_router())
     document_proxy_routes(app)
     return app
 

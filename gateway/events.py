@@ -21,7 +21,9 @@ from gateway.exchange import Exchange
 _CONTENT_KEYS = ("messages", "prompt")
 
 
-def completion_event(ex: Exchange, *, instance: str, unit_hash: str) -> CompletionEvent:
+def completion_event(
+    ex: Exchange, *, instance: str, unit_hash: str, safety: dict[str, int] | None = None
+) -> CompletionEvent:
     """The `completion` event for one finished (or failed, or cancelled) answer."""
     body = ex.request
     params = {k: v for k, v in body.items() if k not in _CONTENT_KEYS}
@@ -71,7 +73,7 @@ def completion_event(ex: Exchange, *, instance: str, unit_hash: str) -> Completi
         "ttft_ms": ex.ttft_s * 1000 if ex.ttft_s is not None else None,
         "status": ex.status,
         "error": error,
-        "safety": {},
+        "safety": safety or {},  # safety check findings; redaction adds its own
         "consent": "none" if ex.consent == "none" else "full",
         "fallback": ex.fallback,
     }

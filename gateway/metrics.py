@@ -1,17 +1,38 @@
-"""Metrics: Prometheus collectors on a registry the app owns (prefix loopgate_)."""
+"""Metrics: Prometheus collectors on a registry the app owns (prefix loopgate_).
+
+Under `loopgate serve --workers N` prometheus-client runs in multiprocess mode: every
+value lives in a memory-mapped file under PROMETHEUS_MULTIPROC_DIR (which serve sets
+before the workers start: the client picks its value class when prometheus_client.values
+is first imported) and /metrics sums the files of all workers. State read at scrape time
+(the event pipeline, flags, upstream endpoints) belongs to the worker that answers the
+scrape, so in that mode each worker mirrors it into multiprocess collectors once a second
+(and when it answers a scrape): counters add up over workers, gauges use the mode that
+reads right for the sum of processes (see _GAUGE_MODES).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as prometheus_values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 # Latency buckets sized for LLM calls: tens of ms to minutes.
 _LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
@@ -40,9 +61,21 @@ class RouteMetrics:
 class Metrics:
     """All gateway collectors; labels are bounded (flag, variant, model, route, status)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, multiprocess_dir: Path | None = None
+    ) -> None:
+        if (
+            multiprocess_dir is not None
+            and prometheus_values.ValueClass is prometheus_values.MutexValue
+        ):
+            raise RuntimeError(
+                "multiprocess metrics need PROMETHEUS_MULTIPROC_DIR set before prometheus_client "
+                "is imported (loopgate serve sets it for its workers)"
+            )
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.multiprocess_dir = multiprocess_dir
         self._routes: dict[tuple[str, str, str, str], RouteMetrics] = {}
+        self._mirror: _Mirror | None = None
         r = self.registry
         self.requests = Counter(
             "loopgate_requests_total",
@@ -101,6 +134,7 @@ class Metrics:
             "Requests being answered now.",
             ("route",),
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.without_unit = Counter(
             "loopgate_requests_without_unit_total",
@@ -132,6 +166,39 @@ class Metrics:
             (*ROUTE_LABELS, "route"),
             registry=r,
         )
+        self.safety_findings = Counter(
+            "loopgate_safety_findings_total",
+            "Safety check findings on prompts and answers, by category.",
+            ("flag", "variant", "category", "source"),
+            registry=r,
+        )
+        self.safety_classifier = Counter(
+            "loopgate_safety_classifier_calls_total",
+            "External safety classifier calls by outcome (ok, error, timeout, dropped).",
+            ("outcome",),
+            registry=r,
+        )
+        self.drift_psi = Gauge(
+            "loopgate_drift_psi",
+            "Population stability index of the recent profile against the frozen baseline.",
+            ("flag", "variant", "feature"),
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.drift_samples = Gauge(
+            "loopgate_drift_window_samples",
+            "Answers in the rolling drift window.",
+            ("flag", "variant"),
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.drift_baseline_time = Gauge(
+            "loopgate_drift_baseline_timestamp_seconds",
+            "When the drift baseline in use was frozen (Unix time).",
+            ("flag", "variant"),
+            registry=r,
+            multiprocess_mode="livemax",
+        )
 
     def route(self, flag: str, variant: str, model: str, route: str) -> RouteMetrics:
         """Children for these labels, cached so the hot path skips labels() lookups."""
@@ -161,8 +228,128 @@ class Metrics:
         return child
 
     def bind(self, runtime: Runtime) -> None:
-        """Export the event pipeline's and the flag store's state at scrape time."""
+        """Export the event pipeline's, flags' and upstreams' state at scrape time."""
         self.registry.register(_RuntimeCollector(runtime))
+        if self.multiprocess_dir is not None:
+            self._mirror = _Mirror()
+
+    def mirror(self) -> None:
+        """Multiprocess mode: copy this worker's scrape-time state into shared collectors."""
+        if self._mirror is None:
+            return
+        # Every collector on the registry that is not a multiprocess-backed metric reads
+        # state at scrape time (ours, gateway.balancer's): copy what it reports now.
+        for collector in list(self.registry._collector_to_names):
+            if not isinstance(collector, MetricWrapperBase):
+                self._mirror.sync(collector.collect())
+
+    def exposition(self) -> bytes:
+        """The /metrics page: this registry, or every worker's values summed."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        self.mirror()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    @asynccontextmanager
+    async def mirroring(self, interval_s: float = 1.0) -> AsyncIterator[None]:
+        """Multiprocess mode: mirror scrape-time state every interval; on exit, retire the pid."""
+        if self.multiprocess_dir is None:
+            yield
+            return
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    self.mirror()
+                except Exception:  # the edge: a failing collector must not stop the others
+                    log.exception("metrics: mirroring scrape-time state failed")
+
+        task = asyncio.create_task(loop(), name="loopgate-metrics-mirror")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            # Live gauges of this worker go; its counters stay in the sums.
+            mark_process_dead(os.getpid(), str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+
+
+GaugeMode = Literal["livesum", "livemax", "livemin"]
+
+# How each mirrored gauge reads across workers: queues and in-flight counts add up;
+# staleness takes the worst worker; an endpoint is up only when every worker reaches it.
+_GAUGE_MODES: dict[str, GaugeMode] = {
+    "loopgate_flags_staleness_seconds": "livemax",
+    "loopgate_flags_store_version": "livemin",
+    "loopgate_upstream_endpoint_healthy": "livemin",
+    "loopgate_upstream_circuit_state": "livemax",
+    "loopgate_upstream_endpoint_queue": "livemax",
+    "loopgate_events_mode": "livemax",
+    "loopgate_flag_variant_weight": "livemax",
+}
+
+
+class _Mirror:
+    """Copies scrape-time families into multiprocess collectors (counters by their delta).
+
+    The copies are on no registry: their values live in the multiprocess files, and the
+    scrape-time collectors keep their names on the app's registry.
+    """
+
+    def __init__(self) -> None:
+        self._collectors: dict[str, Any] = {}
+        self._last: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._gauge_children: dict[str, set[tuple[str, ...]]] = {}
+
+    def sync(self, families: Iterable[Metric]) -> None:
+        """Apply the current values of these families."""
+        for family in families:
+            seen: set[tuple[str, ...]] = set()
+            for sample in family.samples:
+                if family.type == "counter" and not sample.name.endswith("_total"):
+                    continue  # the _created sample
+                labels = tuple(sample.labels)
+                collector = self._collector(family, labels)
+                values = tuple(sample.labels[k] for k in labels)
+                child = collector.labels(*values) if labels else collector
+                if family.type == "counter":
+                    key = (family.name, values)
+                    delta = sample.value - self._last.get(key, 0.0)
+                    if delta > 0:
+                        child.inc(delta)
+                    self._last[key] = sample.value
+                else:
+                    child.set(sample.value)
+                    seen.add(values)
+            if family.type == "gauge":
+                # A label set this worker no longer reports (the pipeline left a mode) reads 0.
+                gone = self._gauge_children.get(family.name, set()) - seen
+                collector = self._collectors.get(family.name)
+                for values in gone:
+                    if collector is not None:
+                        collector.labels(*values).set(0)
+                self._gauge_children[family.name] = seen | gone
+
+    def _collector(self, family: Metric, labels: tuple[str, ...]) -> Any:
+        found = self._collectors.get(family.name)
+        if found is None:
+            if family.type == "counter":
+                found = Counter(family.name, family.documentation, labels, registry=None)
+            else:
+                mode = _GAUGE_MODES.get(family.name, "livesum")
+                found = Gauge(
+                    family.name,
+                    family.documentation,
+                    labels,
+                    registry=None,
+                    multiprocess_mode=mode,
+                )
+            self._collectors[family.name] = found
+        return found
 
 
 class _RuntimeCollector(Collector):
@@ -173,17 +360,30 @@ class _RuntimeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         rt = self.runtime
+        yield from _endpoint_families(rt)
         if rt.flags is not None:
             yield GaugeMetricFamily(
                 "loopgate_flags_staleness_seconds",
                 "Seconds since the flags in memory were last confirmed current (0 = fresh).",
                 value=rt.flags.staleness_seconds(),
             )
+            snapshot = rt.flags.snapshot()
             yield GaugeMetricFamily(
                 "loopgate_flags_store_version",
                 "Version of the flag snapshot being served.",
-                value=rt.flags.snapshot().version,
+                value=snapshot.version,
             )
+            # Weight per variant, and which is the control: rules compare a variant with it.
+            weights = GaugeMetricFamily(
+                "loopgate_flag_variant_weight",
+                "Configured traffic weight of each variant (control=true marks the control).",
+                labels=["flag", "variant", "control"],
+            )
+            for flag in snapshot.flags.values():
+                for variant in flag.variants:
+                    control = "true" if variant.name == flag.control else "false"
+                    weights.add_metric([flag.key, variant.name, control], variant.weight)
+            yield weights
         if rt.events is None:
             return
         snap = rt.events.snapshot()
@@ -227,3 +427,16 @@ class _RuntimeCollector(Collector):
         for category, count in sorted(stats.findings.items()):
             findings.add_metric([category], count)
         yield findings
+
+
+def _endpoint_families(rt: Runtime) -> Iterator[Metric]:
+    # Health, breaker state and upstream queue come from gateway.balancer's collector.
+    in_flight = GaugeMetricFamily(
+        "loopgate_upstream_endpoint_in_flight",
+        "Requests this gateway has open on the endpoint.",
+        labels=["pool", "endpoint"],
+    )
+    for pool in rt.upstreams.pools.values():
+        for endpoint in pool.endpoints:
+            in_flight.add_metric([pool.name, endpoint.url], endpoint.in_flight)
+    yield in_flight

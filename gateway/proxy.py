@@ -32,6 +32,7 @@ from gateway.protocol import Inbound, Kind, parse_inbound
 from gateway.ratelimit import Reservation, estimate_tokens
 from gateway.resolver import RequestContext, Route
 from gateway.runtime import Runtime
+from gateway.tracing import RequestTrace
 from gateway.upstream import UpstreamCall
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,10 @@ class ProxyEndpoint:
         ex.consent = headers.consent
         if headers.traceparent and len(headers.traceparent) >= 35:
             ex.trace_id = headers.traceparent[3:35]
+        trace: RequestTrace | None = None
+        if rt.tracing is not None:  # off: no span is made at all
+            trace = rt.tracing.begin(self.kind, headers.traceparent, headers.tracestate)
+            ex.trace_id = trace.trace_id
         rt.metrics.in_flight.labels(self.route_label).inc()
         watch: _DisconnectWatch | None = None
         call: UpstreamCall | None = None
@@ -191,8 +196,12 @@ class ProxyEndpoint:
             max_tokens = self._check_limits(rt, app, inbound)
             ctx = self._context(rt, inbound.user, headers, app)
             ex.unit_id = ctx.unit_id
+            if trace is not None:
+                trace.routing(inbound.model)
             route = rt.resolver.resolve(inbound.model, ctx)
             self._note_route(ex, route)
+            if trace is not None:
+                trace.routed(ex, inbound.body)
             if route.reason != "static":
                 rt.metrics.assignments.labels(route.flag, route.variant, route.reason).inc()
                 if ctx.unit_from == "app":
@@ -212,6 +221,8 @@ class ProxyEndpoint:
             payload = orjson.dumps(body)
             watch = _DisconnectWatch(receive)
             forward = self._forward_headers(request_id, headers)
+            if trace is not None:  # the upstream span's context replaces the caller's
+                trace.upstream(route.served_model, route.pool.name, forward)
             if route.pool.authorization:
                 forward["Authorization"] = route.pool.authorization
             try:
@@ -231,6 +242,8 @@ class ProxyEndpoint:
                     forward["Authorization"] = route.pool.authorization
                 call = await rt.upstreams.send(route.pool, self.path, orjson.dumps(body), forward)
             ex.endpoint = call.endpoint.url
+            if trace is not None:
+                trace.connected(ex.endpoint)
             if inbound.stream and call.response.status == 200:
                 await self._relay_stream(rt, send, call, route, ex, started, strip_usage)
             else:
@@ -266,7 +279,7 @@ class ProxyEndpoint:
                 call.abort()
             if reservation is not None and rt.limiter is not None:
                 rt.limiter.settle(reservation, ex.prompt_tokens + ex.completion_tokens)
-            self._finish(rt, ex, started)
+            self._finish(rt, ex, started, trace)
 
     def _check_limits(self, rt: Runtime, app: AppPrincipal, inbound: Inbound) -> int:
         """Refuse what the app may not ask for; returns the max_tokens used as the estimate."""
@@ -510,7 +523,9 @@ class ProxyEndpoint:
         except OSError:  # the client is gone; nothing left to tell it
             pass
 
-    def _finish(self, rt: Runtime, ex: Exchange, started: float) -> None:
+    def _finish(
+        self, rt: Runtime, ex: Exchange, started: float, trace: RequestTrace | None = None
+    ) -> None:
         ex.latency_s = time.perf_counter() - started
         m = rt.metrics
         m.in_flight.labels(self.route_label).dec()
@@ -527,7 +542,14 @@ class ProxyEndpoint:
         if ex.completion_tokens:
             rm.tokens_out.inc(ex.completion_tokens)
         if ex.flag:
-            rt.record(ex)
+            if trace is None:
+                rt.record(ex)
+            else:
+                sink = trace.sink()
+                rt.record(ex)
+                sink.end()
+        if trace is not None:
+            trace.end(ex)
 
 
 def _event_json(event: bytes) -> dict[str, Any] | None:

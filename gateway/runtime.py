@@ -12,9 +12,11 @@ from gateway.exchange import Exchange
 from gateway.idempotency import IdempotencyKeys, LocalIdempotencyKeys
 from gateway.ids import Claims, ResponseIdSigner, new_nonce
 from gateway.metrics import Metrics
+from gateway.observer import Observer
 from gateway.ratelimit import RateLimiter
 from gateway.resolver import Resolver
 from gateway.settings import Settings
+from gateway.tracing import Tracing
 from gateway.upstream import Upstreams
 from rollout.counters import ExperimentCounters
 from router.stores.base import AuditRecord, FlagStore, log_audit
@@ -35,6 +37,10 @@ class Runtime:
     settings_loaded_at: float = 0.0
     ready: bool = True
     notes: dict[str, str] = field(default_factory=dict)
+    # Safety check and drift profile of finished exchanges; None: off (bare test apps).
+    observer: Observer | None = None
+    # None: tracing is off, and the request path makes no spans.
+    tracing: Tracing | None = None
     # None: every caller is the anonymous app `default`, no rate limits (bare test apps).
     auth: Authenticator | None = None
     limiter: RateLimiter | None = None
@@ -62,9 +68,11 @@ class Runtime:
 
     def record(self, ex: Exchange) -> None:
         """Hand the completion event to the pipeline; never blocks the request."""
+        # After the answer was sent: the checks cost CPU, not the client's latency.
+        safety = self.observer.observe(ex) if self.observer is not None else None
         if self.events is not None:
             event = completion_event(
-                ex, instance=self.settings.instance, unit_hash=self.unit_hash(ex)
+                ex, instance=self.settings.instance, unit_hash=self.unit_hash(ex), safety=safety
             )
             self.events.emit(event)
         counters = self.experiments

@@ -29,6 +29,7 @@ def _register() -> None:
     __import__("gateway.cli.rollout", fromlist=["register"]).register(app)
     __import__("gateway.cli.demo", fromlist=["register"]).register(app)
     __import__("gateway.cli.keys", fromlist=["register"]).register(app)
+    __import__("gateway.cli.drift", fromlist=["register"]).register(app)
 
 
 def main() -> None:

@@ -127,6 +127,20 @@ def _shared_signing_key(settings: Settings) -> Settings:
     return settings.model_copy(update={"ids": ids})
 
 
+def _multiprocess_metrics(settings: Settings, folder: Path) -> Settings:
+    """A fresh prometheus-client multiprocess folder, in the environment before any worker.
+
+    prometheus_client picks its value class when prometheus_client.values is imported, so
+    the variable must be set before the (spawned) workers import it; Settings tells the
+    app to aggregate at /metrics. Fresh per run: stale files would add old counts.
+    """
+    path = folder / "metrics"
+    path.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    telemetry = settings.telemetry.model_copy(update={"multiprocess_dir": path})
+    return settings.model_copy(update={"telemetry": telemetry})
+
+
 def _banner(settings: Settings, host: str, port: int) -> None:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{port}/v1"
@@ -199,6 +213,7 @@ def register(app: typer.Typer) -> None:
 
                 settings = _shared_signing_key(settings)
                 with tempfile.TemporaryDirectory(prefix="loopgate-") as folder:
+                    settings = _multiprocess_metrics(settings, Path(folder))
                     os.environ[CONFIG_ENV] = str(write_effective_config(settings, Path(folder)))
                     uvicorn.run(
                         "gateway.app:app_from_environment",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.deps import RuntimeDep
 
@@ -33,4 +33,4 @@ async def readyz(rt: RuntimeDep, response: Response) -> dict[str, object]:
 @router.get("/metrics", tags=["ops"], include_in_schema=False)
 async def metrics(rt: RuntimeDep) -> Response:
     """Prometheus text exposition of this process's (or all workers') metrics."""
-    return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(rt.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,296 @@
+"""OpenTelemetry traces: a TracerProvider the app owns, and the spans of one proxied request.
+
+Off by default. `telemetry.tracing.exporter` (or the standard OTEL_TRACES_EXPORTER: otlp,
+console, none) turns it on; everything else is the SDK's own OTEL_* configuration
+(OTEL_EXPORTER_OTLP_ENDPOINT and _HEADERS, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
+OTEL_TRACES_SAMPLER, OTEL_BSP_*). When off, the app holds no Tracing at all and the request
+path only tests `rt.tracing is None`.
+
+Span tree of a request (GenAI semantic conventions, OpenFeature flag attributes):
+
+    chat {model}                   SERVER  the whole request, continues an incoming traceparent
+      route {model}                INTERNAL flag evaluation: feature_flag.* attributes
+      chat {served model}          CLIENT  the upstream call; its context goes upstream
+      emit completion              INTERNAL hand-off of the completion event to the pipeline
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from gateway.exchange import Exchange
+from gateway.telemetry_config import TracingConfig
+
+log = logging.getLogger(__name__)
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+_OPERATIONS = {"chat": "chat", "completion": "text_completion"}
+# Router reasons -> OpenFeature's well-known evaluation reasons.
+_REASONS = {
+    "split": "split",
+    "static": "static",
+    "default": "default",
+    "kill_switch": "disabled",
+    "fallback": "error",
+}
+# Request fields copied to gen_ai.request.* attributes when the client sent them.
+_REQUEST_PARAMS = {
+    "max_tokens": "gen_ai.request.max_tokens",
+    "max_completion_tokens": "gen_ai.request.max_tokens",
+    "temperature": "gen_ai.request.temperature",
+    "top_p": "gen_ai.request.top_p",
+    "top_k": "gen_ai.request.top_k",
+    "frequency_penalty": "gen_ai.request.frequency_penalty",
+    "presence_penalty": "gen_ai.request.presence_penalty",
+    "seed": "gen_ai.request.seed",
+    "n": "gen_ai.request.choice.count",
+}
+# Feedback kinds -> a score in [0, 1] where the kind itself is a judgement.
+_SCORES = {"thumbs_up": 1.0, "thumbs_down": 0.0, "accept": 1.0, "reject": 0.0}
+
+
+class Tracing:
+    """The app's tracer and a bounded memory of answer spans, for feedback on their trace."""
+
+    def __init__(self, provider: TracerProvider, answer_spans_max: int = 10_000) -> None:
+        self.provider = provider
+        self.tracer = provider.get_tracer("loopgate")
+        self._answers: OrderedDict[str, SpanContext] = OrderedDict()
+        self._answers_max = answer_spans_max
+
+    def begin(self, kind: str, traceparent: str | None, tracestate: str | None) -> RequestTrace:
+        """The server span of a proxied request, continuing the caller's trace if it sent one."""
+        parent: Context | None = None
+        if traceparent:
+            carrier = {"traceparent": traceparent}
+            if tracestate:
+                carrier["tracestate"] = tracestate
+            parent = _PROPAGATOR.extract(carrier)
+        operation = _OPERATIONS.get(kind, kind)
+        span = self.tracer.start_span(
+            operation,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"gen_ai.operation.name": operation},
+        )
+        return RequestTrace(self, span, operation)
+
+    def remember(self, response_id: str, context: SpanContext) -> None:
+        """Keep an answer's span context for feedback (bounded, least recent dropped)."""
+        if self._answers_max <= 0 or not response_id:
+            return
+        self._answers[response_id] = context
+        if len(self._answers) > self._answers_max:
+            self._answers.popitem(last=False)
+
+    def record_feedback(
+        self,
+        response_id: str,
+        kind: str,
+        *,
+        value: float | None = None,
+        flag: str | None = None,
+        variant: str | None = None,
+        category: str | None = None,
+    ) -> str:
+        """A `gen_ai.evaluation.result` event on the answer's trace; returns the trace id.
+
+        The answer's span has ended, so the event goes on a short span of its own: a child of
+        the answer's span (and linked to it) when this process served the answer recently;
+        else the root of a trace of its own, carrying gen_ai.response.id to join on.
+        """
+        answer = self._answers.get(response_id)
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(answer)) if answer else None
+        links = [Link(answer)] if answer is not None else []
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "evaluate",
+            "gen_ai.response.id": response_id,
+            "gen_ai.evaluation.name": "user_feedback",
+        }
+        if flag:
+            attributes["feature_flag.key"] = flag
+        if variant:
+            attributes["feature_flag.result.variant"] = variant
+        span = self.tracer.start_span(
+            "evaluate user_feedback",
+            context=parent if parent is not None else Context(),
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            links=links,
+        )
+        event: dict[str, Any] = {
+            "gen_ai.evaluation.name": "user_feedback",
+            "gen_ai.evaluation.score.label": kind,
+            "gen_ai.response.id": response_id,
+        }
+        score = _SCORES.get(kind, value)
+        if score is not None:
+            event["gen_ai.evaluation.score.value"] = float(score)
+        if category:
+            event["gen_ai.evaluation.explanation"] = category
+        span.add_event("gen_ai.evaluation.result", event)
+        span.end()
+        return format(span.get_span_context().trace_id, "032x")
+
+    def shutdown(self) -> None:
+        """Flush and stop the exporters (blocking: call from a thread)."""
+        self.provider.shutdown()
+
+
+class RequestTrace:
+    """The spans of one request; made only when tracing is on."""
+
+    __slots__ = ("_route", "_tracing", "_upstream", "operation", "server")
+
+    def __init__(self, tracing: Tracing, server: trace.Span, operation: str) -> None:
+        self._tracing = tracing
+        self.server = server
+        self.operation = operation
+        self._route: trace.Span | None = None
+        self._upstream: trace.Span | None = None
+
+    @property
+    def trace_id(self) -> str:
+        """The trace id as 32 hex digits (what the completion event carries)."""
+        return format(self.server.get_span_context().trace_id, "032x")
+
+    def _child(self, name: str, kind: SpanKind) -> trace.Span:
+        return self._tracing.tracer.start_span(
+            name, context=trace.set_span_in_context(self.server), kind=kind
+        )
+
+    def routing(self, model: str) -> None:
+        """Flag evaluation starts."""
+        self.server.update_name(f"{self.operation} {model}")
+        self.server.set_attribute("gen_ai.request.model", model)
+        self._route = self._child(f"route {model}", SpanKind.INTERNAL)
+
+    def routed(self, ex: Exchange, request: Mapping[str, Any]) -> None:
+        """Flag evaluation done: flag attributes on the routing and server spans."""
+        attributes: dict[str, Any] = {
+            "feature_flag.key": ex.flag,
+            "feature_flag.result.variant": ex.variant,
+            # Deprecated name of the same, still read by many backends' flag views.
+            "feature_flag.variant": ex.variant,
+            "feature_flag.result.reason": _REASONS.get(ex.reason, "targeting_match"),
+            "feature_flag.version": str(ex.flag_version),
+            "feature_flag.provider.name": "loopgate",
+        }
+        for key, name in _REQUEST_PARAMS.items():
+            value = request.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                attributes[name] = value
+        attributes["gen_ai.request.stream"] = ex.stream
+        self.server.set_attributes(attributes)
+        if self._route is not None:
+            self._route.set_attributes(attributes)
+            self._route.end()
+            self._route = None
+
+    def upstream(self, served_model: str, pool: str, headers: dict[str, str]) -> None:
+        """The upstream call starts: a CLIENT span whose context replaces the traceparent."""
+        span = self._child(f"{self.operation} {served_model}", SpanKind.CLIENT)
+        span.set_attributes(
+            {
+                "gen_ai.operation.name": self.operation,
+                "gen_ai.request.model": served_model,
+                "loopgate.pool": pool,
+            }
+        )
+        self._upstream = span
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+        headers.pop("tracestate", None)
+        headers.update(carrier)
+
+    def connected(self, url: str) -> None:
+        """The endpoint that answered (after any retry)."""
+        if self._upstream is not None:
+            host, _, port = url.split("://", 1)[-1].partition("/")[0].rpartition(":")
+            if host:
+                self._upstream.set_attribute("server.address", host)
+                if port.isdigit():
+                    self._upstream.set_attribute("server.port", int(port))
+            else:
+                self._upstream.set_attribute("server.address", port)
+
+    def sink(self) -> trace.Span:
+        """The span around the completion event's hand-off; the caller ends it."""
+        return self._child("emit completion", SpanKind.INTERNAL)
+
+    def end(self, ex: Exchange) -> None:
+        """Close the open spans with what the request came to."""
+        attributes: dict[str, Any] = {
+            "gen_ai.usage.input_tokens": ex.prompt_tokens,
+            "gen_ai.usage.output_tokens": ex.completion_tokens,
+            "http.response.status_code": ex.http_status,
+            "loopgate.status": ex.status,
+        }
+        if ex.served_model:
+            attributes["gen_ai.response.model"] = ex.served_model
+        if ex.response_id:
+            attributes["gen_ai.response.id"] = ex.response_id
+        if ex.finish_reason:
+            attributes["gen_ai.response.finish_reasons"] = [ex.finish_reason]
+        if ex.ttft_s is not None:
+            attributes["gen_ai.response.time_to_first_chunk"] = ex.ttft_s
+        failed = ex.status == "error"
+        for span in (self._route, self._upstream):
+            if span is not None:
+                span.set_attributes(attributes)
+                if failed:
+                    span.set_status(Status(StatusCode.ERROR, ex.error))
+                    span.set_attribute("error.type", str(ex.http_status))
+                span.end()
+        self._route = self._upstream = None
+        self.server.set_attributes(attributes)
+        if failed:
+            self.server.set_status(Status(StatusCode.ERROR, ex.error))
+            self.server.set_attribute("error.type", str(ex.http_status))
+        self.server.end()
+        if ex.response_id:
+            self._tracing.remember(ex.response_id, self.server.get_span_context())
+
+
+def open_tracing(
+    config: TracingConfig, service: str, exporter: SpanExporter | None = None
+) -> Tracing | None:
+    """The app's Tracing, or None when tracing is off; tests pass an in-memory exporter."""
+    if exporter is None and not config.enabled:
+        return None
+    # Resource.create and TracerProvider read OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
+    # and OTEL_TRACES_SAMPLER themselves.
+    resource = Resource.create({"service.instance.id": service})
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "loopgate"}))
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    if exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    elif config.exporter == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    else:
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError as exc:  # the `otlp` extra is not installed
+            raise RuntimeError(
+                "OTEL_TRACES_EXPORTER=otlp needs the otlp extra: pip install 'loopgate[otlp]'"
+            ) from exc
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    log.info("tracing on: exporter %s", "in-memory" if exporter else config.exporter)
+    return Tracing(provider, config.answer_spans_max)
