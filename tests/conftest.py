@@ -9,4 +9,5 @@ pytest_plugins: list[str] = [
     "tests.support.redis",
     "tests.support.kafka",
     "tests.support.vllm",
+    "tests.support.prometheus",
 ]
