@@ -94,7 +94,8 @@ class EventPipeline:
         self._inflight: list[Record] | None = None
         self._inflight_spooled = False
         self._spool_writing = False
-        self._closing = False
+        self._closing = False  # sender and replayer stop
+        self._spool_closing = False  # spooler stops, once nothing else can feed it
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_log: dict[str, float] = {}
@@ -231,7 +232,7 @@ class EventPipeline:
     async def _spooler(self) -> None:
         while True:
             if not self._spool_buf:
-                if self._closing:
+                if self._spool_closing:
                     return
                 self._spool_ready.clear()
                 await self._spool_ready.wait()
@@ -305,9 +306,9 @@ class EventPipeline:
         """Drain the queue to Kafka (within drain_timeout_s) or the spool, then close sinks."""
         if self._closed:
             return
+        # The sender stops first: a batch it fails to send still has to reach the spooler.
         self._closing, self._closed = True, True
         self._queue_ready.set()
-        self._spool_ready.set()
         self._replay_wake.set()
         tasks = {task.get_name(): task for task in self._tasks}
         sender = tasks.get("loopgate-events-sender")
@@ -329,6 +330,7 @@ class EventPipeline:
                 await replayer
         spooler = tasks.get("loopgate-events-spooler")
         if spooler is not None:
+            self._spool_closing = True
             self._spool_ready.set()
             await spooler
         if self._primary is not None:

@@ -31,6 +31,24 @@ def load_kafka_client() -> None:
             importlib.import_module(module)
 
 
+def _close_producer(producer: Any, timeout: float) -> None:
+    """Close a producer for good, even when its pending batches will not flush."""
+    from kafka.errors import KafkaError
+
+    # Pending batches expire after the delivery timeout, so a second try normally succeeds.
+    for _ in range(3):
+        try:
+            producer.close(timeout=timeout)
+            return
+        except KafkaError as exc:
+            log.warning("closing the Kafka producer: %s", str(exc))
+    # Last resort: a producer left open would try (and fail) to flush again when collected.
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+    producer._closed = True
+
+
 class KafkaSink:
     """Sends batches to Kafka; connects lazily and reconnects after any failure."""
 
@@ -129,14 +147,9 @@ class KafkaSink:
         self._topics_ready = not self.config.create_topics
         if producer is None:
             return
-        from kafka.errors import KafkaError
 
         send_ms, _ = self._timeouts_ms()
-        try:
-            # Pending batches expire after the delivery timeout, so this returns by then.
-            producer.close(timeout=send_ms / 1000 + 1)
-        except KafkaError as exc:
-            log.warning("closing the Kafka producer after a failure: %s", str(exc))
+        _close_producer(producer, send_ms / 1000 + 1)
 
     def _send(self, records: Sequence[Record]) -> None:
         from kafka.errors import KafkaError
@@ -177,15 +190,10 @@ class KafkaSink:
         await loop.run_in_executor(self._executor, self._send, list(records))
 
     def _close(self) -> None:
-        from kafka.errors import KafkaError
 
         producer, self._producer = self._producer, None
-        if producer is None:
-            return
-        try:
-            producer.close(timeout=self.config.send_timeout_s + 1)
-        except KafkaError as exc:
-            log.warning("closing the Kafka producer: %s", str(exc))
+        if producer is not None:
+            _close_producer(producer, self.config.send_timeout_s + 1)
 
     async def aclose(self) -> None:
         """Flush and close the producer (bounded by the send timeout)."""

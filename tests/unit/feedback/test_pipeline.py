@@ -205,3 +205,17 @@ def test_consent_none_event_carries_no_text(tmp_path: Path) -> None:
         assert isinstance(sink.events()[1], FeedbackEvent)
 
     asyncio.run(main())
+
+
+def test_a_batch_failing_during_close_is_spooled_not_dropped(tmp_path: Path) -> None:
+    async def main() -> EventPipeline:
+        sink = MemorySink()
+        sink.failing, sink.delay = True, 0.3  # the send fails only after close has begun
+        async with open_pipeline(config(tmp_path), "gw", primary=sink) as pipeline:
+            for event in workload(50):
+                pipeline.emit(event)
+            await asyncio.sleep(0.05)
+        return pipeline
+
+    stats = asyncio.run(main()).stats
+    assert (stats.spooled, stats.dropped) == (50, 0)

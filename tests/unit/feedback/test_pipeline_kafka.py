@@ -133,8 +133,13 @@ def test_broker_killed_mid_load_loses_nothing(
     async def main() -> EventPipeline:
         async with open_pipeline(cfg, "gw", primary=acks) as pipeline:
             await asyncio.gather(load(pipeline), faults())
+            stats = pipeline.stats
             await until(
-                lambda: pipeline.mode == "direct" and not pipeline.snapshot().spool_pending_bytes,
+                lambda: (
+                    stats.sent + stats.spooled >= len(events)
+                    and pipeline.mode == "direct"
+                    and not pipeline.snapshot().spool_pending_bytes
+                ),
                 within=60,
             )
         return pipeline
