@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from feedback.schema import (
+    AuditBody,
+    AuditEvent,
     CompletionBody,
     CompletionEvent,
     ErrorInfo,
@@ -17,6 +19,7 @@ from feedback.schema import (
     Usage,
 )
 from gateway.exchange import Exchange
+from router.stores.base import AuditRecord
 
 _CONTENT_KEYS = ("messages", "prompt")
 
@@ -83,3 +86,16 @@ def completion_event(
         now=ex.started_at,
         trace_id=ex.trace_id or None,
     )
+
+
+def audit_event(record: AuditRecord, *, instance: str) -> AuditEvent:
+    """The `flag_change` event for a change the flag store made."""
+    body = AuditBody(
+        who=record.who,
+        action=record.action,
+        what=record.flag_key,
+        version=record.after.version if record.after else None,
+        before=record.before.model_dump(mode="json") if record.before else None,
+        after=record.after.model_dump(mode="json") if record.after else None,
+    )
+    return AuditEvent.create(body, gateway=instance, now=record.time.timestamp())

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from feedback.emitter import EventPipeline
-from feedback.schema import AuditBody, AuditEvent
 from gateway.auth import Authenticator
-from gateway.events import completion_event
+from gateway.events import audit_event, completion_event
 from gateway.exchange import Exchange
 from gateway.idempotency import IdempotencyKeys, LocalIdempotencyKeys
 from gateway.ids import Claims, ResponseIdSigner, new_nonce
@@ -89,13 +88,4 @@ class Runtime:
         log_audit(record)
         if self.events is None:
             return
-        body = AuditBody(
-            who=record.who,
-            action=record.action,
-            what=record.flag_key,
-            version=record.after.version if record.after else None,
-            before=record.before.model_dump(mode="json") if record.before else None,
-            after=record.after.model_dump(mode="json") if record.after else None,
-        )
-        now = record.time.timestamp()
-        self.events.emit(AuditEvent.create(body, gateway=self.settings.instance, now=now))
+        self.events.emit(audit_event(record, instance=self.settings.instance))

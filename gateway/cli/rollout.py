@@ -212,7 +212,7 @@ async def _controller_main(settings: Any, interval: float | None, once: bool, po
     from redis.asyncio import Redis
 
     from feedback.emitter import open_pipeline
-    from feedback.schema import AuditBody, AuditEvent
+    from gateway.events import audit_event
     from rollout.controller import Controller, ControllerMetrics, run_controller
     from rollout.counters import ExperimentCounters, RedisCounterBackend
     from rollout.lock import RedisLock
@@ -235,16 +235,7 @@ async def _controller_main(settings: Any, interval: float | None, once: bool, po
 
         def audit(record: AuditRecord) -> None:
             log_audit(record)
-            body = AuditBody(
-                who=record.who,
-                action=record.action,
-                what=record.flag_key,
-                version=record.after.version if record.after else None,
-                before=record.before.model_dump(mode="json") if record.before else None,
-                after=record.after.model_dump(mode="json") if record.after else None,
-            )
-            now = record.time.timestamp()
-            events.emit(AuditEvent.create(body, gateway=settings.instance, now=now))
+            events.emit(audit_event(record, instance=settings.instance))
 
         flags = await stack.enter_async_context(
             open_store(settings.flags, set(settings.pools), on_audit=audit)

@@ -132,7 +132,17 @@ async def record_feedback(
         idempotency_key=item.idempotency_key,
         consent="none" if consent == "none" else "full",
     )
-    event = FeedbackEvent.create(body, gateway=rt.settings.instance, now=now)
+    trace_id = None
+    if rt.tracing is not None:
+        trace_id = rt.tracing.record_feedback(
+            item.response_id,
+            item.kind,
+            value=item.value,
+            flag=claims.flag,
+            variant=claims.variant,
+            category=item.category,
+        )
+    event = FeedbackEvent.create(body, gateway=rt.settings.instance, now=now, trace_id=trace_id)
     rt.events.emit(event)
     flag, variant = claims.flag or "", claims.variant or ""
     rt.metrics.feedback.labels(flag, variant, item.kind).inc()
