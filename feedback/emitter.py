@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 from feedback.config import EventsConfig
 from feedback.redact import Redactor
-from feedback.schema import Event, to_json
-from feedback.scrub import scrub
+from feedback.schema import Event, PlainEvent
+from feedback.scrub import scrub_json
 from feedback.sinks.base import EventSink, Record, SinkError, SpoolFull
 from feedback.sinks.kafka import KafkaSink
 from feedback.sinks.spool import SpoolSink, record_from_line
@@ -82,8 +82,8 @@ class EventPipeline:
         self._spool = spool
         self._primary = primary
         self._redactor = redactor
-        self._queue: deque[Event] = deque()
-        self._spool_buf: deque[Event | Record] = deque()
+        self._queue: deque[Event | PlainEvent] = deque()
+        self._spool_buf: deque[Event | PlainEvent | Record] = deque()
         self._queue_ready = asyncio.Event()
         self._spool_ready = asyncio.Event()
         self._replay_wake = asyncio.Event()
@@ -131,7 +131,7 @@ class EventPipeline:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def emit(self, event: Event) -> None:
+    def emit(self, event: Event | PlainEvent) -> None:
         """Hand an event over; never blocks and never raises. Content is redacted later."""
         if self._closed:
             self._drop(1, "event emitted after the pipeline closed")
@@ -180,7 +180,7 @@ class EventPipeline:
             self._last_log["drop"] = now
             log.error("events dropped (%d so far): %s", self.stats.dropped, why)
 
-    async def _prepare(self, items: list[Event | Record]) -> list[Record]:
+    async def _prepare(self, items: list[Event | PlainEvent | Record]) -> list[Record]:
         records: list[Record] = []
         for index, item in enumerate(items):
             if index and not index % _PREPARE_SLICE:
@@ -189,8 +189,8 @@ class EventPipeline:
                 records.append(item)
                 continue
             try:
-                clean, found = scrub(item, self._redactor)
-                records.append(Record(clean.topic, clean.key, to_json(clean)))
+                data, found = scrub_json(item, self._redactor)
+                records.append(Record(item.topic, item.key, data))
             except Exception:
                 log.exception("events: cannot serialise a %s event; dropped", item.type)
                 self._drop(1, "unserialisable event")
@@ -208,7 +208,7 @@ class EventPipeline:
                 self._queue_ready.clear()
                 await self._queue_ready.wait()
                 continue
-            batch: list[Event | Record] = [
+            batch: list[Event | PlainEvent | Record] = [
                 self._queue.popleft() for _ in range(min(len(self._queue), self.config.batch_max))
             ]
             records = await self._prepare(batch)

@@ -1,22 +1,19 @@
 """From what happened in a request (Exchange) to the completion event that records it.
 
-Built after the answer has been sent, without validation (the gateway made every value);
-redaction and serialisation happen in the pipeline's worker, off the request path.
+Built after the answer has been sent, as the plain dict the event model dumps to: the gateway
+made every value, so validating it would only cost time on the request path (tests check
+these dicts against the models and the shipped JSON Schemas). Redaction and serialisation
+happen in the pipeline's worker.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from feedback.schema import (
+    COMPLETIONS_TOPIC,
     AuditBody,
     AuditEvent,
-    CompletionBody,
-    CompletionEvent,
-    ErrorInfo,
-    RequestContent,
-    ResponseContent,
-    Usage,
+    PlainEvent,
+    envelope_fields,
 )
 from gateway.exchange import Exchange
 from router.stores.base import AuditRecord
@@ -26,39 +23,16 @@ _CONTENT_KEYS = ("messages", "prompt")
 
 def completion_event(
     ex: Exchange, *, instance: str, unit_hash: str, safety: dict[str, int] | None = None
-) -> CompletionEvent:
+) -> PlainEvent:
     """The `completion` event for one finished (or failed, or cancelled) answer."""
     body = ex.request
     params = {k: v for k, v in body.items() if k not in _CONTENT_KEYS}
-    request = RequestContent.model_construct(
-        messages=body.get("messages"), prompt=body.get("prompt"), params=params
-    )
-    response = (
-        ResponseContent.model_construct(text=ex.text, tool_calls=ex.tool_calls or None)
-        if ex.text_parts or ex.tool_calls
-        else None
-    )
-    usage = (
-        Usage.model_construct(
-            prompt_tokens=ex.prompt_tokens,
-            completion_tokens=ex.completion_tokens,
-            total_tokens=ex.prompt_tokens + ex.completion_tokens,
-        )
-        if ex.prompt_tokens or ex.completion_tokens
-        else None
-    )
-    error = (
-        ErrorInfo.model_construct(
-            type="upstream_error" if ex.http_status >= 500 else "invalid_request_error",
-            message=ex.error or "",
-            code=None,
-            status=ex.http_status,
-        )
-        if ex.status == "error"
-        else None
-    )
-    fields: dict[str, Any] = {
-        "response_id": ex.response_id or ex.request_id,
+    has_answer = bool(ex.text_parts or ex.tool_calls)
+    has_usage = bool(ex.prompt_tokens or ex.completion_tokens)
+    response_id = ex.response_id or ex.request_id
+    data = envelope_fields(ex.started_at, instance, ex.trace_id or None, "completion")
+    data["body"] = {
+        "response_id": response_id,
         "flag": ex.flag or None,
         "flag_version": ex.flag_version,
         "variant": ex.variant or None,
@@ -68,24 +42,36 @@ def completion_event(
         "model_served": ex.served_model or None,
         "endpoint": "chat" if ex.kind == "chat" else "completions",
         "stream": ex.stream,
-        "request": request,
-        "response": response,
+        "request": {
+            "messages": body.get("messages"),
+            "prompt": body.get("prompt"),
+            "params": params,
+        },
+        "response": {"text": ex.text, "tool_calls": ex.tool_calls or None} if has_answer else None,
         "finish_reason": ex.finish_reason,
-        "usage": usage,
+        "usage": {
+            "prompt_tokens": ex.prompt_tokens,
+            "completion_tokens": ex.completion_tokens,
+            "total_tokens": ex.prompt_tokens + ex.completion_tokens,
+        }
+        if has_usage
+        else None,
         "latency_ms": ex.latency_s * 1000,
         "ttft_ms": ex.ttft_s * 1000 if ex.ttft_s is not None else None,
         "status": ex.status,
-        "error": error,
-        "safety": safety or {},  # safety check findings; redaction adds its own
+        "error": {
+            "type": "upstream_error" if ex.http_status >= 500 else "invalid_request_error",
+            "message": ex.error or "",
+            "code": None,
+            "status": ex.http_status,
+        }
+        if ex.status == "error"
+        else None,
+        "safety": dict(safety) if safety else {},  # safety check findings; redaction adds its own
         "consent": "none" if ex.consent == "none" else "full",
         "fallback": ex.fallback,
     }
-    return CompletionEvent.create(
-        CompletionBody.model_construct(**fields),
-        gateway=instance,
-        now=ex.started_at,
-        trace_id=ex.trace_id or None,
-    )
+    return PlainEvent("completion", COMPLETIONS_TOPIC, response_id, data)
 
 
 def audit_event(record: AuditRecord, *, instance: str) -> AuditEvent:
