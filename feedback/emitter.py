@@ -180,6 +180,11 @@ class EventPipeline:
             self._last_log["drop"] = now
             log.error("events dropped (%d so far): %s", self.stats.dropped, why)
 
+    async def _linger(self, waiting: deque[Any], closing: bool) -> None:
+        """Let a batch gather before writing it, unless it is full or we are closing."""
+        if self.config.linger_s and not closing and len(waiting) < self.config.batch_max:
+            await asyncio.sleep(self.config.linger_s)
+
     async def _prepare(self, items: list[Event | PlainEvent | Record]) -> list[Record]:
         records: list[Record] = []
         for index, item in enumerate(items):
@@ -208,6 +213,7 @@ class EventPipeline:
                 self._queue_ready.clear()
                 await self._queue_ready.wait()
                 continue
+            await self._linger(self._queue, self._closing)
             batch: list[Event | PlainEvent | Record] = [
                 self._queue.popleft() for _ in range(min(len(self._queue), self.config.batch_max))
             ]
@@ -237,6 +243,7 @@ class EventPipeline:
                 self._spool_ready.clear()
                 await self._spool_ready.wait()
                 continue
+            await self._linger(self._spool_buf, self._spool_closing)
             size = min(len(self._spool_buf), self.config.batch_max * 4)
             batch = [self._spool_buf.popleft() for _ in range(size)]
             records = await self._prepare(batch)
