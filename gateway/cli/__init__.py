@@ -30,6 +30,7 @@ def _register() -> None:
     __import__("gateway.cli.demo", fromlist=["register"]).register(app)
     __import__("gateway.cli.keys", fromlist=["register"]).register(app)
     __import__("gateway.cli.drift", fromlist=["register"]).register(app)
+    __import__("gateway.cli.events", fromlist=["register"]).register(app)
 
 
 def main() -> None:
