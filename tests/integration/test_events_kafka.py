@@ -189,7 +189,9 @@ def test_answer_and_feedback_reach_their_topics_keyed_with_flag_and_variant(
         )
         answer = raw.parse()
         assert raw.headers["x-loopgate-flag"] == FLAG
-        answers[answer.id] = (raw.headers["x-loopgate-variant"], answer.choices[0].message.content)
+        text = answer.choices[0].message.content
+        assert text
+        answers[answer.id] = (raw.headers["x-loopgate-variant"], text)
     vip_id = next(iter(answers))
     assert answers[vip_id][0] == "canary"  # the allow rule, so the variant is known
     feedback_ids = {}
