@@ -55,6 +55,8 @@ class BalancerConfig(BaseModel):
     # GET /health this often; a failing endpoint gets no traffic until it answers (0: off).
     health_interval_s: float = Field(5.0, ge=0)
     probe_timeout_s: float = Field(1.0, gt=0)
+    # Consecutive failed health checks that take an endpoint out (one slow probe does not).
+    unhealthy_after: int = Field(2, ge=1)
     # Consecutive failures (connect, timeout, 5xx, broken stream) that open the breaker.
     failure_threshold: int = Field(5, ge=1)
     # An open breaker lets one trial request through after this long.
@@ -306,9 +308,11 @@ class Watcher:
             ok = status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):
             ok = False
-        if ok != ep.healthy:
+        ep.health_failures = 0 if ok else ep.health_failures + 1
+        healthy = ok or (ep.healthy and ep.health_failures < self.config.unhealthy_after)
+        if healthy != ep.healthy:
             log.warning("upstream %s health check %s", ep.url, "passes" if ok else "fails")
-        ep.healthy = ok
-        if not ok:
+        ep.healthy = healthy
+        if not healthy:
             # Requests answered long ago say nothing now: forget the latency when it comes back.
             ep.latency = 0.0

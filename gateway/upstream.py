@@ -39,7 +39,8 @@ class Endpoint:
     breaker: Breaker
     in_flight: int = 0
     last_failure: float = 0.0
-    healthy: bool = True  # the last active health check passed (or none ran yet)
+    healthy: bool = True  # active health checks pass (or none ran yet)
+    health_failures: int = 0  # consecutive failed checks; `unhealthy_after` of them mark it down
     latency: float = 0.0  # moving average of time to first token (or whole answer); 0: unknown
     latency_at: float = 0.0
     load: EndpointLoad = field(default_factory=EndpointLoad)
@@ -87,9 +88,16 @@ class Pool:
         return cls(name, config, endpoints, timeout, f"Bearer {key}" if key else None, b)
 
     def candidates(self) -> list[Endpoint]:
-        """Endpoints to try, best first: healthy, breaker letting requests through."""
+        """Endpoints to try, best first: healthy, breaker letting requests through.
+
+        Failed health checks alone never empty a pool: when every endpoint fails them, the
+        ones whose breakers allow traffic are tried anyway (fail static). A dead endpoint
+        refuses fast, so traffic still falls back to control; a probe that merely timed out
+        on a loaded machine costs nothing.
+        """
         now = time.monotonic()
-        usable = [ep for ep in self.endpoints if ep.healthy and ep.breaker.allows(now)]
+        allowed = [ep for ep in self.endpoints if ep.breaker.allows(now)]
+        usable = [ep for ep in allowed if ep.healthy] or allowed
         if len(usable) <= 1:
             return usable
         return order(self, usable, next(self._rr))

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-from gateway.balancer import CLOSED, HALF_OPEN, OPEN, BalancerConfig, Breaker, parse_vllm_metrics
+from gateway.balancer import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    BalancerConfig,
+    Breaker,
+    Watcher,
+    parse_vllm_metrics,
+)
 from gateway.settings import PoolConfig
 from gateway.upstream import Pool
 
@@ -89,5 +98,31 @@ def test_open_breakers_and_failed_health_leave_the_pool() -> None:
     b.healthy = False
     assert pool.candidates() == [c]
     c.healthy = False
-    assert pool.candidates() == []
+    # Failed health checks alone never empty a pool: b and c are tried anyway (fail static),
+    # but the pool no longer counts as usable, and an open breaker still keeps `a` out.
+    assert sorted(ep.url for ep in pool.candidates()) == sorted([b.url, c.url])
     assert not pool.usable()
+    for _ in range(5):
+        b.breaker.failure(time.monotonic())
+        c.breaker.failure(time.monotonic())
+    assert pool.candidates() == []
+
+
+def test_one_failed_probe_does_not_take_an_endpoint_out() -> None:
+    pool = _pool(n=1)
+    (ep,) = pool.endpoints
+    watcher = Watcher(None, {"p": pool}, BalancerConfig(unhealthy_after=2))  # type: ignore[arg-type]
+    answers = iter([TimeoutError(), (200, b""), TimeoutError(), TimeoutError(), (200, b"")])
+
+    async def probe(url: str) -> tuple[int, bytes]:
+        answer = next(answers)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    watcher._get = probe  # type: ignore[method-assign]
+    seen = []
+    for _ in range(5):
+        asyncio.run(watcher._check_health(ep))
+        seen.append(ep.healthy)
+    assert seen == [True, True, True, False, True]
