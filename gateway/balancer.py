@@ -187,6 +187,18 @@ class BalancerMetrics:
             ("flag", "variant"),
             registry=registry,
         )
+        self.errors = Counter(
+            "loopgate_upstream_errors_total",
+            "Upstream failures by pool and kind (connect, timeout, bad_response, midstream, ...).",
+            ("pool", "kind"),
+            registry=registry,
+        )
+        self.retries = Counter(
+            "loopgate_upstream_retries_total",
+            "Requests retried on another endpoint before any byte was sent.",
+            ("pool",),
+            registry=registry,
+        )
         self.breaker_opens = Counter(
             "loopgate_upstream_breaker_opens_total",
             "Times an endpoint's circuit breaker opened.",

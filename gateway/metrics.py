@@ -117,18 +117,6 @@ class Metrics:
             (*ROUTE_LABELS, "direction"),
             registry=r,
         )
-        self.upstream_errors = Counter(
-            "loopgate_upstream_errors_total",
-            "Upstream failures by pool and kind (connect, timeout, bad_response, midstream).",
-            ("pool", "kind"),
-            registry=r,
-        )
-        self.upstream_retries = Counter(
-            "loopgate_upstream_retries_total",
-            "Requests retried on another endpoint before any byte was sent.",
-            ("pool",),
-            registry=r,
-        )
         self.in_flight = Gauge(
             "loopgate_requests_in_flight",
             "Requests being answered now.",

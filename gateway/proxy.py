@@ -374,12 +374,13 @@ class ProxyEndpoint:
             data = await response.read()
         except TimeoutError as exc:
             call.fail()
+            rt.upstreams.metrics.errors.labels(route.pool.name, "timeout").inc()
             raise UpstreamTimeout(
                 f"upstream {route.pool.name} timed out sending its answer"
             ) from exc
         except aiohttp.ClientError as exc:
             call.fail()
-            rt.metrics.upstream_errors.labels(route.pool.name, "bad_response").inc()
+            rt.upstreams.metrics.errors.labels(route.pool.name, "bad_response").inc()
             raise BadGateway(f"upstream {route.pool.name} broke off its answer") from exc
         upstream_s = time.perf_counter() - call.started
         call.release()
@@ -403,7 +404,7 @@ class ProxyEndpoint:
         except orjson.JSONDecodeError:
             doc = None
         if not isinstance(doc, dict):
-            rt.metrics.upstream_errors.labels(route.pool.name, "bad_response").inc()
+            rt.upstreams.metrics.errors.labels(route.pool.name, "bad_response").inc()
             raise BadGateway(f"upstream {route.pool.name} answered with invalid JSON")
         ex.upstream_id = str(doc.get("id", ""))
         ex.response_id = rt.response_id(ex)
@@ -414,7 +415,7 @@ class ProxyEndpoint:
 
     def _upstream_error(self, rt: Runtime, data: bytes, status: int, route: Route) -> bytes:
         """Pass the upstream's own error through in OpenAI's shape."""
-        rt.metrics.upstream_errors.labels(route.pool.name, f"http_{status // 100}xx").inc()
+        rt.upstreams.metrics.errors.labels(route.pool.name, f"http_{status // 100}xx").inc()
         try:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -497,7 +498,7 @@ class ProxyEndpoint:
         except (aiohttp.ClientError, TimeoutError) as exc:
             call.fail()
             kind = "timeout" if isinstance(exc, TimeoutError) else "midstream"
-            rt.metrics.upstream_errors.labels(route.pool.name, kind).inc()
+            rt.upstreams.metrics.errors.labels(route.pool.name, kind).inc()
             err: GatewayError = (
                 UpstreamTimeout(f"upstream {route.pool.name} stalled mid-stream")
                 if isinstance(exc, TimeoutError)

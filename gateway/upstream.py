@@ -207,6 +207,8 @@ class Upstreams:
         last_error: BaseException | None = None
         candidates = pool.candidates()
         for endpoint in candidates:
+            if last_error is not None:
+                self.metrics.retries.labels(pool.name).inc()
             endpoint.in_flight += 1
             endpoint.breaker.begin()
             started = time.perf_counter()
@@ -216,28 +218,30 @@ class Upstreams:
                 )
             except _NOT_STARTED as exc:
                 endpoint.in_flight -= 1
-                self._count_failure(pool, endpoint, exc)
+                self._count_failure(pool, endpoint, exc, kind="connect")
                 last_error = exc
                 continue
             except TimeoutError as exc:
                 endpoint.in_flight -= 1
-                self._count_failure(pool, endpoint, exc)
                 if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                    self._count_failure(pool, endpoint, exc, kind="connect")
                     last_error = exc
                     continue
+                self._count_failure(pool, endpoint, exc, kind="timeout")
                 waited = pool.config.timeouts.first_byte
                 raise UpstreamTimeout(
                     f"upstream {pool.name} did not answer within {waited:g}s"
                 ) from exc
             except aiohttp.ClientError as exc:
                 endpoint.in_flight -= 1
-                self._count_failure(pool, endpoint, exc)
+                self._count_failure(pool, endpoint, exc, kind="bad_response")
                 raise BadGateway(f"upstream {pool.name} failed: {exc.__class__.__name__}") from exc
             except BaseException:
                 endpoint.in_flight -= 1
                 endpoint.breaker.end_trial()
                 raise
             if response.status >= 500:
+                # Counted by kind once the body is read (the proxy sees what it was).
                 self._count_failure(pool, endpoint, None, f"HTTP {response.status}")
             else:
                 endpoint.breaker.success()
@@ -251,8 +255,16 @@ class Upstreams:
         ) from last_error
 
     def _count_failure(
-        self, pool: Pool, endpoint: Endpoint, exc: BaseException | None, what: str = ""
+        self,
+        pool: Pool,
+        endpoint: Endpoint,
+        exc: BaseException | None,
+        what: str = "",
+        *,
+        kind: str | None = None,
     ) -> None:
+        if kind is not None:
+            self.metrics.errors.labels(pool.name, kind).inc()
         if self.failed(endpoint, what or (exc.__class__.__name__ if exc else "failure")):
             self.metrics.breaker_opens.labels(pool.name).inc()
 

@@ -152,3 +152,29 @@ def test_client_leaving_mid_stream_cancels_the_upstream(
             if line.startswith("data:"):
                 break  # leave after the first chunk
     wait_until(lambda: faulty_upstream.cancelled == before + 1, 5, "upstream cancellation")
+
+
+def test_retries_and_connect_failures_are_counted(
+    gateway_factory: Callable[..., GatewayServer], faulty_upstream: FaultyUpstream
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    config = {
+        "pools": {"p": pool(dead, faulty_upstream.url, served_model="ok")},
+        "models": {"m": {"pool": "p"}},
+        "balancer": {"strategy": "round_robin", "health_interval_s": 0, "metrics_interval_s": 0},
+    }
+    gw = gateway_factory(config)
+    for _ in range(4):
+        gw.client().chat.completions.create(model="m", messages=MESSAGES)
+    text = gw.get("/metrics")[1].decode()
+    retries = _sample(text, 'loopgate_upstream_retries_total{pool="p"}')
+    connects = _sample(text, 'loopgate_upstream_errors_total{kind="connect",pool="p"}')
+    assert retries >= 1
+    assert retries == connects
+
+
+def _sample(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0

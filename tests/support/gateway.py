@@ -9,7 +9,7 @@ import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import openai
 import pytest
 import yaml
 
+from tests.support.clients import ClientCache
 from tests.support.ports import free_port, wait_until
 
 
@@ -28,6 +29,7 @@ class GatewayServer:
     proc: subprocess.Popen[bytes]
     config_path: Path
     log_path: Path
+    clients: ClientCache = field(default_factory=ClientCache)
 
     @property
     def base_url(self) -> str:
@@ -40,18 +42,18 @@ class GatewayServer:
         return self.base_url + "/v1"
 
     def client(self, **kwargs: Any) -> openai.OpenAI:
-        """A sync openai client without retries, so each error is seen once."""
+        """A sync openai client without retries, so each error is seen once (one per settings)."""
         kwargs.setdefault("api_key", "test-key")
         kwargs.setdefault("max_retries", 0)
         kwargs.setdefault("timeout", 30)
-        return openai.OpenAI(base_url=self.v1, **kwargs)
+        return self.clients.get(self.v1, **kwargs)
 
     def async_client(self, **kwargs: Any) -> openai.AsyncOpenAI:
         """An async openai client without retries."""
         kwargs.setdefault("api_key", "test-key")
         kwargs.setdefault("max_retries", 0)
         kwargs.setdefault("timeout", 30)
-        return openai.AsyncOpenAI(base_url=self.v1, **kwargs)
+        return openai.AsyncOpenAI(base_url=self.v1, **kwargs)  # its user closes it (own loop)
 
     def get(self, path: str) -> tuple[int, bytes]:
         """GET a gateway path; returns (status, body) whatever the status."""
@@ -67,6 +69,7 @@ class GatewayServer:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         """Signal the process and wait for it; returns its exit code."""
+        self.clients.close()
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:

@@ -33,6 +33,7 @@ import openai
 import orjson
 import pytest
 
+from tests.support.clients import ClientCache
 from tests.support.ports import free_port, wait_until
 
 # Defaults for tests: answers at once, short, and unjittered, so assertions are exact.
@@ -50,6 +51,7 @@ class SimServer:
     model: str
     log_path: Path
     options: dict[str, Any] = field(default_factory=dict)
+    clients: ClientCache = field(default_factory=ClientCache)
 
     @property
     def pid(self) -> int:
@@ -71,7 +73,7 @@ class SimServer:
         kwargs.setdefault("api_key", "sim")
         kwargs.setdefault("max_retries", 0)
         kwargs.setdefault("timeout", 30)
-        return openai.OpenAI(base_url=self.v1, **kwargs)
+        return self.clients.get(self.v1, **kwargs)
 
     def async_client(self, **kwargs: Any) -> openai.AsyncOpenAI:
         """An async openai client without retries."""
@@ -157,6 +159,7 @@ class SimServer:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         """Signal this process and wait for it; returns its exit code."""
+        self.clients.close()
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
