@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python=${LOOPGATE_PYTHON:-python3}
-extras=${LOOPGATE_EXTRAS:-dev,datasets}
+extras=${LOOPGATE_EXTRAS:-dev,datasets,otlp}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
