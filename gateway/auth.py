@@ -69,6 +69,8 @@ class ApiKeyConfig(_Strict):
     allowed_models: list[str] | None = None
     # Honour X-Loopgate-Variant (QA forcing a variant) for this key.
     qa_override: bool = False
+    # "none": this app's events keep metadata only, whatever X-Loopgate-Consent says.
+    consent: Literal["full", "none"] = "full"
 
     @field_validator("hash")
     @classmethod
@@ -95,6 +97,7 @@ class AnonymousConfig(_Strict):
     app_id: str = Field("default", min_length=1, max_length=128)
     limits: AppLimits = AppLimits()
     allowed_models: list[str] | None = None
+    consent: Literal["full", "none"] = "full"
 
 
 class AuthConfig(_Strict):
@@ -141,6 +144,13 @@ class AppPrincipal:
     allowed_models: frozenset[str] | None = None
     qa_override: bool = False
     key_name: str = ""
+    consent: str = "full"
+
+    def consent_for(self, header: str | None) -> str:
+        """The request's consent: "none" when the app or the X-Loopgate-Consent header says so."""
+        if self.consent == "none" or (header or "").strip().lower() == "none":
+            return "none"
+        return "full"
 
     def may_use(self, model: str) -> bool:
         """True when this app may ask for `model`."""
@@ -174,6 +184,7 @@ def _principal(key: ApiKeyConfig) -> AppPrincipal:
         allowed_models=frozenset(key.allowed_models) if key.allowed_models is not None else None,
         qa_override=key.qa_override,
         key_name=key.name,
+        consent=key.consent,
     )
 
 
@@ -196,6 +207,7 @@ class Authenticator:
                 allowed_models=(
                     frozenset(anon.allowed_models) if anon.allowed_models is not None else None
                 ),
+                consent=anon.consent,
             )
         # With no key anywhere, any bearer token (the SDK always sends one) is anonymous.
         self._open = self.anonymous is not None and not self._static and config.redis_url is None

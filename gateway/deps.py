@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.auth import caller_app
+from gateway.auth import AppPrincipal, caller_app
 from gateway.runtime import Runtime
 
 
@@ -24,3 +24,11 @@ def _caller_app(request: Request) -> str:
 
 
 CallerAppDep = Annotated[str, Depends(_caller_app)]
+
+
+def _caller(request: Request) -> AppPrincipal:
+    """The app making this request, with its settings (401 without a valid key)."""
+    return caller_app(request)
+
+
+CallerDep = Annotated[AppPrincipal, Depends(_caller)]

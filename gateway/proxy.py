@@ -76,7 +76,7 @@ class _Headers:
         self.qa_variant: str | None = None
         self.authorization: bytes | None = None
         self.attributes: dict[str, str] | None = None
-        self.consent = "full"
+        self.consent: str | None = None
         self.content_length: int | None = None
         for name, value in raw:
             if name.startswith(b"x-loopgate-attr-"):
@@ -95,7 +95,7 @@ class _Headers:
             elif name == b"x-loopgate-user":
                 self.user = value.decode("latin-1")[:256]
             elif name == b"x-loopgate-consent":
-                self.consent = value.decode("latin-1").strip().lower()
+                self.consent = value.decode("latin-1")
             elif name == b"traceparent":
                 self.traceparent = value.decode("latin-1")
             elif name == b"tracestate":
@@ -174,7 +174,6 @@ class ProxyEndpoint:
         headers = _Headers(scope["headers"])
         request_id = headers.request_id or _new_request_id()
         ex = Exchange(request_id=request_id, kind=self.kind, started_at=time.time())
-        ex.consent = headers.consent
         if headers.traceparent and len(headers.traceparent) >= 35:
             ex.trace_id = headers.traceparent[3:35]
         trace: RequestTrace | None = None
@@ -188,6 +187,7 @@ class ProxyEndpoint:
         try:
             app = rt.auth.app(headers.authorization) if rt.auth is not None else _ANONYMOUS
             ex.app_id = app.app_id
+            ex.consent = app.consent_for(headers.consent)
             raw = await _read_body(
                 receive, rt.settings.limits.max_body_bytes, headers.content_length
             )

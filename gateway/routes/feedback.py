@@ -13,7 +13,7 @@ from fastapi import APIRouter, Header
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from feedback.schema import FeedbackBody, FeedbackEvent, FeedbackKind, Metadata
-from gateway.deps import CallerAppDep, RuntimeDep
+from gateway.deps import CallerDep, RuntimeDep
 from gateway.errors import Forbidden, GatewayError, InvalidRequest, UpstreamUnavailable
 from gateway.runtime import Runtime
 
@@ -170,15 +170,15 @@ ConsentHeader = Annotated[str | None, Header(alias="X-Loopgate-Consent")]
 
 @router.post("/v1/feedback", response_model=FeedbackOut)
 async def post_feedback(
-    item: FeedbackIn, rt: RuntimeDep, app_id: CallerAppDep, consent: ConsentHeader = None
+    item: FeedbackIn, rt: RuntimeDep, app: CallerDep, consent: ConsentHeader = None
 ) -> FeedbackOut:
     """Record one judgement of an answer."""
-    return await record_feedback(rt, item, app_id, (consent or "full").lower(), time.time())
+    return await record_feedback(rt, item, app.app_id, app.consent_for(consent), time.time())
 
 
 @router.post("/v1/feedback/batch", response_model=FeedbackBatchOut)
 async def post_feedback_batch(
-    batch: FeedbackBatchIn, rt: RuntimeDep, app_id: CallerAppDep, consent: ConsentHeader = None
+    batch: FeedbackBatchIn, rt: RuntimeDep, app: CallerDep, consent: ConsentHeader = None
 ) -> FeedbackBatchOut:
     """Record several judgements; a refused item does not stop the others."""
     if len(batch.items) > rt.settings.feedback.max_batch:
@@ -189,7 +189,7 @@ async def post_feedback_batch(
     results: list[FeedbackBatchItem] = []
     for index, item in enumerate(batch.items):
         try:
-            out = await record_feedback(rt, item, app_id, (consent or "full").lower(), now)
+            out = await record_feedback(rt, item, app.app_id, app.consent_for(consent), now)
         except GatewayError as err:
             error = ItemError(message=err.message, type=err.type, param=err.param, code=err.code)
             results.append(FeedbackBatchItem(index=index, status=err.status, error=error))

@@ -18,6 +18,7 @@ import pytest
 
 from feedback.schema import SCHEMA_DIR
 from feedback.sinks.spool import SEGMENT_SUFFIX
+from gateway.auth import hash_secret
 from gateway.ids import Claims, ResponseIdSigner
 from tests.support.gateway import GatewayServer, pool
 from tests.support.sim import SimServer
@@ -167,3 +168,53 @@ def test_a_batch_records_the_good_items_and_explains_the_bad(
     assert 'loopgate_feedback_total{flag="assistant",kind="rating",variant="a"} 1.0' in metrics
     assert gw.stop() == 0
     assert sum(e["type"] == "feedback" for e in _events(spool)) == 2
+
+
+def test_an_app_set_to_consent_none_leaves_metadata_only(
+    gateway_factory: Callable[..., GatewayServer],
+    sim_factory: Callable[..., SimServer],
+    tmp_path: Path,
+) -> None:
+    sim = sim_factory(model="policy-a")
+    spool = tmp_path / "spool"
+    config = {
+        "pools": {"a": pool(sim.base_url, served_model="policy-a")},
+        "models": {"assistant": {"pool": "a"}},
+        "ids": {"keys": [KEY]},
+        "events": {"spool": {"dir": str(spool)}},
+        "auth": {
+            "keys": [
+                {"hash": hash_secret("sk-private"), "app_id": "private", "consent": "none"},
+                {"hash": hash_secret("sk-shop"), "app_id": "shop"},
+            ]
+        },
+    }
+    gw = gateway_factory(config)
+    private = gw.client(api_key="sk-private")
+    shop = gw.client(api_key="sk-shop")
+    said = [{"role": "user", "content": "Where is parcel 4711?"}]
+    a = private.chat.completions.create(model="assistant", messages=said)  # type: ignore[arg-type]
+    b = shop.chat.completions.create(model="assistant", messages=said)  # type: ignore[arg-type]
+    c = shop.chat.completions.create(
+        model="assistant",
+        messages=said,  # type: ignore[arg-type]
+        extra_headers={"X-Loopgate-Consent": "none"},
+    )
+    edit = {"response_id": a.id, "kind": "edit", "edited_text": "parcel 4711 is late"}
+    answer = httpx.post(
+        gw.v1 + "/feedback", json=edit, headers={"Authorization": "Bearer sk-private"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert gw.stop() == 0
+    events = _events(spool)
+    completions = {e["body"]["response_id"]: e["body"] for e in events if e["type"] == "completion"}
+    for response_id in (a.id, c.id):
+        body = completions[response_id]
+        assert body["consent"] == "none"
+        assert body["response"] is None
+        assert body["request"]["messages"] is None
+    assert completions[b.id]["response"]["text"]  # the other app keeps its content
+    (feedback,) = [e["body"] for e in events if e["type"] == "feedback"]
+    assert feedback["consent"] == "none"
+    assert feedback["edited_text"] is None
+    assert "4711" not in json.dumps([e for e in events if e["body"].get("app") == "private"])
