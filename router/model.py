@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import (
@@ -121,18 +122,22 @@ class Flag(_Frozen):
         return self.replace(variants=variants)
 
 
-class EvalContext(_Frozen):
+# EvalContext and Assignment are made once per request: plain frozen dataclasses, since a
+# pydantic model costs several microseconds to build and they carry values already checked.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvalContext:
     """Who is asking: the unit that sticks to a variant, the app, the model, attributes."""
 
     unit_id: str
     app_id: str
     model: str
-    attributes: Mapping[str, str] = Field(default_factory=dict)
+    attributes: Mapping[str, str] = field(default_factory=dict)
     qa_variant: str | None = None
     qa_allowed: bool = False
 
 
-class Assignment(_Frozen):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Assignment:
     """The variant a context gets from a flag, why, and under which flag version."""
 
     flag_key: str
