@@ -124,6 +124,10 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        # The two proxy routes' children, looked up once rather than on every request.
+        self.in_flight_by_route = {
+            route: self.in_flight.labels(route) for route in ("chat", "completions")
+        }
         self.without_unit = Counter(
             "loopgate_requests_without_unit_total",
             "Requests with neither a `user` field nor X-Loopgate-User (sticky per app only).",

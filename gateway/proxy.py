@@ -180,7 +180,7 @@ class ProxyEndpoint:
         if rt.tracing is not None:  # off: no span is made at all
             trace = rt.tracing.begin(self.kind, headers.traceparent, headers.tracestate)
             ex.trace_id = trace.trace_id
-        rt.metrics.in_flight.labels(self.route_label).inc()
+        rt.metrics.in_flight_by_route[self.route_label].inc()
         watch: _DisconnectWatch | None = None
         call: UpstreamCall | None = None
         reservation: Reservation | None = None
@@ -529,7 +529,7 @@ class ProxyEndpoint:
     ) -> None:
         ex.latency_s = time.perf_counter() - started
         m = rt.metrics
-        m.in_flight.labels(self.route_label).dec()
+        m.in_flight_by_route[self.route_label].dec()
         key = (ex.flag, ex.variant, ex.model, self.route_label)
         rm = m.route(*key)
         m.requests_child(rm, key, ex.http_status).inc()
