@@ -73,6 +73,7 @@ def vllm_python() -> Path:
 def build_tiny_model(python: Path) -> Path:
     """Builds (or finds) the tiny model and adapter; returns the folder holding base/ and lora/."""
     want = model_root(CACHE)
+    CACHE.mkdir(parents=True, exist_ok=True)  # a fresh clone has none (the venv may live elsewhere)
     if not (want / "lora" / "adapter_config.json").exists():
         subprocess.run(
             [str(python), str(ROOT / "tests" / "support" / "tinymodel.py"), "--cache", str(CACHE)],
