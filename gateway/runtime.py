@@ -81,6 +81,7 @@ class Runtime:
             counters.count_exchange(
                 ex.flag, ex.flag_version, ex.variant, self.unit_hash(ex),
                 ex.status, ex.latency_s, ex.ttft_s,
+                safety_findings=sum(safety.values()) if safety else 0,
             )  # fmt: skip
 
     def audit(self, record: AuditRecord) -> None:
