@@ -78,6 +78,8 @@ class ServerConfig(Strict):
     workers: int = Field(1, ge=1)
     # On SIGTERM: how long in-flight requests and streams may take to finish.
     drain_seconds: float = Field(30.0, gt=0)
+    # Set by `serve --workers N` (not by hand): a file whose presence makes /readyz answer 503.
+    drain_flag: Path | None = None
     # On SIGTERM, /readyz answers 503 and requests are still served this long before the
     # listener closes, so load balancers stop sending first (set it to their probe period).
     unready_seconds: float = Field(0.0, ge=0)

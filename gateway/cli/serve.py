@@ -170,7 +170,6 @@ def register(app: typer.Typer) -> None:
         access_log: Annotated[bool, typer.Option(help="Log every request")] = False,
     ) -> None:
         """Run the gateway."""
-        import uvicorn
 
         try:
             settings = load_settings(config)
@@ -214,11 +213,18 @@ def register(app: typer.Typer) -> None:
                 settings = _shared_signing_key(settings)
                 with tempfile.TemporaryDirectory(prefix="loopgate-") as folder:
                     settings = _multiprocess_metrics(settings, Path(folder))
+                    flag = Path(folder) / "draining"  # the supervisor raises it on SIGTERM
+                    settings = settings.model_copy(
+                        update={"server": settings.server.model_copy(update={"drain_flag": flag})}
+                    )
                     os.environ[CONFIG_ENV] = str(write_effective_config(settings, Path(folder)))
-                    uvicorn.run(
+                    from gateway.shutdown import serve_workers
+
+                    serve_workers(
                         "gateway.app:app_from_environment",
-                        factory=True,
-                        workers=server.workers,
+                        server.workers,
+                        server.unready_seconds,
+                        settings.server.drain_flag or Path(folder) / "draining",
                         **common,
                     )
         finally:

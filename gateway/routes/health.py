@@ -24,10 +24,12 @@ async def readyz(rt: RuntimeDep, response: Response) -> dict[str, object]:
     pools = list(rt.upstreams.pools.values())
     answers = await asyncio.gather(*(rt.upstreams.probe(pool) for pool in pools))
     status = {pool.name: ("up" if ok else "down") for pool, ok in zip(pools, answers, strict=True)}
-    ready = rt.ready and all(answers)
+    flag = rt.settings.server.drain_flag
+    draining = not rt.ready or (flag is not None and flag.exists())
+    ready = not draining and all(answers)
     if not ready:
         response.status_code = 503
-    return {"status": "ready" if ready else "unready", "draining": not rt.ready, "pools": status}
+    return {"status": "ready" if ready else "unready", "draining": draining, "pools": status}
 
 
 @router.get("/metrics", tags=["ops"], include_in_schema=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from feedback.sinks.spool import SEGMENT_SUFFIX
 from tests.support.gateway import GatewayServer, pool
@@ -24,10 +25,12 @@ BODY = {
 }
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_during_a_stream(
     gateway_factory: Callable[..., GatewayServer],
     sim_factory: Callable[..., SimServer],
     tmp_path: Path,
+    workers: int,
 ) -> None:
     sim = sim_factory(itl=0.06, output_tokens=30)  # about 2 s of streaming
     spool = tmp_path / "spool"
@@ -38,7 +41,8 @@ def test_sigterm_during_a_stream(
             "models": {"m": {"pool": "p"}},
             "events": {"spool": {"dir": str(spool)}},
             "balancer": {"health_interval_s": 0},
-        }
+        },
+        workers=workers,
     )
     assert gw.get("/readyz")[0] == 200
     chunks: list[bytes] = []
