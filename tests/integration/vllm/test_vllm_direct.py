@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.vllm.capture import FIXTURES, SAMPLES, capture, capture_shape
+from tests.support.ports import wait_until
 from tests.support.vllm import SETUP_TIMEOUT_S, VllmServer
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(SETUP_TIMEOUT_S)]
@@ -340,35 +341,51 @@ def test_metrics_names_and_labels(http: httpx.Client, vllm_server: VllmServer) -
 
 
 def test_metrics_show_running_and_waiting(http: httpx.Client, vllm_server: VllmServer) -> None:
-    # Three batches' worth: the gauges update coarsely here (a handful of distinct values over
-    # a ~10 s burst on 2 cores), so a short burst can finish between two updates.
+    # Three batches' worth of clients, each sending again as soon as it is answered, until the
+    # queue shows: the gauges update coarsely here (the API server answers /metrics rarely
+    # while the engine has both cores), so a one-shot burst can end between two updates.
     n = vllm_server.max_num_seqs * 3
     body = {"model": vllm_server.base_model, "prompt": "hi", "max_tokens": 480, "ignore_eos": True}
+    stop = threading.Event()
 
     def send() -> None:
         with httpx.Client(base_url=vllm_server.base_url, timeout=120.0) as own:
-            own.post("/v1/completions", json=body)
+            while not stop.is_set():
+                try:
+                    own.post("/v1/completions", json=body)
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+
+    def queued(sample: tuple[float, float]) -> bool:
+        return sample[0] == vllm_server.max_num_seqs and sample[1] > 0
 
     threads = [threading.Thread(target=send, name=f"vllm-load-{i}") for i in range(n)]
     for t in threads:
         t.start()
     seen: list[tuple[float, float]] = []
     try:
-        deadline = time.monotonic() + 60.0
-        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 90.0
+        while not any(queued(s) for s in seen) and time.monotonic() < deadline:
             got = metrics(http)
             seen.append(
                 (got["vllm:num_requests_running"][0][1], got["vllm:num_requests_waiting"][0][1])
             )
             time.sleep(0.05)
     finally:
+        stop.set()
         for t in threads:
             t.join(timeout=120)
-    assert any(r == vllm_server.max_num_seqs and w > 0 for r, w in seen), sorted(set(seen))
+    assert any(queued(s) for s in seen), sorted(set(seen))
     assert all(r <= vllm_server.max_num_seqs and r + w <= n for r, w in seen), sorted(set(seen))
-    idle = metrics(http)
-    assert idle["vllm:num_requests_running"][0][1] == 0
-    assert idle["vllm:num_requests_waiting"][0][1] == 0
+
+    def idle() -> bool:
+        got = metrics(http)
+        return (
+            got["vllm:num_requests_running"][0][1] == 0
+            and got["vllm:num_requests_waiting"][0][1] == 0
+        )
+
+    wait_until(idle, 30, "vLLM's gauges back at zero")
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
