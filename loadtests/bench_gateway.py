@@ -120,15 +120,23 @@ def wrk(url: str, model: str, stream: bool, conns: int, duration: float, pid: in
     """Drive one endpoint with wrk; measure the proxy's CPU over the same window."""
     body = {
         "model": model,
+        "user": "USER",
         "messages": [{"role": "user", "content": "Tell me about parcels and delivery times."}],
         "max_tokens": 16,
         "stream": stream,
     }
+    head, tail = json.dumps(body).split('"USER"')
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        # A thousand distinct users, so flag assignment hashes real units.
         script.write(
             'wrk.method = "POST"\n'
             'wrk.headers["Content-Type"] = "application/json"\n'
-            f"wrk.body = {json.dumps(json.dumps(body))}\n"
+            "local n = 0\n"
+            "request = function()\n"
+            "  n = n + 1\n"
+            f"  return wrk.format(nil, nil, nil, {json.dumps(head)} .. "
+            f"'\"u' .. (n % 1000) .. '\"' .. {json.dumps(tail)})\n"
+            "end\n"
         )
     threads = 1 if conns < 4 else 2
     cmd = [
