@@ -8,6 +8,7 @@ forwarded event by event without being held back.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -128,10 +129,6 @@ async def _read_body(receive: Receive, limit: int, declared: int | None) -> byte
             return b"".join(parts)
 
 
-def _new_request_id() -> str:
-    return os.urandom(12).hex()
-
-
 class _DisconnectWatch:
     """Cancels the request's task when the client goes away, so the upstream call is cut too."""
 
@@ -167,12 +164,16 @@ class ProxyEndpoint:
         self.kind: Kind = kind
         self.path = path
         self.route_label = "chat" if kind == "chat" else "completions"
+        # Request ids need only be unique: a random prefix per endpoint and a counter,
+        # rather than a system call for random bytes on every request.
+        self._id_prefix = os.urandom(6).hex()
+        self._id_counter = itertools.count()
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         rt: Runtime = scope["app"].state.runtime
         headers = _Headers(scope["headers"])
-        request_id = headers.request_id or _new_request_id()
+        request_id = headers.request_id or f"{self._id_prefix}{next(self._id_counter):012x}"
         ex = Exchange(request_id=request_id, kind=self.kind, started_at=time.time())
         if headers.traceparent and len(headers.traceparent) >= 35:
             ex.trace_id = headers.traceparent[3:35]
