@@ -9,51 +9,22 @@ import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 import yaml
 
-from tests.support.clients import ClientCache
+from tests.support.clients import LocalServer
 from tests.support.ports import free_port, wait_until
 
 
-@dataclass
-class GatewayServer:
+@dataclass(kw_only=True)
+class GatewayServer(LocalServer):
     """A running gateway process and the ways a test talks to it."""
 
-    port: int
-    proc: subprocess.Popen[bytes]
     config_path: Path
-    log_path: Path
-    clients: ClientCache = field(default_factory=ClientCache)
-
-    @property
-    def base_url(self) -> str:
-        """http://127.0.0.1:PORT"""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def v1(self) -> str:
-        """Where the openai SDK points."""
-        return self.base_url + "/v1"
-
-    def client(self, **kwargs: Any) -> openai.OpenAI:
-        """A sync openai client without retries, so each error is seen once (one per settings)."""
-        kwargs.setdefault("api_key", "test-key")
-        kwargs.setdefault("max_retries", 0)
-        kwargs.setdefault("timeout", 30)
-        return self.clients.get(self.v1, **kwargs)
-
-    def async_client(self, **kwargs: Any) -> openai.AsyncOpenAI:
-        """An async openai client without retries."""
-        kwargs.setdefault("api_key", "test-key")
-        kwargs.setdefault("max_retries", 0)
-        kwargs.setdefault("timeout", 30)
-        return openai.AsyncOpenAI(base_url=self.v1, **kwargs)  # its user closes it (own loop)
 
     def get(self, path: str) -> tuple[int, bytes]:
         """GET a gateway path; returns (status, body) whatever the status."""
@@ -62,22 +33,6 @@ class GatewayServer:
                 return answer.status, answer.read()
         except urllib.error.HTTPError as err:
             return err.code, err.read()
-
-    def log(self) -> str:
-        """What the gateway printed so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        """Signal the process and wait for it; returns its exit code."""
-        self.clients.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 def start_gateway(
@@ -102,7 +57,7 @@ def start_gateway(
     run_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=run_env, cwd=folder)
-    server = GatewayServer(port, proc, config_path, log_path)
+    server = GatewayServer(port=port, proc=proc, config_path=config_path, log_path=log_path)
 
     def healthy() -> bool:
         if proc.poll() is not None:

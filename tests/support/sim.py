@@ -27,13 +27,12 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import openai
 import orjson
 import pytest
 
-from tests.support.clients import ClientCache
+from tests.support.clients import LocalServer
 from tests.support.ports import free_port, wait_until
 
 # Defaults for tests: answers at once, short, and unjittered, so assertions are exact.
@@ -42,45 +41,15 @@ FAST: dict[str, Any] = {"ttft": 0.0, "itl": 0.0, "output_tokens": 16, "jitter": 
 SimFactory = Callable[..., "SimServer"]
 
 
-@dataclass
-class SimServer:
+@dataclass(kw_only=True)
+class SimServer(LocalServer):
     """A running simulator process and the ways a test talks to it."""
 
-    port: int
-    proc: subprocess.Popen[bytes]
     model: str
-    log_path: Path
     options: dict[str, Any] = field(default_factory=dict)
-    clients: ClientCache = field(default_factory=ClientCache)
 
-    @property
-    def pid(self) -> int:
-        """The simulator's process id."""
-        return self.proc.pid
-
-    @property
-    def base_url(self) -> str:
-        """http://127.0.0.1:PORT, what a gateway pool's endpoint names."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def v1(self) -> str:
-        """Where the openai SDK points when talking to the simulator directly."""
-        return self.base_url + "/v1"
-
-    def client(self, **kwargs: Any) -> openai.OpenAI:
-        """A sync openai client without retries, so each fault is seen once."""
-        kwargs.setdefault("api_key", "sim")
-        kwargs.setdefault("max_retries", 0)
-        kwargs.setdefault("timeout", 30)
-        return self.clients.get(self.v1, **kwargs)
-
-    def async_client(self, **kwargs: Any) -> openai.AsyncOpenAI:
-        """An async openai client without retries."""
-        kwargs.setdefault("api_key", "sim")
-        kwargs.setdefault("max_retries", 0)
-        kwargs.setdefault("timeout", 30)
-        return openai.AsyncOpenAI(base_url=self.v1, **kwargs)
+    api_key: ClassVar[str] = "sim"
+    stop_timeout: ClassVar[float] = 10.0
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
         """One HTTP call to the simulator; returns (status, body) whatever the status."""
@@ -153,22 +122,6 @@ class SimServer:
                 return value
         raise KeyError(name)
 
-    def log(self) -> str:
-        """What the simulator printed so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
-        """Signal this process and wait for it; returns its exit code."""
-        self.clients.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
 
 def _args(options: dict[str, Any]) -> list[str]:
     args: list[str] = []
@@ -188,7 +141,9 @@ def start_sim(folder: Path, **options: Any) -> SimServer:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = SimServer(port, proc, str(options["model"]), log_path, options)
+    server = SimServer(
+        port=port, proc=proc, model=str(options["model"]), log_path=log_path, options=options
+    )
 
     def healthy() -> bool:
         if proc.poll() is not None:
