@@ -48,3 +48,53 @@ class Exchange:
     def text(self) -> str:
         """The answer as the client received it."""
         return "".join(self.text_parts)
+
+    def take_usage(self, usage: Any) -> None:
+        """Token counts from an answer's or a chunk's `usage`."""
+        if isinstance(usage, dict):
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+    def take_answer(self, doc: dict[str, Any]) -> None:
+        """Text, tool calls, finish reason and usage from a whole answer."""
+        self.take_usage(doc.get("usage"))
+        choices = doc.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return
+        choice = choices[0]
+        self.finish_reason = choice.get("finish_reason")
+        message = choice.get("message")
+        if isinstance(message, dict):
+            content = message.get("content")
+            if isinstance(content, str):
+                self.text_parts.append(content)
+            calls = message.get("tool_calls")
+            if isinstance(calls, list):
+                self.tool_calls.extend(calls)
+        elif isinstance(choice.get("text"), str):
+            self.text_parts.append(choice["text"])
+
+    def take_chunk(self, doc: dict[str, Any]) -> bool:
+        """What a stream chunk adds; True when it carried content."""
+        usage = doc.get("usage")
+        if usage:
+            self.take_usage(usage)
+        choices = doc.get("choices")
+        if not choices or not isinstance(choices[0], dict):
+            return False
+        choice = choices[0]
+        reason = choice.get("finish_reason")
+        if reason:
+            self.finish_reason = reason
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            content = delta.get("content")
+            if delta.get("tool_calls"):
+                self.tool_calls.extend(delta["tool_calls"])
+                return True
+        else:
+            content = choice.get("text")
+        if isinstance(content, str) and content:
+            self.text_parts.append(content)
+            return True
+        return False

@@ -12,16 +12,22 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 import aiohttp
 import orjson
 
+from gateway.asgi import (
+    ClientGone,
+    DisconnectWatch,
+    Message,
+    Receive,
+    RequestHeaders,
+    Send,
+    read_body,
+)
 from gateway.auth import AppPrincipal, ModelNotAllowed
 from gateway.errors import (
     BadGateway,
-    BodyTooLarge,
     GatewayError,
     InternalError,
     InvalidRequest,
@@ -33,128 +39,16 @@ from gateway.protocol import Inbound, Kind, parse_inbound
 from gateway.ratelimit import Reservation, estimate_tokens
 from gateway.resolver import RequestContext, Route
 from gateway.runtime import Runtime
+from gateway.streaming import relay_stream
 from gateway.tracing import RequestTrace
 from gateway.upstream import UpstreamCall
 
 log = logging.getLogger(__name__)
 
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 _JSON = (b"content-type", b"application/json")
 _ANONYMOUS = AppPrincipal("default")
 _FALLBACK = (b"x-loopgate-fallback", b"true")
 _NO_ATTRIBUTES: dict[str, str] = {}
-_SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
-
-
-class _Headers:
-    """The request headers the gateway reads, found in one pass."""
-
-    __slots__ = (
-        "attributes",
-        "authorization",
-        "consent",
-        "content_length",
-        "qa_variant",
-        "request_id",
-        "traceparent",
-        "tracestate",
-        "user",
-    )
-
-    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        self.request_id = self.user = self.traceparent = self.tracestate = None
-        self.qa_variant: str | None = None
-        self.authorization: bytes | None = None
-        self.attributes: dict[str, str] | None = None
-        self.consent: str | None = None
-        self.content_length: int | None = None
-        for name, value in raw:
-            if name.startswith(b"x-loopgate-attr-"):
-                if self.attributes is None:
-                    self.attributes = {}
-                key = name[16:].decode("latin-1")
-                self.attributes[key] = value.decode("latin-1")[:256]
-            elif name == b"authorization":
-                self.authorization = value
-            elif name == b"x-loopgate-variant":
-                self.qa_variant = value.decode("latin-1")[:128]
-            elif name == b"content-length":
-                self.content_length = int(value) if value.isdigit() else None
-            elif name == b"x-request-id":
-                self.request_id = value.decode("latin-1")[:128]
-            elif name == b"x-loopgate-user":
-                self.user = value.decode("latin-1")[:256]
-            elif name == b"x-loopgate-consent":
-                self.consent = value.decode("latin-1")
-            elif name == b"traceparent":
-                self.traceparent = value.decode("latin-1")
-            elif name == b"tracestate":
-                self.tracestate = value.decode("latin-1")
-
-
-async def _read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
-    if declared is not None and declared > limit:
-        raise BodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    first = await receive()
-    if first["type"] == "http.disconnect":
-        raise ClientGone
-    body: bytes = first.get("body", b"")
-    if not first.get("more_body"):
-        if len(body) > limit:
-            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
-        return body
-    parts = [body]
-    size = len(body)
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
-        parts.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(parts)
-
-
-class _DisconnectWatch:
-    """Cancels the request's task when the client goes away, so the upstream call is cut too."""
-
-    __slots__ = ("_task", "_watcher", "done", "gone")
-
-    def __init__(self, receive: Receive) -> None:
-        self.gone = False
-        self.done = False
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self._watcher = asyncio.create_task(self._watch(receive), name="loopgate-disconnect-watch")
-
-    async def _watch(self, receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                if not self.done:
-                    self.gone = True
-                    self._task.cancel()
-                return
-
-    def close(self) -> None:
-        """Stop watching; the answer is complete."""
-        self.done = True
-        self._watcher.cancel()
 
 
 class ProxyEndpoint:
@@ -172,7 +66,7 @@ class ProxyEndpoint:
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         rt: Runtime = scope["app"].state.runtime
-        headers = _Headers(scope["headers"])
+        headers = RequestHeaders(scope["headers"])
         request_id = headers.request_id or f"{self._id_prefix}{next(self._id_counter):012x}"
         ex = Exchange(request_id=request_id, kind=self.kind, started_at=time.time())
         if headers.traceparent and len(headers.traceparent) >= 35:
@@ -182,14 +76,14 @@ class ProxyEndpoint:
             trace = rt.tracing.begin(self.kind, headers.traceparent, headers.tracestate)
             ex.trace_id = trace.trace_id
         rt.metrics.in_flight_by_route[self.route_label].inc()
-        watch: _DisconnectWatch | None = None
+        watch: DisconnectWatch | None = None
         call: UpstreamCall | None = None
         reservation: Reservation | None = None
         try:
             app = rt.auth.app(headers.authorization) if rt.auth is not None else _ANONYMOUS
             ex.app_id = app.app_id
             ex.consent = app.consent_for(headers.consent)
-            raw = await _read_body(
+            raw = await read_body(
                 receive, rt.settings.limits.max_body_bytes, headers.content_length
             )
             inbound = parse_inbound(raw, self.kind)
@@ -220,7 +114,7 @@ class ProxyEndpoint:
                 reservation = await rt.limiter.reserve(app, estimate_tokens(len(raw), max_tokens))
                 ex.headers_out = reservation.headers
             payload = orjson.dumps(body)
-            watch = _DisconnectWatch(receive)
+            watch = DisconnectWatch(receive)
             forward = self._forward_headers(request_id, headers)
             if trace is not None:  # the upstream span's context replaces the caller's
                 trace.upstream(route.served_model, route.pool.name, forward)
@@ -246,7 +140,11 @@ class ProxyEndpoint:
             if trace is not None:
                 trace.connected(ex.endpoint)
             if inbound.stream and call.response.status == 200:
-                await self._relay_stream(rt, send, call, route, ex, started, strip_usage)
+                await relay_stream(
+                    rt, send, call, route, ex, started, strip_usage,
+                    self._response_headers(ex, time.perf_counter() - started),
+                    rt.metrics.route(ex.flag, ex.variant, ex.model, self.route_label).itl,
+                )  # fmt: skip
             else:
                 await self._relay_whole(rt, send, call, route, ex, started)
             call = None
@@ -319,7 +217,7 @@ class ProxyEndpoint:
         return rt.limiter.config.default_max_tokens if rt.limiter is not None else 1024
 
     def _context(
-        self, rt: Runtime, user: str | None, headers: _Headers, app: AppPrincipal
+        self, rt: Runtime, user: str | None, headers: RequestHeaders, app: AppPrincipal
     ) -> RequestContext:
         app_id = app.app_id
         attributes = headers.attributes or _NO_ATTRIBUTES
@@ -337,7 +235,7 @@ class ProxyEndpoint:
         ex.reason, ex.served_model = route.reason, route.served_model
 
     @staticmethod
-    def _forward_headers(request_id: str, headers: _Headers) -> dict[str, str]:
+    def _forward_headers(request_id: str, headers: RequestHeaders) -> dict[str, str]:
         out = {"Content-Type": "application/json", "X-Request-Id": request_id}
         if headers.traceparent:
             out["traceparent"] = headers.traceparent
@@ -411,7 +309,7 @@ class ProxyEndpoint:
         ex.response_id = rt.response_id(ex)
         doc["id"] = ex.response_id
         doc["loopgate"] = {"flag": ex.flag, "variant": ex.variant}
-        _account_answer(ex, doc)
+        ex.take_answer(doc)
         return orjson.dumps(doc)
 
     def _upstream_error(self, rt: Runtime, data: bytes, status: int, route: Route) -> bytes:
@@ -437,79 +335,6 @@ class ProxyEndpoint:
         return orjson.dumps(
             {"error": {"message": message, "type": "upstream_error", "param": None, "code": None}}
         )
-
-    async def _relay_stream(
-        self,
-        rt: Runtime,
-        send: Send,
-        call: UpstreamCall,
-        route: Route,
-        ex: Exchange,
-        started: float,
-        strip_usage: bool,
-    ) -> None:
-        overhead = time.perf_counter() - started
-        headers = self._response_headers(ex, overhead)
-        headers.extend(_SSE_HEADERS)
-        ex.responded = True
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        itl = rt.metrics.route(ex.flag, ex.variant, ex.model, self.route_label).itl
-        pending = b""
-        swap: tuple[bytes, bytes] | None = None
-        last_content: float | None = None
-        try:
-            async for data in call.response.content.iter_any():
-                pending += data
-                cut = pending.rfind(b"\n\n")
-                if cut < 0:
-                    continue
-                events = pending[:cut].split(b"\n\n")
-                pending = pending[cut + 2 :]
-                out: list[bytes] = []
-                for event in events:
-                    doc = _event_json(event)
-                    if doc is not None:
-                        if swap is None and "id" in doc:
-                            ex.upstream_id = str(doc["id"])
-                            ex.response_id = rt.response_id(ex)
-                            swap = (
-                                orjson.dumps(ex.upstream_id),
-                                orjson.dumps(ex.response_id),
-                            )
-                        if _account_chunk(ex, doc):
-                            now = time.perf_counter()
-                            if last_content is None:
-                                ex.ttft_s = now - started
-                                call.first_token()
-                            else:
-                                itl.observe(now - last_content)
-                            last_content = now
-                        if strip_usage and not doc.get("choices") and doc.get("usage"):
-                            continue
-                    out.append(event)
-                if not out:
-                    continue
-                chunk = b"\n\n".join(out) + b"\n\n"
-                if swap is not None:
-                    chunk = chunk.replace(swap[0], swap[1])
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if pending.strip():
-                await send({"type": "http.response.body", "body": pending, "more_body": True})
-            call.release()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            call.fail()
-            kind = "timeout" if isinstance(exc, TimeoutError) else "midstream"
-            rt.upstreams.metrics.errors.labels(route.pool.name, kind).inc()
-            err: GatewayError = (
-                UpstreamTimeout(f"upstream {route.pool.name} stalled mid-stream")
-                if isinstance(exc, TimeoutError)
-                else BadGateway(f"upstream {route.pool.name} broke off the stream")
-            )
-            ex.status, ex.http_status, ex.error = "error", err.status, err.message
-            # SSE has started: the error goes in-band and the stream ends (the SDK raises it).
-            await send({"type": "http.response.body", "body": b"data: " + err.body() + b"\n\n"})
-            return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send_error(self, send: Send, err: GatewayError, request_id: str) -> None:
         body = err.body()
@@ -552,70 +377,3 @@ class ProxyEndpoint:
                 sink.end()
         if trace is not None:
             trace.end(ex)
-
-
-def _event_json(event: bytes) -> dict[str, Any] | None:
-    """The JSON object of an SSE `data:` event, or None for [DONE], comments and the unparseable."""
-    start = event.find(b"data:")
-    if start < 0:
-        return None
-    payload = event[start + 5 :].strip()
-    if not payload or payload == b"[DONE]":
-        return None
-    try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def _account_usage(ex: Exchange, usage: Any) -> None:
-    if isinstance(usage, dict):
-        ex.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        ex.completion_tokens = int(usage.get("completion_tokens") or 0)
-
-
-def _account_answer(ex: Exchange, doc: dict[str, Any]) -> None:
-    """Take text, tool calls, finish reason and usage from a whole answer."""
-    _account_usage(ex, doc.get("usage"))
-    choices = doc.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return
-    choice = choices[0]
-    ex.finish_reason = choice.get("finish_reason")
-    message = choice.get("message")
-    if isinstance(message, dict):
-        content = message.get("content")
-        if isinstance(content, str):
-            ex.text_parts.append(content)
-        calls = message.get("tool_calls")
-        if isinstance(calls, list):
-            ex.tool_calls.extend(calls)
-    elif isinstance(choice.get("text"), str):
-        ex.text_parts.append(choice["text"])
-
-
-def _account_chunk(ex: Exchange, doc: dict[str, Any]) -> bool:
-    """Take what a stream chunk adds; True when it carried content."""
-    usage = doc.get("usage")
-    if usage:
-        _account_usage(ex, usage)
-    choices = doc.get("choices")
-    if not choices or not isinstance(choices[0], dict):
-        return False
-    choice = choices[0]
-    reason = choice.get("finish_reason")
-    if reason:
-        ex.finish_reason = reason
-    delta = choice.get("delta")
-    if isinstance(delta, dict):
-        content = delta.get("content")
-        if delta.get("tool_calls"):
-            ex.tool_calls.extend(delta["tool_calls"])
-            return True
-    else:
-        content = choice.get("text")
-    if isinstance(content, str) and content:
-        ex.text_parts.append(content)
-        return True
-    return False

@@ -1,0 +1,117 @@
+"""Raw ASGI plumbing for the proxy routes: the headers they read, the body, client departure."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from gateway.errors import BodyTooLarge
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class RequestHeaders:
+    """The request headers the gateway reads, found in one pass."""
+
+    __slots__ = (
+        "attributes",
+        "authorization",
+        "consent",
+        "content_length",
+        "qa_variant",
+        "request_id",
+        "traceparent",
+        "tracestate",
+        "user",
+    )
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.request_id = self.user = self.traceparent = self.tracestate = None
+        self.qa_variant: str | None = None
+        self.authorization: bytes | None = None
+        self.attributes: dict[str, str] | None = None
+        self.consent: str | None = None
+        self.content_length: int | None = None
+        for name, value in raw:
+            if name.startswith(b"x-loopgate-attr-"):
+                if self.attributes is None:
+                    self.attributes = {}
+                key = name[16:].decode("latin-1")
+                self.attributes[key] = value.decode("latin-1")[:256]
+            elif name == b"authorization":
+                self.authorization = value
+            elif name == b"x-loopgate-variant":
+                self.qa_variant = value.decode("latin-1")[:128]
+            elif name == b"content-length":
+                self.content_length = int(value) if value.isdigit() else None
+            elif name == b"x-request-id":
+                self.request_id = value.decode("latin-1")[:128]
+            elif name == b"x-loopgate-user":
+                self.user = value.decode("latin-1")[:256]
+            elif name == b"x-loopgate-consent":
+                self.consent = value.decode("latin-1")
+            elif name == b"traceparent":
+                self.traceparent = value.decode("latin-1")
+            elif name == b"tracestate":
+                self.tracestate = value.decode("latin-1")
+
+
+async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    first = await receive()
+    if first["type"] == "http.disconnect":
+        raise ClientGone
+    body: bytes = first.get("body", b"")
+    if not first.get("more_body"):
+        if len(body) > limit:
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        parts.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+class DisconnectWatch:
+    """Cancels the request's task when the client goes away, so the upstream call is cut too."""
+
+    __slots__ = ("_task", "_watcher", "done", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self.done = False
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._watcher = asyncio.create_task(self._watch(receive), name="loopgate-disconnect-watch")
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not self.done:
+                    self.gone = True
+                    self._task.cancel()
+                return
+
+    def close(self) -> None:
+        """Stop watching; the answer is complete."""
+        self.done = True
+        self._watcher.cancel()
