@@ -19,11 +19,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-import aiohttp
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.httpclient import ClientError, HttpClient, Timeouts
 
 if TYPE_CHECKING:
     from gateway.upstream import Endpoint, Pool
@@ -243,10 +244,8 @@ class EndpointCollector(Collector):
 class Watcher:
     """One named background task: polls /metrics and /health of every endpoint."""
 
-    def __init__(
-        self, session: aiohttp.ClientSession, pools: dict[str, Pool], config: BalancerConfig
-    ) -> None:
-        self.session = session
+    def __init__(self, client: HttpClient, pools: dict[str, Pool], config: BalancerConfig) -> None:
+        self.client = client
         self.config = config
         self.pools = list(pools.values())
         self.endpoints = [ep for pool in self.pools for ep in pool.endpoints]
@@ -295,15 +294,19 @@ class Watcher:
                 if ep.latency > best and now - ep.latency_at > LATENCY_MEMORY_S:
                     ep.latency = max(best, ep.latency * 0.8)
 
-    async def _get(self, url: str) -> tuple[int, bytes]:
-        timeout = aiohttp.ClientTimeout(total=self.config.probe_timeout_s)
-        async with self.session.get(url, timeout=timeout) as response:
+    async def _get(self, ep: Endpoint, path: str) -> tuple[int, bytes]:
+        limit = self.config.probe_timeout_s
+        timeouts = Timeouts(connect=limit, read=limit, total=limit)
+        response = await self.client.request("GET", ep.origin, path, timeouts=timeouts)
+        try:
             return response.status, await response.read()
+        finally:
+            response.release()
 
     async def _poll_metrics(self, ep: Endpoint) -> None:
         try:
-            status, text = await self._get(ep.url + "/metrics")
-        except (aiohttp.ClientError, TimeoutError, OSError):
+            status, text = await self._get(ep, "/metrics")
+        except (ClientError, TimeoutError, OSError):
             return  # health checks and requests judge reachability; this only tunes choice
         if status == 404:
             ep.metrics_supported = False  # not vLLM: stop asking
@@ -316,9 +319,9 @@ class Watcher:
 
     async def _check_health(self, ep: Endpoint) -> None:
         try:
-            status, _ = await self._get(ep.url + "/health")
+            status, _ = await self._get(ep, "/health")
             ok = status == 200
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        except (ClientError, TimeoutError, OSError):
             ok = False
         ep.health_failures = 0 if ok else ep.health_failures + 1
         healthy = ok or (ep.healthy and ep.health_failures < self.config.unhealthy_after)

@@ -13,7 +13,6 @@ import logging
 import os
 import time
 
-import aiohttp
 import orjson
 
 from gateway.asgi import (
@@ -35,6 +34,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.exchange import Exchange
+from gateway.httpclient import ClientError
 from gateway.protocol import Inbound, Kind, parse_inbound
 from gateway.ratelimit import Reservation, estimate_tokens
 from gateway.resolver import RequestContext, Route
@@ -121,7 +121,9 @@ class ProxyEndpoint:
             if route.pool.authorization:
                 forward["Authorization"] = route.pool.authorization
             try:
-                call = await rt.upstreams.send(route.pool, self.path, payload, forward)
+                call = await rt.upstreams.send(
+                    route.pool, self.path, payload, forward, inbound.stream
+                )
             except UpstreamUnavailable:
                 # The variant's whole pool is down: its traffic goes to the flag's control.
                 control = rt.resolver.fallback(route)
@@ -135,7 +137,9 @@ class ProxyEndpoint:
                 forward.pop("Authorization", None)
                 if route.pool.authorization:
                     forward["Authorization"] = route.pool.authorization
-                call = await rt.upstreams.send(route.pool, self.path, orjson.dumps(body), forward)
+                call = await rt.upstreams.send(
+                    route.pool, self.path, orjson.dumps(body), forward, inbound.stream
+                )
             ex.endpoint = call.endpoint.url
             if trace is not None:
                 trace.connected(ex.endpoint)
@@ -277,7 +281,7 @@ class ProxyEndpoint:
             raise UpstreamTimeout(
                 f"upstream {route.pool.name} timed out sending its answer"
             ) from exc
-        except aiohttp.ClientError as exc:
+        except ClientError as exc:
             call.fail()
             rt.upstreams.metrics.errors.labels(route.pool.name, "bad_response").inc()
             raise BadGateway(f"upstream {route.pool.name} broke off its answer") from exc

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 
 from gateway.asgi import Send
 from gateway.errors import BadGateway, GatewayError, UpstreamTimeout
 from gateway.exchange import Exchange
+from gateway.httpclient import ClientError
 from gateway.resolver import Route
 from gateway.runtime import Runtime
 from gateway.upstream import UpstreamCall
@@ -46,7 +46,7 @@ async def relay_stream(
     swap: tuple[bytes, bytes] | None = None
     last_content: float | None = None
     try:
-        async for data in call.response.content.iter_any():
+        async for data in call.response.iter_any():
             pending += data
             cut = pending.rfind(b"\n\n")
             if cut < 0:
@@ -84,7 +84,7 @@ async def relay_stream(
         if pending.strip():
             await send({"type": "http.response.body", "body": pending, "more_body": True})
         call.release()
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (ClientError, TimeoutError) as exc:
         call.fail()
         kind = "timeout" if isinstance(exc, TimeoutError) else "midstream"
         rt.upstreams.metrics.errors.labels(route.pool.name, kind).inc()

@@ -1,4 +1,4 @@
-"""Upstream pools: one pooled keep-alive aiohttp client per process, retry before the first byte."""
+"""Upstream pools: one pooled keep-alive client per process, retry before the first byte."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import aiohttp
 from prometheus_client import CollectorRegistry
 
 from gateway.balancer import (
@@ -22,12 +21,18 @@ from gateway.balancer import (
     order,
 )
 from gateway.errors import BadGateway, UpstreamTimeout, UpstreamUnavailable
+from gateway.httpclient import (
+    ClientError,
+    ConnectError,
+    ConnectTimeout,
+    HttpClient,
+    Origin,
+    Response,
+    Timeouts,
+)
 from gateway.settings import PoolConfig
 
 log = logging.getLogger(__name__)
-
-# Failures that happen before the upstream said anything: safe to try another endpoint.
-_NOT_STARTED = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError)
 
 
 @dataclass(eq=False)
@@ -37,6 +42,7 @@ class Endpoint:
     url: str
     pool: str
     breaker: Breaker
+    origin: Origin
     in_flight: int = 0
     last_failure: float = 0.0
     healthy: bool = True  # active health checks pass (or none ran yet)
@@ -66,7 +72,7 @@ class Pool:
     name: str
     config: PoolConfig
     endpoints: list[Endpoint]
-    timeout: aiohttp.ClientTimeout
+    timeouts: Timeouts
     authorization: str | None = None
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
     _rr: itertools.count[int] = field(default_factory=itertools.count)
@@ -76,16 +82,14 @@ class Pool:
         """Pool from its config section."""
         b = balancer or BalancerConfig()
         t = config.timeouts
-        # sock_read bounds the wait for the first byte and every gap between chunks after it.
-        timeout = aiohttp.ClientTimeout(
-            total=t.total, sock_connect=t.connect, sock_read=t.first_byte
-        )
+        # `read` bounds the wait for the first byte and every gap between chunks after it.
+        timeouts = Timeouts(connect=t.connect, read=t.first_byte, total=t.total)
         key = config.api_key.get_secret_value() if config.api_key else None
         endpoints = [
-            Endpoint(url, name, Breaker(b.failure_threshold, b.cooldown_s))
+            Endpoint(url, name, Breaker(b.failure_threshold, b.cooldown_s), Origin.parse(url))
             for url in config.endpoints
         ]
-        return cls(name, config, endpoints, timeout, f"Bearer {key}" if key else None, b)
+        return cls(name, config, endpoints, timeouts, f"Bearer {key}" if key else None, b)
 
     def candidates(self) -> list[Endpoint]:
         """Endpoints to try, best first: healthy, breaker letting requests through.
@@ -114,7 +118,7 @@ class UpstreamCall:
     __slots__ = ("_alpha", "_open", "_timed", "endpoint", "response", "started")
 
     def __init__(
-        self, endpoint: Endpoint, response: aiohttp.ClientResponse, started: float, alpha: float
+        self, endpoint: Endpoint, response: Response, started: float, alpha: float
     ) -> None:
         self.endpoint = endpoint
         self.response = response
@@ -158,11 +162,11 @@ class Upstreams:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        client: HttpClient,
         pools: dict[str, Pool],
         metrics: BalancerMetrics | None = None,
     ) -> None:
-        self.session = session
+        self.client = client
         self.pools = pools
         self.metrics = metrics or BalancerMetrics(None)
 
@@ -176,21 +180,16 @@ class Upstreams:
     ) -> AsyncIterator[Upstreams]:
         """Create the shared client and the endpoint watcher for the lifespan of the app."""
         b = balancer or BalancerConfig()
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
-        session = aiohttp.ClientSession(
-            connector=connector,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            auto_decompress=False,
-        )
+        client = HttpClient()
         pools = {name: Pool.build(name, cfg, b) for name, cfg in configs.items()}
         collector = EndpointCollector(pools)
         if registry is not None:
             registry.register(collector)
         metrics = BalancerMetrics(registry)
-        watcher = Watcher(session, pools, b)
+        watcher = Watcher(client, pools, b)
         watcher.start()
         try:
-            yield cls(session, pools, metrics)
+            yield cls(client, pools, metrics)
         finally:
             await watcher.aclose()
             if registry is not None:
@@ -198,10 +197,10 @@ class Upstreams:
                 registry.unregister(collector)
                 registry.unregister(metrics.fallbacks)
                 registry.unregister(metrics.breaker_opens)
-            await session.close()
+            await client.aclose()
 
     async def send(
-        self, pool: Pool, path: str, body: bytes, headers: Mapping[str, str]
+        self, pool: Pool, path: str, body: bytes, headers: Mapping[str, str], stream: bool = False
     ) -> UpstreamCall:
         """POST to the first endpoint that answers; retry others only before any response byte."""
         last_error: BaseException | None = None
@@ -213,26 +212,29 @@ class Upstreams:
             endpoint.breaker.begin()
             started = time.perf_counter()
             try:
-                response = await self.session.post(
-                    endpoint.url + path, data=body, headers=headers, timeout=pool.timeout
+                response = await self.client.request(
+                    "POST",
+                    endpoint.origin,
+                    path,
+                    body=body,
+                    headers=headers.items(),
+                    timeouts=pool.timeouts,
+                    stream=stream,
                 )
-            except _NOT_STARTED as exc:
+            except (ConnectError, ConnectTimeout) as exc:
+                # Nothing was answered: safe to try another endpoint.
                 endpoint.in_flight -= 1
                 self._count_failure(pool, endpoint, exc, kind="connect")
                 last_error = exc
                 continue
             except TimeoutError as exc:
                 endpoint.in_flight -= 1
-                if isinstance(exc, aiohttp.ConnectionTimeoutError):
-                    self._count_failure(pool, endpoint, exc, kind="connect")
-                    last_error = exc
-                    continue
                 self._count_failure(pool, endpoint, exc, kind="timeout")
                 waited = pool.config.timeouts.first_byte
                 raise UpstreamTimeout(
                     f"upstream {pool.name} did not answer within {waited:g}s"
                 ) from exc
-            except aiohttp.ClientError as exc:
+            except ClientError as exc:
                 endpoint.in_flight -= 1
                 self._count_failure(pool, endpoint, exc, kind="bad_response")
                 raise BadGateway(f"upstream {pool.name} failed: {exc.__class__.__name__}") from exc
@@ -282,13 +284,18 @@ class Upstreams:
 
     async def probe(self, pool: Pool, deadline: float = 1.0) -> bool:
         """True when at least one endpoint of the pool answers its /health."""
+        timeouts = Timeouts(connect=deadline, read=deadline, total=deadline)
         for endpoint in pool.endpoints:
             try:
-                async with self.session.get(
-                    endpoint.url + "/health", timeout=aiohttp.ClientTimeout(total=deadline)
-                ) as response:
-                    if response.status == 200:
-                        return True
-            except (aiohttp.ClientError, TimeoutError):
+                response = await self.client.request(
+                    "GET", endpoint.origin, "/health", timeouts=timeouts
+                )
+                try:
+                    await response.read()
+                finally:
+                    response.release()
+            except (ClientError, TimeoutError):
                 continue
+            if response.status == 200:
+                return True
         return False

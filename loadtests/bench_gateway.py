@@ -209,11 +209,22 @@ def main() -> None:
         "--max-num-seqs", "100000",
     ]  # fmt: skip
     folder = Path(tempfile.mkdtemp(prefix="loopgate-bench-"))
+    # Everything on: the model apps ask for is a flag split between two policy versions
+    # (two pools, both on the one simulator), so every request is hashed and routed.
+    endpoint = {"endpoints": [f"http://127.0.0.1:{sim_port}"], "served_model": "bench"}
+    flag = {
+        "salt": "bench",
+        "control": "a",
+        "variants": [
+            {"name": "a", "pool": "policy-a", "served_model": "bench", "weight": 50},
+            {"name": "b", "pool": "policy-b", "served_model": "bench", "weight": 50},
+        ],
+    }
+    (folder / "flags.yaml").write_text(yaml.safe_dump({"bench": flag}))
     config = {
-        "pools": {
-            "bench": {"endpoints": [f"http://127.0.0.1:{sim_port}"], "served_model": "bench"}
-        },
-        "models": {"bench": {"pool": "bench"}},
+        "pools": {"policy-a": endpoint, "policy-b": endpoint},
+        "models": {"policy-a": {"pool": "policy-a"}, "policy-b": {"pool": "policy-b"}},
+        "flags": {"source": "file", "path": str(folder / "flags.yaml")},
         "events": {"spool": {"dir": str(folder / "spool")}},
     }
     config_path = folder / "gateway.yaml"

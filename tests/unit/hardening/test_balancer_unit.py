@@ -114,7 +114,7 @@ def test_one_failed_probe_does_not_take_an_endpoint_out() -> None:
     watcher = Watcher(None, {"p": pool}, BalancerConfig(unhealthy_after=2))  # type: ignore[arg-type]
     answers = iter([TimeoutError(), (200, b""), TimeoutError(), TimeoutError(), (200, b"")])
 
-    async def probe(url: str) -> tuple[int, bytes]:
+    async def probe(endpoint: object, path: str) -> tuple[int, bytes]:
         answer = next(answers)
         if isinstance(answer, BaseException):
             raise answer
