@@ -174,6 +174,9 @@ class Response:
         if conn.response is self:
             conn.response = None
             if self._done and self._error is None and conn.keep_alive and not conn.closed:
+                if self._paused:  # the whole body came in, some of it unread: read on
+                    self._paused = False
+                    conn.resume()
                 conn.pool.put_idle(conn)
             else:
                 conn.close()
@@ -312,7 +315,7 @@ class _Connection(asyncio.Protocol):
         if response is None or response._done or response._error is not None:
             return
         if response.status and not self.has_length:
-            pass  # an answer whose body is ended by closing the connection
+            response._finish()  # an answer whose body is ended by closing the connection
         elif not self.received:
             why = f": {exc}" if exc else ""
             response._fail(ConnectError(f"the upstream closed the connection{why}"))
