@@ -197,9 +197,13 @@ def register(app: typer.Typer) -> None:
                 "host": server.host,
                 "port": server.port,
                 "loop": "uvloop",
-                "http": "httptools",
+                # uvicorn's httptools protocol, sending one write per loop iteration
+                "http": "gateway.http_server:CorkedHttpToolsProtocol",
                 "log_level": log_level,
                 "access_log": access_log,
+                "proxy_headers": server.proxy_headers,
+                "forwarded_allow_ips": server.forwarded_allow_ips,
+                "server_header": False,  # no software banner on every answer
                 "timeout_graceful_shutdown": math.ceil(server.drain_seconds),
             }
             if server.workers == 1:
