@@ -12,6 +12,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+# How long a request waits before a task starts watching for its client leaving.
+WATCH_DELAY_S = 0.05
+
 
 class ClientGone(Exception):
     """The client disconnected before its request body arrived."""
@@ -90,21 +93,34 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
 
 
 class DisconnectWatch:
-    """Cancels the request's task when the client goes away, so the upstream call is cut too."""
+    """Cancels the request's task when the client goes away, so the upstream call is cut too.
 
-    __slots__ = ("_task", "_watcher", "done", "gone")
+    Watching takes a task of its own. It starts only once the request has waited `delay_s`:
+    most answers that fast never pay for one, and a client that leaves sooner is still seen
+    then (uvicorn reports a disconnect that already happened), so the upstream is cut at
+    most `delay_s` late.
+    """
 
-    def __init__(self, receive: Receive) -> None:
+    __slots__ = ("_handle", "_receive", "_task", "_watcher", "done", "gone")
+
+    def __init__(self, receive: Receive, delay_s: float = WATCH_DELAY_S) -> None:
         self.gone = False
         self.done = False
         task = asyncio.current_task()
         assert task is not None
         self._task = task
-        self._watcher = asyncio.create_task(self._watch(receive), name="loopgate-disconnect-watch")
+        self._receive = receive
+        self._watcher: asyncio.Task[None] | None = None
+        self._handle: asyncio.TimerHandle | None = task.get_loop().call_later(delay_s, self._start)
 
-    async def _watch(self, receive: Receive) -> None:
+    def _start(self) -> None:
+        self._handle = None
+        if not self.done:
+            self._watcher = asyncio.create_task(self._watch(), name="loopgate-disconnect-watch")
+
+    async def _watch(self) -> None:
         while True:
-            message = await receive()
+            message = await self._receive()
             if message["type"] == "http.disconnect":
                 if not self.done:
                     self.gone = True
@@ -114,4 +130,8 @@ class DisconnectWatch:
     def close(self) -> None:
         """Stop watching; the answer is complete."""
         self.done = True
-        self._watcher.cancel()
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._watcher is not None:
+            self._watcher.cancel()

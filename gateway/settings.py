@@ -83,6 +83,11 @@ class ServerConfig(Strict):
     # On SIGTERM, /readyz answers 503 and requests are still served this long before the
     # listener closes, so load balancers stop sending first (set it to their probe period).
     unready_seconds: float = Field(0.0, ge=0)
+    # Behind a load balancer: take the client address for access logs from X-Forwarded-For
+    # sent by these addresses. Off by default: nothing on the request path reads it, and
+    # uvicorn's middleware for it costs every request.
+    proxy_headers: bool = False
+    forwarded_allow_ips: str = "127.0.0.1"
 
 
 class LimitsConfig(Strict):
