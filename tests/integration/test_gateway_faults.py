@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +29,8 @@ def gateway(
         mode: pool(faulty_upstream.url, served_model=mode, first_byte=1.0, total=10)
         for mode in modes
     }
+    # Timeouts far beyond the tests' waits: only a client leaving ends these requests early.
+    pools["hold"] = pool(faulty_upstream.url, served_model="hold", first_byte=60.0, total=120)
     dead = f"http://127.0.0.1:{free_port()}"
     pools["half-down"] = pool(dead, faulty_upstream.url, served_model="ok")
     pools["all-down"] = pool(dead, f"http://127.0.0.1:{free_port()}", served_model="ok")
@@ -151,6 +156,23 @@ def test_client_leaving_mid_stream_cancels_the_upstream(
         for line in answer.iter_lines():
             if line.startswith("data:"):
                 break  # leave after the first chunk
+    wait_until(lambda: faulty_upstream.cancelled == before + 1, 5, "upstream cancellation")
+
+
+def test_client_leaving_before_the_answer_cancels_the_upstream_at_once(
+    gateway: GatewayServer, faulty_upstream: FaultyUpstream
+) -> None:
+    # Gone within the first milliseconds, before the disconnect watch has started: the
+    # upstream must still be told, not left generating until its own timeout.
+    before = faulty_upstream.cancelled
+    body = json.dumps({"model": "hold", "messages": MESSAGES}).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(head + body)
+        time.sleep(0.01)
     wait_until(lambda: faulty_upstream.cancelled == before + 1, 5, "upstream cancellation")
 
 

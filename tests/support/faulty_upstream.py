@@ -103,6 +103,9 @@ class FaultyUpstream:
             return web.Response(body=b"<html>not json", content_type="text/html")
         if mode == "hang":
             await asyncio.sleep(3600)
+        if mode == "hold":  # no answer until the caller hangs up, which is counted
+            await self._until_client_leaves(request)
+            return web.Response(status=204)
         if mode == "http-500":
             return web.Response(status=500, body=b"Internal Server Error")
         if mode == "flat-error":
