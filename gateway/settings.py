@@ -88,6 +88,16 @@ class ServerConfig(Strict):
     # uvicorn's middleware for it costs every request.
     proxy_headers: bool = False
     forwarded_allow_ips: str = "127.0.0.1"
+    # Python's garbage collector thresholds (gc.set_threshold) while serving: a young
+    # collection per 10,000 allocations rather than 700 (measured in bench_gateway).
+    gc_thresholds: tuple[int, int, int] = (10_000, 20, 20)
+
+    @field_validator("gc_thresholds")
+    @classmethod
+    def _positive(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if value[0] < 1 or value[1] < 1 or value[2] < 1:
+            raise ValueError("gc thresholds must be positive (0 would turn collection off)")
+        return value
 
 
 class LimitsConfig(Strict):

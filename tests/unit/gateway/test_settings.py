@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,24 @@ def test_a_pool_secret_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
     assert pool.api_key.get_secret_value() == "s3cret"
     assert pool.served_model == "support-v1"  # the file's other keys are kept
     assert "s3cret" not in repr(settings)
+
+
+def test_a_zero_gc_threshold_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("server: {gc_thresholds: [0, 10, 10]}\n")
+    with pytest.raises(ConfigError, match=r"server\.gc_thresholds: .*must be positive"):
+        load_settings(path)
+
+
+def test_the_gateway_collects_garbage_at_its_thresholds_while_serving(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from gateway.app import create_app
+
+    path = tmp_path / "c.yaml"
+    path.write_text("server: {gc_thresholds: [12345, 11, 12]}\n")
+    before = gc.get_threshold()
+    with TestClient(create_app(load_settings(path))) as client:
+        assert client.get("/healthz").status_code == 200
+        assert gc.get_threshold() == (12345, 11, 12)
+    assert gc.get_threshold() == before  # given back when the app stops
