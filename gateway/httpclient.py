@@ -496,6 +496,8 @@ class HttpClient:
         """
         if self._closed:
             raise ConnectError("the client is closed")
+        if method == "HEAD":  # its answer's Content-Length promises no body: not parsed here
+            raise ValueError("HEAD requests are not supported")
         head = self._head(method, origin, path, body, headers)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeouts.total if timeouts.total is not None else None

@@ -816,6 +816,13 @@ async def test_line_break_in_a_header_is_refused_before_sending(
         assert b"Injected" not in server.heads[0]
 
 
+async def test_head_is_refused_rather_than_misread(client: HttpClient) -> None:
+    async with RawServer(keep_answering(answer(b"ok"))) as server:
+        with pytest.raises(ValueError, match="HEAD"):
+            await client.request("HEAD", server.origin, "/v1/x")
+        assert server.heads == []
+
+
 async def test_origin_path_prefix_goes_before_the_route(client: HttpClient) -> None:
     async with RawServer(keep_answering(answer(b"ok"))) as server:
         origin = Origin.parse(f"http://127.0.0.1:{server.port}/prefix/")
