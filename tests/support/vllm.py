@@ -111,6 +111,9 @@ def server_command(python: Path, models: Path, port: int) -> list[str]:
         "--host", "127.0.0.1",
         "--port", str(port),
         "--max-model-len", str(MAX_MODEL_LEN),
+        # The tiny model is float32; vLLM's CPU default downcasts to bfloat16, whose kernels
+        # die with SIGILL on some VMs that advertise AMX/AVX512-BF16 (seen 2026-11-26).
+        "--dtype", "float32",
         "--enforce-eager",
         "--enable-lora",
         "--lora-modules", f"{LORA_MODEL}={models / 'lora'}",
