@@ -258,12 +258,28 @@ def main() -> None:
                     )
         for name, target, _ in targets:
             ttfb[name] = ttfb_ms(target.port, "bench", args.ttfb_requests)
+        time.sleep(0.5)  # the last batch of events reaches the spool
+        events = event_counts(gw.url)
     shutil.rmtree(folder, ignore_errors=True)
-    report(results, ttfb, levels)
+    report(results, ttfb, levels, events)
+
+
+def event_counts(url: str) -> dict[str, float]:
+    """The gateway's event pipeline counters: a faster gateway that drops events is no faster."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counts: dict[str, float] = {}
+    for name in ("emitted", "spooled", "dropped"):
+        match = re.search(rf"^loopgate_events_{name}_total (\S+)$", text, re.MULTILINE)
+        counts[name] = float(match.group(1)) if match else float("nan")
+    return counts
 
 
 def report(
-    results: dict[tuple[str, bool, int], Run], ttfb: dict[str, float], levels: list[int]
+    results: dict[tuple[str, bool, int], Run],
+    ttfb: dict[str, float],
+    levels: list[int],
+    events: dict[str, float],
 ) -> None:
     """Print the measurements and the ratios the targets are stated in."""
     table = Table(title="Loopgate vs direct vs bare FastAPI+aiohttp pass-through (one worker each)")
@@ -297,6 +313,9 @@ def report(
         ("added time to first byte, stream, c=1",
          f"{ttfb['gateway'] - ttfb['direct']:.3f} ms", "<= 0.5 ms"),
         ("reference added time to first byte", f"{ttfb['reference'] - ttfb['direct']:.3f} ms", ""),
+        ("completion events emitted / spooled",
+         f"{events['emitted']:,.0f} / {events['spooled']:,.0f}", "all"),
+        ("completion events dropped", f"{events['dropped']:,.0f}", "0"),
     ]  # fmt: skip
     for row in rows:
         ratios.add_row(*row)
