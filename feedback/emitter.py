@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sized
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,7 +32,12 @@ from feedback.sinks.spool import SpoolSink, record_from_line
 log = logging.getLogger(__name__)
 
 Mode = Literal["direct", "spooling"]
-_PREPARE_SLICE = 64
+# Events are prepared (redacted, serialised) on the event loop in slices, yielding to the
+# requests between them. A slice is short while little waits: 64 at a time blocked the loop
+# for ~0.5 ms every batch, most of the gateway's p99 at low load. It grows with what waits
+# (a quarter of it), so under saturation the pipeline still keeps pace with the requests:
+# fixed slices of 2 let the spool buffer overflow at 6,000 requests/s.
+_MIN_SLICE = 4
 _LOG_EVERY_S = 10.0  # repeated warnings (drops, refusals) are logged at most this often
 
 
@@ -185,11 +190,16 @@ class EventPipeline:
         if self.config.linger_s and not closing and len(waiting) < self.config.batch_max:
             await asyncio.sleep(self.config.linger_s)
 
-    async def _prepare(self, items: list[Event | PlainEvent | Record]) -> list[Record]:
+    async def _prepare(
+        self, items: list[Event | PlainEvent | Record], waiting: Sized
+    ) -> list[Record]:
         records: list[Record] = []
+        in_slice = 0
         for index, item in enumerate(items):
-            if index and not index % _PREPARE_SLICE:
+            if in_slice >= max(_MIN_SLICE, (len(items) - index + len(waiting)) // 4):
                 await asyncio.sleep(0)  # redaction is CPU work: let requests run between slices
+                in_slice = 0
+            in_slice += 1
             if isinstance(item, Record):
                 records.append(item)
                 continue
@@ -217,7 +227,7 @@ class EventPipeline:
             batch: list[Event | PlainEvent | Record] = [
                 self._queue.popleft() for _ in range(min(len(self._queue), self.config.batch_max))
             ]
-            records = await self._prepare(batch)
+            records = await self._prepare(batch, self._queue)
             self._inflight, self._inflight_spooled = records, False
             try:
                 await self._primary.emit(records)
@@ -246,7 +256,7 @@ class EventPipeline:
             await self._linger(self._spool_buf, self._spool_closing)
             size = min(len(self._spool_buf), self.config.batch_max * 4)
             batch = [self._spool_buf.popleft() for _ in range(size)]
-            records = await self._prepare(batch)
+            records = await self._prepare(batch, self._spool_buf)
             self._spool_writing = True
             try:
                 await self._spool.emit(records)
