@@ -24,7 +24,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.httpclient import ClientError, HttpClient, Timeouts
+from gateway.httpclient import ClientError, HttpClient
 
 if TYPE_CHECKING:
     from gateway.upstream import Endpoint, Pool
@@ -295,13 +295,7 @@ class Watcher:
                     ep.latency = max(best, ep.latency * 0.8)
 
     async def _get(self, ep: Endpoint, path: str) -> tuple[int, bytes]:
-        limit = self.config.probe_timeout_s
-        timeouts = Timeouts(connect=limit, read=limit, total=limit)
-        response = await self.client.request("GET", ep.origin, path, timeouts=timeouts)
-        try:
-            return response.status, await response.read()
-        finally:
-            response.release()
+        return await self.client.fetch(ep.origin, path, self.config.probe_timeout_s)
 
     async def _poll_metrics(self, ep: Endpoint) -> None:
         try:

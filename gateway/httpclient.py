@@ -565,6 +565,15 @@ class HttpClient:
             raise
         return response
 
+    async def fetch(self, origin: Origin, path: str, limit_s: float) -> tuple[int, bytes]:
+        """GET a small page whole (health, /metrics), all of it within `limit_s`."""
+        timeouts = Timeouts(connect=limit_s, read=limit_s, total=limit_s)
+        response = await self.request("GET", origin, path, timeouts=timeouts)
+        try:
+            return response.status, await response.read()
+        finally:
+            response.release()
+
     async def aclose(self) -> None:
         """Close every idle connection; answers in progress close as they are released."""
         self._closed = True

@@ -284,18 +284,11 @@ class Upstreams:
 
     async def probe(self, pool: Pool, deadline: float = 1.0) -> bool:
         """True when at least one endpoint of the pool answers its /health."""
-        timeouts = Timeouts(connect=deadline, read=deadline, total=deadline)
         for endpoint in pool.endpoints:
             try:
-                response = await self.client.request(
-                    "GET", endpoint.origin, "/health", timeouts=timeouts
-                )
-                try:
-                    await response.read()
-                finally:
-                    response.release()
+                status, _ = await self.client.fetch(endpoint.origin, "/health", deadline)
             except (ClientError, TimeoutError):
                 continue
-            if response.status == 200:
+            if status == 200:
                 return True
         return False

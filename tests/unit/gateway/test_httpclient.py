@@ -695,23 +695,16 @@ async def test_cancelled_request_hangs_up(client: HttpClient) -> None:
         assert client.pool_for(server.origin).idle == []
 
 
-async def test_closing_a_stream_midway_hangs_up(client: HttpClient) -> None:
+@pytest.mark.parametrize("how", ["close", "release"])
+async def test_leaving_a_stream_midway_hangs_up(client: HttpClient, how: str) -> None:
+    # close() abandons on purpose; release() of an unfinished answer cannot reuse the
+    # connection either (the rest would still arrive on it).
     asked, gone = asyncio.Event(), asyncio.Event()
     first = CHUNKED_HEAD + chunk(b"data: one\n\n")
     async with RawServer(asked_then_gone(asked, gone, head=first)) as server:
         response = await client.request("GET", server.origin, "/v1/x", stream=True)
         assert await anext(response.iter_any()) == b"data: one\n\n"
-        response.close()
-        await asyncio.wait_for(gone.wait(), 2)
-        assert client.pool_for(server.origin).idle == []
-
-
-async def test_releasing_an_unfinished_answer_hangs_up(client: HttpClient) -> None:
-    asked, gone = asyncio.Event(), asyncio.Event()
-    first = CHUNKED_HEAD + chunk(b"data: one\n\n")
-    async with RawServer(asked_then_gone(asked, gone, head=first)) as server:
-        response = await client.request("GET", server.origin, "/v1/x", stream=True)
-        response.release()  # the rest would arrive on the connection: it cannot be reused
+        response.close() if how == "close" else response.release()
         await asyncio.wait_for(gone.wait(), 2)
         assert client.pool_for(server.origin).idle == []
 
@@ -814,6 +807,21 @@ async def test_line_break_in_a_header_is_refused_before_sending(
         assert await fetch(client, server.origin) == b"ok"
         assert len(server.heads) == 1  # only the good request reached the server
         assert b"Injected" not in server.heads[0]
+
+
+async def test_fetch_reads_a_page_whole_and_keeps_the_connection(client: HttpClient) -> None:
+    async with RawServer(keep_answering(answer(b"up", status=503))) as server:
+        assert await client.fetch(server.origin, "/health", 2) == (503, b"up")
+        assert await client.fetch(server.origin, "/health", 2) == (503, b"up")
+        assert server.connections == 1
+
+
+async def test_fetch_gives_up_at_its_limit(client: HttpClient) -> None:
+    asked, gone = asyncio.Event(), asyncio.Event()
+    async with RawServer(asked_then_gone(asked, gone)) as server:
+        with pytest.raises(ReadTimeout):
+            await client.fetch(server.origin, "/health", 0.2)
+        await asyncio.wait_for(gone.wait(), 2)  # and hangs up
 
 
 async def test_head_is_refused_rather_than_misread(client: HttpClient) -> None:
