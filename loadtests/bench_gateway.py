@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
@@ -268,11 +269,15 @@ def event_counts(url: str) -> dict[str, float]:
     """The gateway's event pipeline counters: a faster gateway that drops events is no faster."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
         text = response.read().decode()
-    counts: dict[str, float] = {}
-    for name in ("emitted", "spooled", "dropped"):
-        match = re.search(rf"^loopgate_events_{name}_total (\S+)$", text, re.MULTILINE)
-        counts[name] = float(match.group(1)) if match else float("nan")
-    return counts
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    return {
+        name: samples.get(f"loopgate_events_{name}_total", float("nan"))
+        for name in ("emitted", "spooled", "dropped")
+    }
 
 
 def report(
