@@ -147,6 +147,15 @@ def test_request_id_is_honoured_and_echoed(gateway: GatewayServer) -> None:
     assert answer.headers["x-request-id"] == "abc-123"
 
 
+def test_answers_carry_no_server_banner(gateway: GatewayServer) -> None:
+    answer = httpx.post(
+        gateway.v1 + "/chat/completions", json={"model": "ok", "messages": MESSAGES}
+    )
+    assert answer.status_code == 200
+    assert "server" not in answer.headers  # `loopgate serve` runs uvicorn without its banner
+    assert answer.headers["date"]
+
+
 def test_client_leaving_mid_stream_cancels_the_upstream(
     gateway: GatewayServer, faulty_upstream: FaultyUpstream
 ) -> None:
