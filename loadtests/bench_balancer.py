@@ -58,7 +58,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> N
 def start_sim(profile: dict[str, float]) -> tuple[subprocess.Popen[bytes], str]:
     """A simulator with this latency profile."""
     port = free_port()
-    args = [PY, "-m", "gateway.cli", "sim", "--port", str(port), "--model", "m"]
+    args = [PY, "-m", "cli", "sim", "--port", str(port), "--model", "m"]
     args += ["--output-tokens", "16", "--jitter", "0"]
     for name, value in profile.items():
         args += ["--" + name.replace("_", "-"), str(value)]
@@ -81,7 +81,7 @@ def start_gateway(
     }
     path = folder / f"{strategy}.yaml"
     path.write_text(yaml.safe_dump(config))
-    args = [PY, "-m", "gateway.cli", "serve", "--config", str(path), "--port", str(port)]
+    args = [PY, "-m", "cli", "serve", "--config", str(path), "--port", str(port)]
     args += ["--log-level", "warning"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -153,7 +153,7 @@ def main() -> None:
         sys.exit("wrk is needed: apt-get install wrk")
     sim_port = free_port()
     sim_cmd = [
-        PY, "-m", "gateway.cli", "sim", "--port", str(sim_port), "--model", "bench",
+        PY, "-m", "cli", "sim", "--port", str(sim_port), "--model", "bench",
         "--ttft", "0", "--itl", "0", "--output-tokens", "16", "--jitter", "0",
         "--max-num-seqs", "100000",
     ]  # fmt: skip
@@ -170,7 +170,7 @@ def main() -> None:
                 path = folder / f"gateway-{mode}.yaml"
                 path.write_text(yaml.safe_dump(gateway_config(mode, folder, sim_port,
                                                               broker.bootstrap)))  # fmt: skip
-                cmd = [PY, "-m", "gateway.cli", "serve", "--config", str(path), "--port",
+                cmd = [PY, "-m", "cli", "serve", "--config", str(path), "--port",
                        str(port), "--log-level", "warning"]  # fmt: skip
                 with started(mode, cmd, port, "/healthz") as gw:
                     pid = gw.proc.pid

@@ -205,7 +205,7 @@ def main() -> None:
 
     sim_port, ref_port, gw_port = free_port(), free_port(), free_port()
     sim_cmd = [
-        PY, "-m", "gateway.cli", "sim", "--port", str(sim_port), "--model", "bench",
+        PY, "-m", "cli", "sim", "--port", str(sim_port), "--model", "bench",
         "--ttft", "0", "--itl", "0", "--output-tokens", "16", "--jitter", "0",
         "--max-num-seqs", "100000",
     ]  # fmt: skip
@@ -231,7 +231,7 @@ def main() -> None:
     config_path = folder / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(config))
     gw_cmd = [
-        PY, "-m", "gateway.cli", "serve", "--config", str(config_path), "--port", str(gw_port),
+        PY, "-m", "cli", "serve", "--config", str(config_path), "--port", str(gw_port),
         "--log-level", "warning",
     ]  # fmt: skip
     ref_cmd = [PY, str(ROOT / "loadtests/reference_passthrough.py"), str(ref_port),

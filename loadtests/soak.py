@@ -140,7 +140,7 @@ def main() -> None:
                     [
                         PY,
                         "-m",
-                        "gateway.cli",
+                        "cli",
                         "sim",
                         "--port",
                         str(sim_port),
@@ -180,7 +180,7 @@ def main() -> None:
                 [
                     PY,
                     "-m",
-                    "gateway.cli",
+                    "cli",
                     "serve",
                     "--config",
                     str(path),

@@ -172,7 +172,7 @@ def test_seeded_feedback_becomes_exactly_the_expected_datasets(
 
 
 def _cli() -> Any:
-    from gateway.cli import _register, app
+    from cli import _register, app
 
     _register()
     return app

@@ -86,7 +86,7 @@ def _traffic(gw: GatewayServer, users: int) -> dict[str, int]:
 def _cli(gw: GatewayServer, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200", "LOOPGATE_ADMIN_TOKEN": TOKEN}
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args, "--url", gw.base_url],
+        [sys.executable, "-m", "cli", *args, "--url", gw.base_url],
         capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
 

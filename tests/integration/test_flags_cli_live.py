@@ -34,7 +34,7 @@ def flags_cli(gateway: GatewayServer, *args: str, token: str = TOKEN) -> tuple[i
     """Run the CLI against the gateway's admin API; (exit code, output)."""
     env = {**os.environ, "LOOPGATE_ADMIN_TOKEN": token, "COLUMNS": "200", "NO_COLOR": "1"}
     cmd = [
-        sys.executable, "-m", "gateway.cli", "flags", "--url", gateway.base_url,
+        sys.executable, "-m", "cli", "flags", "--url", gateway.base_url,
         "--as", "cli-test", *args,
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)

@@ -214,7 +214,7 @@ def test_demo_runs_and_stops_by_itself(scenario: str, tmp_path: Path) -> None:
 
     folder = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "demo", "--scenario", scenario,
+        [sys.executable, "-m", "cli", "demo", "--scenario", scenario,
          "--duration", "80", "--interval", "1", "--folder", str(folder)],
         capture_output=True, text=True, timeout=110,
     )  # fmt: skip

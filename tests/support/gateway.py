@@ -50,7 +50,7 @@ def start_gateway(
     config_path.write_text(yaml.safe_dump(config))
     log_path = folder / f"gateway-{port}.log"
     cmd = [
-        sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path),
+        sys.executable, "-m", "cli", "serve", "--config", str(config_path),
         "--port", str(port), "--workers", str(workers), "--log-level", "warning",
         *(extra_args or []),
     ]  # fmt: skip

@@ -137,7 +137,7 @@ def start_sim(folder: Path, **options: Any) -> SimServer:
     options = {"model": "sim-model", **FAST, **options}
     port = free_port()
     log_path = folder / f"sim-{port}.log"
-    cmd = [sys.executable, "-m", "gateway.cli", "sim", "--port", str(port), *_args(options)]
+    cmd = [sys.executable, "-m", "cli", "sim", "--port", str(port), *_args(options)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -8,11 +8,11 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+from cli import app as cli_app
 from feedback.datasets.build import BuildConfig, build, split_of
 from feedback.datasets.export import OutputExists, export, load_manifest
 from feedback.datasets.writers import columns
 from feedback.schema import Event, to_json
-from gateway.cli import app as cli_app
 from tests.unit.datasets.events import completion, feedback
 
 
@@ -126,7 +126,7 @@ def test_cli_build_and_stats(tmp_path: Path) -> None:
     events.write_bytes(b"".join(to_json(e) + b"\n" for e in _scenario()))
     out = tmp_path / "ds"
     runner = CliRunner()
-    from gateway.cli import _register
+    from cli import _register
 
     _register()
     result = runner.invoke(

@@ -18,12 +18,12 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from cli.events import SpoolReader, register
 from feedback.config import KafkaConfig
 from feedback.schema import AUDIT_TOPIC, COMPLETIONS_TOPIC, FEEDBACK_TOPIC, Event, to_json
 from feedback.sinks.base import Record
 from feedback.sinks.kafka import KafkaSink
 from feedback.sinks.spool import Spool
-from gateway.cli.events import SpoolReader, register
 from tests.support.kafka import TansuBroker, consume_all
 from tests.support.ports import wait_until
 from tests.unit.feedback.events import audit, completion, feedback
@@ -251,7 +251,7 @@ def test_kafka_stats_and_tail(kafka_broker: TansuBroker) -> None:
 def _follow(args: list[str], expected: int) -> list[dict[str, Any]]:
     """Run `loopgate events tail --follow --json ...` until `expected` lines; stop it by pid."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "events", "tail", "--follow", "--json", *args],
+        [sys.executable, "-m", "cli", "events", "tail", "--follow", "--json", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         cwd=ROOT,

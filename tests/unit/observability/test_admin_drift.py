@@ -11,7 +11,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from gateway.cli.drift import register
+from cli.drift import register
 from tests.support.gateway import GatewayServer, pool
 from tests.support.sim import SimServer
 

@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
-from gateway.cli.flags import register
+from cli.flags import register
 from gateway.errors import install_error_handlers
 from gateway.routes.admin_flags import admin_flags_router
 from router.config import FlagsConfig

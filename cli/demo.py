@@ -28,8 +28,8 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
-from gateway.cli.experiments import CliError, admin_call, experiment_panel
-from gateway.cli.rollout import rollout_panel
+from cli.experiments import CliError, admin_call, experiment_panel
+from cli.rollout import rollout_panel
 
 console = Console()
 FLAG = "support-bot"
@@ -135,7 +135,7 @@ class DemoGateway:
         """Start it and wait until /healthz answers (blocking: run it in a thread)."""
         import urllib.request
 
-        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--simulate",
+        cmd = [sys.executable, "-m", "cli", "serve", "--simulate",
                "--config", str(self.config_path), "--log-level", "warning"]  # fmt: skip
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

@@ -18,19 +18,19 @@ def _root() -> None:
 
 
 def _register() -> None:
-    # Imported here, not at module top, so `import gateway.cli` stays cheap.
-    from gateway.cli import datasets, flags, serve, sim
+    # Imported here, not at module top, so `import cli` stays cheap.
+    from cli import datasets, flags, serve, sim
 
     serve.register(app)
     sim.register(app)
     flags.register(app)
     datasets.register(app)
-    __import__("gateway.cli.experiments", fromlist=["register"]).register(app)
-    __import__("gateway.cli.rollout", fromlist=["register"]).register(app)
-    __import__("gateway.cli.demo", fromlist=["register"]).register(app)
-    __import__("gateway.cli.keys", fromlist=["register"]).register(app)
-    __import__("gateway.cli.drift", fromlist=["register"]).register(app)
-    __import__("gateway.cli.events", fromlist=["register"]).register(app)
+    __import__("cli.experiments", fromlist=["register"]).register(app)
+    __import__("cli.rollout", fromlist=["register"]).register(app)
+    __import__("cli.demo", fromlist=["register"]).register(app)
+    __import__("cli.keys", fromlist=["register"]).register(app)
+    __import__("cli.drift", fromlist=["register"]).register(app)
+    __import__("cli.events", fromlist=["register"]).register(app)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from gateway.cli.experiments import (
+from cli.experiments import (
     DECISION_STYLE,
     DEFAULT_URL,
     TOKEN_OPTION,

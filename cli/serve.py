@@ -59,7 +59,7 @@ def start_sim(profile: SimProfile, served_model: str) -> tuple[subprocess.Popen[
     """Start `loopgate sim` with this profile on a free loopback port; wait for /health."""
     port = _free_port()
     cmd = [
-        sys.executable, "-m", "gateway.cli", "sim",
+        sys.executable, "-m", "cli", "sim",
         "--host", "127.0.0.1", "--port", str(port), "--model", served_model,
         "--style", profile.style, "--ttft", str(profile.ttft), "--itl", str(profile.itl),
         "--output-tokens", str(profile.output_tokens), "--error-rate", str(profile.error_rate),
