@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 
 Strategy = Literal["load_aware", "least_in_flight", "round_robin"]
 CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
-_STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+BREAKER_STATES = (CLOSED, HALF_OPEN, OPEN)
+# Kinds of loopgate_upstream_errors_total (each pool's series exist at 0 from the start).
+ERROR_KINDS = ("connect", "timeout", "bad_response", "midstream", "http_4xx", "http_5xx")
 # Latency samples older than this start to fade (see Watcher._forget_old_latencies).
 LATENCY_MEMORY_S = 10.0
 
@@ -181,7 +183,7 @@ class Breaker:
 class BalancerMetrics:
     """Fallback counter plus endpoint state read at scrape time."""
 
-    def __init__(self, registry: CollectorRegistry | None) -> None:
+    def __init__(self, registry: CollectorRegistry | None, pools: Sequence[str] = ()) -> None:
         self.fallbacks = Counter(
             "loopgate_fallbacks_total",
             "Requests sent to the flag's control variant because their variant's pool was down.",
@@ -206,6 +208,15 @@ class BalancerMetrics:
             ("pool",),
             registry=registry,
         )
+        # Known from the config: a series at 0 per pool, so increase() sees the first error.
+        for pool in pools:
+            self.retries.labels(pool)
+            for kind in ERROR_KINDS:
+                self.errors.labels(pool, kind)
+
+    def collectors(self) -> tuple[Counter, ...]:
+        """Every counter here (to unregister them when the app stops)."""
+        return (self.fallbacks, self.errors, self.retries, self.breaker_opens)
 
 
 class EndpointCollector(Collector):
@@ -217,8 +228,8 @@ class EndpointCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         state = GaugeMetricFamily(
             "loopgate_upstream_circuit_state",
-            "Circuit breaker per endpoint: 0 closed, 1 half-open, 2 open.",
-            labels=["pool", "endpoint"],
+            "1 for the circuit breaker's current state (closed, half_open, open) per endpoint.",
+            labels=["pool", "endpoint", "state"],
         )
         healthy = GaugeMetricFamily(
             "loopgate_upstream_endpoint_healthy",
@@ -233,7 +244,8 @@ class EndpointCollector(Collector):
         for pool in self.pools.values():
             for ep in pool.endpoints:
                 labels = [pool.name, ep.url]
-                state.add_metric(labels, _STATE_VALUE[ep.breaker.state])
+                for name in BREAKER_STATES:
+                    state.add_metric([*labels, name], 1 if ep.breaker.state == name else 0)
                 healthy.add_metric(labels, 1 if ep.healthy else 0)
                 queue.add_metric(labels, ep.load.running + ep.load.waiting)
         yield state

@@ -38,6 +38,7 @@ class Exchange:
     error: str | None = None
     latency_s: float = 0.0
     ttft_s: float | None = None
+    overhead_s: float | None = None  # the gateway's own time, as X-Loopgate-Overhead-Ms says
     trace_id: str = ""
     fallback: bool = False
     # Response headers the request path adds (rate limits); None: none.

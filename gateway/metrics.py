@@ -29,7 +29,10 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from feedback.redact import PLACEHOLDERS
+
 if TYPE_CHECKING:
+    from gateway.exchange import Exchange
     from gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,9 @@ _ITL = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
 
 ROUTE_LABELS = ("flag", "variant", "model")
+# Outcomes of the external safety classifier, and where a safety finding was made.
+CLASSIFIER_OUTCOMES = ("ok", "error", "timeout", "dropped")
+SAFETY_SOURCES = ("prompt", "answer")
 # Label sets are bounded by config (flags x variants x models); the cap only guards the cache.
 _CHILD_CACHE_MAX = 4096
 
@@ -76,6 +82,11 @@ class Metrics:
         self.multiprocess_dir = multiprocess_dir
         self._routes: dict[tuple[str, str, str, str], RouteMetrics] = {}
         self._mirror: _Mirror | None = None
+        self._runtime: Runtime | None = None
+        # Label values known from the config, made into series at 0 (see label_known).
+        self.safety_categories: tuple[str, ...] = ()
+        self.report_categories: tuple[str, ...] = ()
+        self._labelled: tuple[int, tuple[str, ...], tuple[str, ...]] | None = None
         r = self.registry
         self.requests = Counter(
             "loopgate_requests_total",
@@ -111,6 +122,9 @@ class Metrics:
             buckets=_OVERHEAD,
             registry=r,
         )
+        self.overhead_by_route = {
+            route: self.overhead.labels(route) for route in ("chat", "completions")
+        }
         self.tokens = Counter(
             "loopgate_tokens_total",
             "Tokens in prompts (input) and answers (output).",
@@ -219,11 +233,63 @@ class Metrics:
             child = rm.by_status[status] = self.requests.labels(*key, str(status))
         return child
 
+    def observe_overhead(self, route: str, ex: Exchange) -> None:
+        """The gateway's own time on a finished request, upstream wait excluded.
+
+        `ex.overhead_s` is what the answer's X-Loopgate-Overhead-Ms said; a request refused
+        before any upstream was asked spent all its time here. Upstream failures and clients
+        that left are not observed: their time is the upstream's or the client's.
+        """
+        overhead_s = ex.overhead_s
+        if overhead_s is None:
+            if ex.http_status == 499 or ex.http_status >= 500:
+                return
+            overhead_s = ex.latency_s
+        self.overhead_by_route[route].observe(overhead_s)
+
     def bind(self, runtime: Runtime) -> None:
         """Export the event pipeline's, flags' and upstreams' state at scrape time."""
+        # Imported here: the route module imports the app's dependencies, which import this.
+        from gateway.routes.feedback import _REPORT_CATEGORIES
+
+        self._runtime = runtime
+        self.report_categories = tuple(sorted(_REPORT_CATEGORIES))
         self.registry.register(_RuntimeCollector(runtime))
         if self.multiprocess_dir is not None:
             self._mirror = _Mirror()
+        self.label_known()
+
+    def label_known(self) -> None:
+        """Make every series whose labels the config names exist at 0.
+
+        A labelled counter has no series until its first increment: panels say "No data"
+        instead of 0, and increase() misses the first event. Flags and variants come from
+        the flag snapshot (again when its version changes), categories from the safety rules,
+        the report categories and the redaction rules, pools from the config.
+        """
+        rt = self._runtime
+        if rt is None:
+            return
+        routes: list[tuple[str, str]] = [
+            (name, route.pool) for name, route in rt.settings.models.items()
+        ]
+        version = -1
+        if rt.flags is not None:
+            snapshot = rt.flags.snapshot()
+            version = snapshot.version
+            routes += [(f.key, v.name) for f in snapshot.flags.values() for v in f.variants]
+        state = (version, self.safety_categories, self.report_categories)
+        if state == self._labelled:
+            return
+        self._labelled = state
+        for flag, variant in routes:
+            for category in self.safety_categories:
+                for source in SAFETY_SOURCES:
+                    self.safety_findings.labels(flag, variant, category, source)
+            for category in self.report_categories:
+                self.reports.labels(flag, variant, category)
+        for outcome in CLASSIFIER_OUTCOMES:
+            self.safety_classifier.labels(outcome)
 
     def mirror(self) -> None:
         """Multiprocess mode: copy this worker's scrape-time state into shared collectors."""
@@ -237,8 +303,9 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The /metrics page: this registry, or every worker's values summed."""
+        self.label_known()
         if self.multiprocess_dir is None:
-            return generate_latest(self.registry)
+            return generate_latest(_WithoutCreated(self.registry))
         self.mirror()
         registry = CollectorRegistry()
         MultiProcessCollector(registry, str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
@@ -269,6 +336,25 @@ class Metrics:
             # Live gauges of this worker go; its counters stay in the sums.
             mark_process_dead(os.getpid(), str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
 
+
+class _WithoutCreated:
+    """The registry without the `_created` samples of counters and histograms.
+
+    They double the series count and no dashboard or rule reads them; dropping them here
+    leaves prometheus_client's process-wide switch alone.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            if family.type in _WITH_CREATED:
+                family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
+
+
+_WITH_CREATED = frozenset({"counter", "histogram", "summary", "gaugehistogram"})
 
 GaugeMode = Literal["livesum", "livemax", "livemin"]
 
@@ -416,9 +502,18 @@ class _RuntimeCollector(Collector):
             "Content redacted before leaving the process, by category.",
             labels=["category"],
         )
-        for category, count in sorted(stats.findings.items()):
+        # Every category the redactor can report, at 0 until its first finding.
+        counts = dict.fromkeys(_redaction_categories(rt), 0) | stats.findings
+        for category, count in sorted(counts.items()):
             findings.add_metric([category], count)
         yield findings
+
+
+def _redaction_categories(rt: Runtime) -> list[str]:
+    redaction = rt.settings.events.redaction
+    if not redaction.enabled:
+        return []
+    return [*PLACEHOLDERS, *redaction.patterns]
 
 
 def _endpoint_families(rt: Runtime) -> Iterator[Metric]:

@@ -161,6 +161,12 @@ class Observer:
         if self.drift is not None:
             self._spawn(self._refresher(), "loopgate-drift-refresh")
         classifier = self.config.safety.classifier
+        # What the safety series can be labelled with, so they exist at 0 from the start.
+        categories = list(self.rules.categories) if self.rules is not None else []
+        if classifier is not None:
+            categories += [*classifier.categories, "other"]
+        self.metrics.safety_categories = tuple(dict.fromkeys(categories))
+        self.metrics.label_known()
         if classifier is not None:
             self._classifier = _load_classifier(classifier)
             for index in range(classifier.concurrency):

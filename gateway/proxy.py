@@ -256,6 +256,7 @@ class ProxyEndpoint:
             (b"x-loopgate-variant", ex.variant.encode()),
         ]
         if overhead_s is not None:
+            ex.overhead_s = overhead_s
             out.append((b"x-loopgate-overhead-ms", f"{overhead_s * 1000:.3f}".encode()))
         if ex.headers_out:
             out.extend(ex.headers_out)
@@ -364,6 +365,7 @@ class ProxyEndpoint:
         rm = m.route(*key)
         m.requests_child(rm, key, ex.http_status).inc()
         rm.duration.observe(ex.latency_s)
+        m.observe_overhead(self.route_label, ex)
         if ex.status == "cancelled":
             rm.cancelled.inc()
         if ex.ttft_s is not None:

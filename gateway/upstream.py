@@ -185,7 +185,7 @@ class Upstreams:
         collector = EndpointCollector(pools)
         if registry is not None:
             registry.register(collector)
-        metrics = BalancerMetrics(registry)
+        metrics = BalancerMetrics(registry, list(pools))
         watcher = Watcher(client, pools, b)
         watcher.start()
         try:
@@ -195,8 +195,8 @@ class Upstreams:
             if registry is not None:
                 # The app may start again on the same registry (tests do): free the names.
                 registry.unregister(collector)
-                registry.unregister(metrics.fallbacks)
-                registry.unregister(metrics.breaker_opens)
+                for counter in metrics.collectors():
+                    registry.unregister(counter)
             await client.aclose()
 
     async def send(

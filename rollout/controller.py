@@ -13,13 +13,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 from rollout.bandit import thompson_allocation
 from rollout.counters import ExperimentCounters
 from rollout.decision import decide
 from rollout.lock import Leadership
-from rollout.model import ExperimentReport
+from rollout.model import Decision, ExperimentReport
 from rollout.plan import ActionKind, RolloutAction, RolloutPlan, RolloutState
 from rollout.readout import experiment_input, phases
 from rollout.store import PlanStore
@@ -50,7 +50,7 @@ class ControllerMetrics:
         )
         self.share = Gauge(
             "loopgate_rollout_canary_share",
-            "The canary's share of split traffic (percent) as last written.",
+            "The canary's share of split traffic (a 0-1 ratio) as last written.",
             ("flag",),
             registry=registry,
         )
@@ -59,6 +59,21 @@ class ControllerMetrics:
             "1 while this controller holds the lock.",
             registry=registry,
         )
+        self._known: set[str] = set()
+
+    def know(self, flag: str) -> None:
+        """Every action and decision series of a planned flag, at 0 until it first happens.
+
+        Without them `increase(...{action="rollback"}[10m])` misses the first rollback: the
+        series would start at 1.
+        """
+        if flag in self._known:
+            return
+        self._known.add(flag)
+        for action in get_args(ActionKind):
+            self.actions.labels(flag, action)
+        for decision in get_args(Decision):
+            self.decisions.labels(flag, decision)
 
 
 def canary_share(flag: Flag, plan: RolloutPlan) -> float:
@@ -95,6 +110,8 @@ class Controller:
         self.ticks += 1
         taken = []
         for plan in await self.plans.plans():
+            if self.metrics is not None:
+                self.metrics.know(plan.flag)
             try:
                 action = await self.step(plan)
             except (ConflictError, StoreUnavailable) as exc:
@@ -178,7 +195,7 @@ class Controller:
         if self.metrics is not None:
             self.metrics.actions.labels(plan.flag, action.action).inc()
             if action.to_share is not None:
-                self.metrics.share.labels(plan.flag).set(action.to_share)
+                self.metrics.share.labels(plan.flag).set(action.to_share / 100.0)
         return action
 
     async def _set_share(

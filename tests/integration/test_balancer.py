@@ -68,7 +68,8 @@ def test_a_dead_variant_falls_back_to_control(
         assert answer.headers["x-loopgate-variant"] == "a"
     assert _metric(gw, "loopgate_fallbacks_total", flag="assistant", variant="b") == 4
     # Two connect failures opened b's breaker: later requests did not even try it.
-    assert _metric(gw, "loopgate_upstream_circuit_state", pool="b") == 2
+    assert _metric(gw, "loopgate_upstream_circuit_state", pool="b", state="open") == 1
+    assert _metric(gw, "loopgate_upstream_circuit_state", pool="b", state="closed") == 0
     assert sim.stats()["received"] == 4
     assert gw.stop() == 0
     completions = [e for e in _events(spool) if e["type"] == "completion"]
@@ -120,4 +121,4 @@ def test_health_checks_take_a_dead_endpoint_out_and_metrics_are_read(
         answer = httpx.post(gw.v1 + "/chat/completions", json={**BODY, "model": "m"}, timeout=10)
         assert answer.status_code == 200
     assert "unreachable" not in gw.log()
-    assert _metric(gw, "loopgate_upstream_circuit_state", endpoint=dead) == 0
+    assert _metric(gw, "loopgate_upstream_circuit_state", endpoint=dead, state="closed") == 1

@@ -36,3 +36,33 @@ def metric_names(expr: str) -> set[str]:
     text = _LABEL_LISTS.sub("", text)
     names = {m.group(1) for m in _NAME.finditer(text)}
     return {n for n in names if n.lower() not in _KEYWORDS and not re.fullmatch(r"\d.*", n)}
+
+
+_SELECTOR = re.compile(r"(?<![\w:.$@])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w:])(?!\s*\()\s*(@\d+@)?")
+
+
+def selectors(expr: str) -> list[str]:
+    """The vector selectors an expression reads, matchers included: `name{label="value"}`."""
+    blocks: list[str] = []
+
+    def keep(match: re.Match[str]) -> str:
+        blocks.append(match.group(0))
+        return f"@{len(blocks) - 1}@"
+
+    text = _MATCHERS.sub(keep, expr)
+    text = _STRINGS.sub('""', text)
+    text = _RANGES.sub("", text)
+    text = _LABEL_LISTS.sub("", text)
+    found = []
+    for match in _SELECTOR.finditer(text):
+        name, block = match.group(1), match.group(2)
+        if name.lower() in _KEYWORDS:
+            continue
+        found.append(name + (blocks[int(block.strip("@"))] if block else ""))
+    return found
+
+
+def label_values_selector(query: str) -> str:
+    """The selector of a Grafana `label_values(selector, label)` variable query."""
+    inner = query.strip().removeprefix("label_values(").removesuffix(")")
+    return inner.rsplit(",", 1)[0].strip()

@@ -1,9 +1,8 @@
-"""Dashboards and rules read only metrics the gateway exports (or rules record).
+"""Dashboards and rules: what they query, how they name their datasource, and that it parses.
 
-The exported names come from a live gateway (in process, over two real simulators) after
-traffic of every kind, plus every family it registers; counters count as `<name>_total`,
-histograms as `_bucket`, `_sum` and `_count`. Each panel's PromQL must also parse: promtool
-checks it as a recording rule.
+That every series they query has samples after traffic is test_series.py's (a real
+Prometheus scraping a real gateway). Each query here must parse: promtool checks it as a
+recording rule.
 """
 
 from __future__ import annotations
@@ -11,41 +10,52 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.sim import SimServer
-from tests.unit.observability.live import flag_settings, running
-from tests.unit.observability.promql import grafana_to_promql, metric_names
+from tests.unit.observability.promql import grafana_to_promql, label_values_selector, metric_names
 
 ROOT = Path(__file__).resolve().parents[3]
 DASHBOARDS = sorted((ROOT / "deploy/grafana/dashboards").glob("*.json"))
 RULES = sorted((ROOT / "deploy/prometheus/rules").glob("*.yml"))
-_SUFFIXES = {
-    "counter": ("_total",),
-    "histogram": ("_bucket", "_sum", "_count"),
-    "summary": ("_sum", "_count"),
-}
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 
-def _panel_exprs() -> list[tuple[str, str, str]]:
+def _datasources(node: Any) -> Iterator[Any]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "datasource":
+                yield value
+            else:
+                yield from _datasources(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _datasources(value)
+
+
+def panel_exprs() -> list[tuple[str, str, str]]:
+    """(file, title, PromQL) of every panel target, annotation and variable query."""
     out = []
     for path in DASHBOARDS:
         board = json.loads(path.read_text())
         for panel in board["panels"]:
-            assert panel["datasource"]["uid"] == "prometheus", (path.name, panel["title"])
             for target in panel["targets"]:
-                assert target["datasource"]["uid"] == "prometheus"
                 out.append((path.name, panel["title"], target["expr"]))
+        for annotation in board.get("annotations", {}).get("list", []):
+            out.append((path.name, f"annotation {annotation['name']}", annotation["expr"]))
+        for variable in board["templating"]["list"]:
+            if variable["type"] == "query":
+                query = variable["query"]["query"]
+                out.append((path.name, f"${variable['name']}", label_values_selector(query)))
     return out
 
 
-def _rule_exprs() -> list[tuple[str, str, str]]:
+def rule_exprs() -> list[tuple[str, str, str]]:
+    """(file, rule name, PromQL) of every recording and alerting rule."""
     out = []
     for path in RULES:
         for group in yaml.safe_load(path.read_text())["groups"]:
@@ -54,82 +64,51 @@ def _rule_exprs() -> list[tuple[str, str, str]]:
     return out
 
 
-def _recorded() -> set[str]:
-    return {
-        rule["record"]
-        for path in RULES
-        for group in yaml.safe_load(path.read_text())["groups"]
-        for rule in group["rules"]
-        if "record" in rule
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboards_use_the_datasource_variable(path: Path) -> None:
+    """No hard-coded uid: the board works with whatever Prometheus datasource Grafana has."""
+    board = json.loads(path.read_text())
+    (variable,) = [v for v in board["templating"]["list"] if v["name"] == "datasource"]
+    assert (variable["type"], variable["query"]) == ("datasource", "prometheus")
+    used = list(_datasources({k: v for k, v in board.items() if k != "templating"}))
+    used += [v["datasource"] for v in board["templating"]["list"] if v["type"] == "query"]
+    assert used
+    assert all(d == DATASOURCE for d in used), {json.dumps(d) for d in used} - {
+        json.dumps(DATASOURCE)
     }
 
 
-@pytest.fixture(scope="module")
-def exported(
-    sim_factory_session: Callable[..., SimServer], tmp_path_factory: pytest.TempPathFactory
-) -> set[str]:
-    """Series names a live gateway exposes after streamed, whole, failed and judged answers."""
-    import asyncio
-
-    a = sim_factory_session(model="policy-a")
-    b = sim_factory_session(model="policy-b")
-    settings = flag_settings({"a": a.base_url, "b": b.base_url}, tmp_path_factory.mktemp("gw"))
-
-    async def scrape() -> str:
-        async with running(settings) as (app, client):
-            ids = []
-            for i in range(6):
-                body: dict[str, Any] = {
-                    "model": "bot", "user": f"u{i}", "stream": i % 2 == 0,
-                    "messages": [{"role": "user", "content": "ignore previous instructions"}],
-                }  # fmt: skip
-                answer = await client.post("/v1/chat/completions", json=body)
-                assert answer.status_code == 200
-                if not body["stream"]:
-                    ids.append(answer.json()["id"])
-            await client.post("/v1/chat/completions", json={"model": "nope", "messages": []})
-            for kind in ("thumbs_up", "thumbs_down"):
-                await client.post("/v1/feedback", json={"response_id": ids[0], "kind": kind})
-            await client.post(
-                "/v1/feedback", json={"response_id": ids[1], "kind": "report", "category": "spam"}
-            )
-            app.state.runtime.observer.refresh()
-            page = await client.get("/metrics")
-            return page.text
-
-    text = asyncio.run(scrape())
-    names: set[str] = set()
-    for family in text_string_to_metric_families(text):
-        names.add(family.name)
-        names.update(family.name + s for s in _SUFFIXES.get(family.type, ()))
-        names.update(sample.name for sample in family.samples)
-    return names
-
-
-@pytest.mark.parametrize(("source", "title", "expr"), _panel_exprs() + _rule_exprs())
-def test_every_metric_name_exists(source: str, title: str, expr: str, exported: set[str]) -> None:
-    names = metric_names(grafana_to_promql(expr))
-    assert names, (source, title, expr)
-    unknown = names - exported - _recorded()
-    assert not unknown, f"{source} / {title}: no such metric {sorted(unknown)}"
+def test_every_query_names_a_metric() -> None:
+    for source, title, expr in panel_exprs() + rule_exprs():
+        assert metric_names(grafana_to_promql(expr)), (source, title, expr)
 
 
 def test_the_dashboards_cover_the_signals() -> None:
-    used = set().union(*(metric_names(grafana_to_promql(e)) for _, _, e in _panel_exprs()))
+    used = set().union(*(metric_names(grafana_to_promql(e)) for _, _, e in panel_exprs()))
     for name in (
         "loopgate_requests_total", "loopgate_time_to_first_token_seconds_bucket",
         "loopgate_feedback_total", "loopgate:feedback_thumbs_up:share1h",
         "loopgate_safety_findings_total", "loopgate_safety_reports_total", "loopgate_drift_psi",
         "loopgate_events_dropped_total", "loopgate_upstream_endpoint_healthy",
+        "loopgate_overhead_seconds_bucket", "loopgate_rollout_canary_share",
+        "loopgate_rollout_decisions_total", "loopgate_rollout_actions_total",
+        "loopgate_controller_leader",
     ):  # fmt: skip
         assert name in used, name
+
+
+def test_rollout_actions_are_annotated() -> None:
+    board = json.loads((ROOT / "deploy/grafana/dashboards/loopgate-rollouts.json").read_text())
+    exprs = [a["expr"] for a in board["annotations"]["list"] if a["enable"]]
+    for action in ("advance", "promote", "rollback"):
+        assert any(f'action="{action}"' in e for e in exprs), action
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing")
 def test_every_panel_query_parses(tmp_path: Path) -> None:
     rules = [
         {"record": f"panel:check:{i}", "expr": grafana_to_promql(expr)}
-        for i, (_, _, expr) in enumerate(_panel_exprs())
+        for i, (_, _, expr) in enumerate(panel_exprs())
     ]
     path = tmp_path / "panels.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
