@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace.export import SpanExporter
 from starlette.routing import Route
 
@@ -44,7 +45,10 @@ CONFIG_ENV = "LOOPGATE_CONFIG_PATH"
 
 
 def create_app(
-    settings: Settings, metrics: Metrics | None = None, span_exporter: SpanExporter | None = None
+    settings: Settings,
+    metrics: Metrics | None = None,
+    span_exporter: SpanExporter | None = None,
+    metric_reader: MetricReader | None = None,
 ) -> FastAPI:
     """The gateway ASGI app; nothing connects until the lifespan starts."""
     app_metrics = metrics or Metrics(multiprocess_dir=settings.telemetry.multiprocess_dir)
@@ -92,7 +96,7 @@ def create_app(
             app_metrics.bind(runtime)
             await stack.enter_async_context(app_metrics.mirroring())
             runtime.tracing = open_tracing(
-                settings.telemetry.tracing, settings.instance, span_exporter
+                settings.telemetry.tracing, settings.instance, span_exporter, metric_reader
             )
             if runtime.tracing is not None:
                 stack.push_async_callback(asyncio.to_thread, runtime.tracing.shutdown)

@@ -25,6 +25,9 @@ class TracingConfig(_Strict):
     exporter: Literal["none", "otlp", "console"] | None = None
     # Response id -> answer span context, for feedback spans on the answer's trace.
     answer_spans_max: int = Field(10_000, ge=0)
+    # The GenAI metrics (token usage, time to first token) through the same exporter.
+    # Set from OTEL_METRICS_EXPORTER=none when the YAML does not say.
+    metrics: bool = True
 
     @property
     def enabled(self) -> bool:
@@ -87,7 +90,8 @@ class TelemetryConfig(_Strict):
 
 
 class OtelEnvSource(PydanticBaseSettingsSource):
-    """OTEL_TRACES_EXPORTER as `telemetry.tracing.exporter` (the SDK reads the other OTEL_*)."""
+    """OTEL_TRACES_EXPORTER as `telemetry.tracing.exporter`, OTEL_METRICS_EXPORTER=none as
+    `telemetry.tracing.metrics: false` (the SDK reads the other OTEL_*)."""
 
     def __init__(self, settings_cls: type[BaseSettings], environ: dict[str, str]) -> None:
         super().__init__(settings_cls)
@@ -102,8 +106,10 @@ class OtelEnvSource(PydanticBaseSettingsSource):
         exporter = self.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
         if disabled:
             exporter = "none"
-        if not exporter:
-            return {}
-        # The SDK takes a comma list; the gateway runs one exporter (the first).
-        first = exporter.split(",")[0].strip()
-        return {"telemetry": {"tracing": {"exporter": first}}}
+        tracing: dict[str, Any] = {}
+        if exporter:
+            # The SDK takes a comma list; the gateway runs one exporter (the first).
+            tracing["exporter"] = exporter.split(",")[0].strip()
+        if self.environ.get("OTEL_METRICS_EXPORTER", "").strip().lower() == "none":
+            tracing["metrics"] = False
+        return {"telemetry": {"tracing": tracing}} if tracing else {}

@@ -12,6 +12,10 @@ Span tree of a request (GenAI semantic conventions, OpenFeature flag attributes)
       route {model}                INTERNAL flag evaluation: feature_flag.* attributes
       chat {served model}          CLIENT  the upstream call; its context goes upstream
       emit completion              INTERNAL hand-off of the completion event to the pipeline
+
+With tracing on, the GenAI metrics gen_ai.client.token.usage and
+gen_ai.server.time_to_first_token are recorded too, through a MeterProvider the app owns and
+exported like the spans (OTLP or console; OTEL_METRICS_EXPORTER=none turns them off).
 """
 
 from __future__ import annotations
@@ -23,6 +27,13 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -40,6 +51,16 @@ from gateway.telemetry_config import TracingConfig
 log = logging.getLogger(__name__)
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+# gen_ai.provider.name: the upstreams are vLLM servers (or `loopgate sim`, which answers as
+# one) behind the OpenAI API; no well-known value covers a self-hosted vLLM.
+PROVIDER = "vllm"
+TOKEN_USAGE = "gen_ai.client.token.usage"
+TIME_TO_FIRST_TOKEN = "gen_ai.server.time_to_first_token"
+# The bucket boundaries the GenAI metric conventions advise.
+_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
+                  16777216, 67108864)  # fmt: skip
+_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
+                 5.0, 7.5, 10.0)  # fmt: skip
 _OPERATIONS = {"chat": "chat", "completion": "text_completion"}
 # Router reasons -> OpenFeature's well-known evaluation reasons.
 _REASONS = {
@@ -68,11 +89,27 @@ _SCORES = {"thumbs_up": 1.0, "thumbs_down": 0.0, "accept": 1.0, "reject": 0.0}
 class Tracing:
     """The app's tracer and a bounded memory of answer spans, for feedback on their trace."""
 
-    def __init__(self, provider: TracerProvider, answer_spans_max: int = 10_000) -> None:
+    def __init__(
+        self,
+        provider: TracerProvider,
+        answer_spans_max: int = 10_000,
+        meters: MeterProvider | None = None,
+    ) -> None:
         self.provider = provider
         self.tracer = provider.get_tracer("loopgate")
         self._answers: OrderedDict[str, SpanContext] = OrderedDict()
         self._answers_max = answer_spans_max
+        self.meters = meters
+        self.token_usage: Any = None
+        self.ttft: Any = None
+        if meters is not None:
+            meter = meters.get_meter("loopgate")
+            self.token_usage = meter.create_histogram(
+                TOKEN_USAGE, unit="{token}", description="Number of input and output tokens used."
+            )
+            self.ttft = meter.create_histogram(
+                TIME_TO_FIRST_TOKEN, unit="s", description="Time to generate the first token."
+            )
 
     def begin(self, kind: str, traceparent: str | None, tracestate: str | None) -> RequestTrace:
         """The server span of a proxied request, continuing the caller's trace if it sent one."""
@@ -148,15 +185,36 @@ class Tracing:
         span.end()
         return format(span.get_span_context().trace_id, "032x")
 
+    def record_metrics(self, operation: str, ex: Exchange, server: dict[str, Any]) -> None:
+        """The GenAI metrics of one finished request (when the meter provider is on)."""
+        if self.token_usage is None or not ex.served_model:
+            return
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.provider.name": PROVIDER,
+            "gen_ai.request.model": ex.model,
+            "gen_ai.response.model": ex.served_model,
+            **server,
+        }
+        if ex.status == "error":
+            attributes["error.type"] = str(ex.http_status)
+        for kind, count in (("input", ex.prompt_tokens), ("output", ex.completion_tokens)):
+            if count:
+                self.token_usage.record(count, {**attributes, "gen_ai.token.type": kind})
+        if ex.ttft_s is not None:
+            self.ttft.record(ex.ttft_s, attributes)
+
     def shutdown(self) -> None:
         """Flush and stop the exporters (blocking: call from a thread)."""
         self.provider.shutdown()
+        if self.meters is not None:
+            self.meters.shutdown()
 
 
 class RequestTrace:
     """The spans of one request; made only when tracing is on."""
 
-    __slots__ = ("_route", "_tracing", "_upstream", "operation", "server")
+    __slots__ = ("_address", "_route", "_tracing", "_upstream", "operation", "server")
 
     def __init__(self, tracing: Tracing, server: trace.Span, operation: str) -> None:
         self._tracing = tracing
@@ -164,6 +222,7 @@ class RequestTrace:
         self.operation = operation
         self._route: trace.Span | None = None
         self._upstream: trace.Span | None = None
+        self._address: dict[str, Any] = {}
 
     @property
     def trace_id(self) -> str:
@@ -178,7 +237,9 @@ class RequestTrace:
     def routing(self, model: str) -> None:
         """Flag evaluation starts."""
         self.server.update_name(f"{self.operation} {model}")
-        self.server.set_attribute("gen_ai.request.model", model)
+        self.server.set_attributes(
+            {"gen_ai.request.model": model, "gen_ai.provider.name": PROVIDER}
+        )
         self._route = self._child(f"route {model}", SpanKind.INTERNAL)
 
     def routed(self, ex: Exchange, request: Mapping[str, Any]) -> None:
@@ -209,6 +270,7 @@ class RequestTrace:
         span.set_attributes(
             {
                 "gen_ai.operation.name": self.operation,
+                "gen_ai.provider.name": PROVIDER,
                 "gen_ai.request.model": served_model,
                 "loopgate.pool": pool,
             }
@@ -221,14 +283,15 @@ class RequestTrace:
 
     def connected(self, url: str) -> None:
         """The endpoint that answered (after any retry)."""
+        host, _, port = url.split("://", 1)[-1].partition("/")[0].rpartition(":")
+        if host:
+            self._address["server.address"] = host
+            if port.isdigit():
+                self._address["server.port"] = int(port)
+        else:
+            self._address["server.address"] = port
         if self._upstream is not None:
-            host, _, port = url.split("://", 1)[-1].partition("/")[0].rpartition(":")
-            if host:
-                self._upstream.set_attribute("server.address", host)
-                if port.isdigit():
-                    self._upstream.set_attribute("server.port", int(port))
-            else:
-                self._upstream.set_attribute("server.address", port)
+            self._upstream.set_attributes(self._address)
 
     def sink(self) -> trace.Span:
         """The span around the completion event's hand-off; the caller ends it."""
@@ -266,12 +329,16 @@ class RequestTrace:
         self.server.end()
         if ex.response_id:
             self._tracing.remember(ex.response_id, self.server.get_span_context())
+        self._tracing.record_metrics(self.operation, ex, self._address)
 
 
 def open_tracing(
-    config: TracingConfig, service: str, exporter: SpanExporter | None = None
+    config: TracingConfig,
+    service: str,
+    exporter: SpanExporter | None = None,
+    metric_reader: MetricReader | None = None,
 ) -> Tracing | None:
-    """The app's Tracing, or None when tracing is off; tests pass an in-memory exporter."""
+    """The app's Tracing, or None when tracing is off; tests pass in-memory exporters."""
     if exporter is None and not config.enabled:
         return None
     # Resource.create and TracerProvider read OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
@@ -292,5 +359,37 @@ def open_tracing(
                 "OTEL_TRACES_EXPORTER=otlp needs the otlp extra: pip install 'loopgate[otlp]'"
             ) from exc
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    log.info("tracing on: exporter %s", "in-memory" if exporter else config.exporter)
-    return Tracing(provider, config.answer_spans_max)
+    meters = None
+    if metric_reader is not None or (exporter is None and config.metrics):
+        reader = metric_reader or _metric_reader(config)
+        meters = MeterProvider(
+            metric_readers=[reader], resource=resource, views=_VIEWS, shutdown_on_exit=False
+        )
+    log.info(
+        "tracing on: exporter %s%s",
+        "in-memory" if exporter else config.exporter,
+        ", with GenAI metrics" if meters is not None else "",
+    )
+    return Tracing(provider, config.answer_spans_max, meters)
+
+
+_VIEWS = [
+    View(
+        instrument_name=TOKEN_USAGE,
+        aggregation=ExplicitBucketHistogramAggregation(_TOKEN_BUCKETS),
+    ),
+    View(
+        instrument_name=TIME_TO_FIRST_TOKEN,
+        aggregation=ExplicitBucketHistogramAggregation(_TTFT_BUCKETS),
+    ),
+]
+
+
+def _metric_reader(config: TracingConfig) -> MetricReader:
+    """Metrics go where the spans go: OTLP (OTEL_EXPORTER_OTLP_* endpoints) or the console."""
+    if config.exporter == "console":
+        return PeriodicExportingMetricReader(ConsoleMetricExporter())
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+    # OTEL_METRIC_EXPORT_INTERVAL (60 s by default) is read by the reader itself.
+    return PeriodicExportingMetricReader(OTLPMetricExporter())

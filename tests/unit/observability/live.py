@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import yaml
 from fastapi import FastAPI
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from gateway.app import HotPath, create_app
@@ -59,10 +60,12 @@ def flag_settings(urls: dict[str, str], folder: Path, **sections: Any) -> Settin
 
 @asynccontextmanager
 async def running(
-    settings: Settings, exporter: SpanExporter | None = None
+    settings: Settings,
+    exporter: SpanExporter | None = None,
+    metric_reader: MetricReader | None = None,
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """The app with its lifespan running, and a client talking to it through HotPath."""
-    app = create_app(settings, span_exporter=exporter)
+    app = create_app(settings, span_exporter=exporter, metric_reader=metric_reader)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=HotPath(app))
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:

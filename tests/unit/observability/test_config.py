@@ -42,3 +42,21 @@ def test_console_exporter_makes_a_provider() -> None:
 def test_keyword_categories_are_checked() -> None:
     with pytest.raises(ValueError, match="lower_snake_case"):
         SafetyConfig(keywords={"Bad Name": ["x"]})
+
+
+def test_otel_metrics_exporter_none_turns_the_genai_metrics_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    config = Settings().telemetry.tracing
+    assert (config.exporter, config.metrics) == ("console", False)
+    tracing = open_tracing(config, "test")
+    assert tracing is not None
+    assert tracing.meters is None
+    tracing.shutdown()
+    monkeypatch.delenv("OTEL_METRICS_EXPORTER")
+    tracing = open_tracing(Settings().telemetry.tracing, "test")
+    assert tracing is not None
+    assert tracing.meters is not None
+    tracing.shutdown()
