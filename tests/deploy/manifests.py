@@ -163,13 +163,102 @@ PROMETHEUS_RULE: Obj = {
         },
     },
 }
-CRD_SCHEMAS: dict[str, Obj] = {"ServiceMonitor": SERVICE_MONITOR, "PrometheusRule": PROMETHEUS_RULE}
+# Gateway API v1 HTTPRoute: the fields the chart uses, strictly (gateway.networking.k8s.io).
+_NAME: Obj = {"type": "string", "minLength": 1, "maxLength": 253}
+HTTP_ROUTE: Obj = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "gateway.networking.k8s.io/v1"},
+        "kind": {"const": "HTTPRoute"},
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object",
+            "required": ["parentRefs", "rules"],
+            "additionalProperties": False,
+            "properties": {
+                "parentRefs": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 32,
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "group": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "namespace": _NAME,
+                            "name": _NAME,
+                            "sectionName": _NAME,
+                            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                        },
+                    },
+                },
+                "hostnames": {"type": "array", "maxItems": 16, "items": _NAME},
+                "rules": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "matches": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "path": {
+                                            "type": "object",
+                                            "additionalProperties": False,
+                                            "properties": {
+                                                "type": {
+                                                    "enum": [
+                                                        "Exact",
+                                                        "PathPrefix",
+                                                        "RegularExpression",
+                                                    ]
+                                                },
+                                                "value": {"type": "string", "pattern": "^/"},
+                                            },
+                                        }
+                                    },
+                                },
+                            },
+                            "backendRefs": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["name", "port"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "name": _NAME,
+                                        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                                        "weight": {"type": "integer", "minimum": 0},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+CRD_SCHEMAS: dict[str, Obj] = {
+    "ServiceMonitor": SERVICE_MONITOR,
+    "PrometheusRule": PROMETHEUS_RULE,
+    "HTTPRoute": HTTP_ROUTE,
+}
+_CRD_GROUPS = ("monitoring.coreos.com/", "gateway.networking.k8s.io/")
 
 
 def schema_errors(obj: Obj, kube_version: str) -> list[str]:
     """Why the object does not validate (strictly: unknown fields are errors); empty if it does."""
     where = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
-    if str(obj.get("apiVersion", "")).startswith("monitoring.coreos.com/"):
+    if str(obj.get("apiVersion", "")).startswith(_CRD_GROUPS):
         validator = jsonschema.Draft7Validator(CRD_SCHEMAS[obj["kind"]])
         return [
             f"{where} at {list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(obj)

@@ -6,6 +6,9 @@ import filecmp
 import json
 import re
 import shutil
+import subprocess
+import sys
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,17 +32,55 @@ from tests.deploy.manifests import (
     render,
     schema_errors,
 )
+from tests.support.gateway import GatewayServer
+from tests.support.gateway import pool as pool_section
+from tests.support.sim import SimServer
 
 MULTI = EXAMPLES / "multi-version.yaml"
-VALUE_FILES = {"default": None, "multi-version": MULTI}
+SIMULATOR = EXAMPLES / "simulator.yaml"
+GATEWAY_ONLY = EXAMPLES / "gateway-only.yaml"
+# Every shipped values file, and everything gated on at once.
+EVERYTHING: dict[str, Any] = {
+    "simulator": {"enabled": True},
+    "networkPolicy": {
+        "enabled": True,
+        "gatewayFrom": [{"namespaceSelector": {"matchLabels": {"team": "apps"}}}],
+        "upstreamFrom": [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}],
+    },
+    "gateway": {
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "tls": [{"secretName": "loopgate-tls", "hosts": ["loopgate.example.com"]}],
+        },
+        "httpRoute": {"enabled": True, "hostnames": ["loopgate.example.com"]},
+    },
+    "monitoring": {
+        "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+        "dashboards": {"enabled": True},
+    },
+}
+VALUE_FILES: dict[str, Path | dict[str, Any] | None] = {
+    "default": None,
+    "multi-version": MULTI,
+    "simulator": SIMULATOR,
+    "gateway-only": GATEWAY_ONLY,
+    "everything": EVERYTHING,
+}
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def case_values(case: str) -> dict[str, Any] | None:
+    """The values of a named case."""
+    source = VALUE_FILES[case]
+    return load_values(source) if isinstance(source, Path) else source
 
 
 @cache
 def rendered(case: str) -> tuple[Obj, ...]:
     """Objects rendered for a named values case (rendered once per session)."""
-    path = VALUE_FILES[case]
-    return tuple(objects(render(load_values(path) if path else None)))
+    return tuple(objects(render(case_values(case))))
 
 
 def objs(case: str) -> list[Obj]:
@@ -71,8 +112,7 @@ def test_every_rendered_object_validates(case: str, kube_version: str) -> None:
 
 @pytest.mark.parametrize("case", sorted(VALUE_FILES))
 def test_helm_lint_strict_has_no_errors(case: str) -> None:
-    path = VALUE_FILES[case]
-    report = helm.lint(CHART, load_values(path) if path else None, strict=True)
+    report = helm.lint(CHART, case_values(case), strict=True)
     problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
     assert not problems, problems
 
@@ -88,8 +128,11 @@ def test_default_values_render_the_expected_objects() -> None:
     kinds = sorted(o["kind"] for o in objs("default"))
     assert kinds == sorted(
         ["ConfigMap", "Deployment", "Deployment", "HorizontalPodAutoscaler",
-         "PodDisruptionBudget", "Service", "Service", "ServiceAccount"]
+         "PodDisruptionBudget", "Service", "Service", "ServiceAccount", "Pod"]
     )  # fmt: skip
+    # The Pod is `helm test`'s, not part of the release.
+    (pod,) = of_kind(objs("default"), "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
 
 
 def test_gateway_pod_is_locked_down_and_probed() -> None:
@@ -117,8 +160,7 @@ def test_gateway_pod_is_locked_down_and_probed() -> None:
 def test_grace_period_outlasts_prestop_and_drain(case: str) -> None:
     pod = gateway_pod(objs(case))
     values = load_values(CHART / "values.yaml")["gateway"]
-    path = VALUE_FILES[case]
-    values.update((load_values(path) if path else {}).get("gateway", {}))
+    values.update((case_values(case) or {}).get("gateway", {}))
     (container,) = pod["containers"]
     sleep = container["lifecycle"]["preStop"]["exec"]["command"]
     assert sleep == ["sleep", str(values["preStopSleepSeconds"])]
@@ -319,3 +361,185 @@ def test_shipped_rules_and_dashboards_parse() -> None:
         jsonschema.validate(doc.get("groups"), RULE_GROUPS)
     for path in _files(DEPLOY / "grafana/dashboards", ("*.json",)).values():
         assert isinstance(json.loads(path.read_text()), dict), path
+
+
+def test_image_tag_follows_the_app_version() -> None:
+    app_version = load_values(CHART / "Chart.yaml")["appVersion"]
+    image = gateway_pod(objs("default"))["containers"][0]["image"]
+    assert image == f"ghcr.io/loopgate/loopgate:{app_version}"
+    pinned = objects(render({"image": {"tag": "9.9.9"}}))
+    assert gateway_pod(pinned)["containers"][0]["image"].endswith(":9.9.9")
+    # Everything that runs the Loopgate image runs the same one.
+    sim = objects(render(load_values(SIMULATOR)))
+    images = {
+        c["image"]
+        for o in sim
+        if o["kind"] in ("Deployment", "Pod")
+        for c in (o["spec"].get("template", {}).get("spec") or o["spec"])["containers"]
+    }
+    assert images == {f"ghcr.io/loopgate/loopgate:{app_version}"}
+
+
+def test_ingress_and_httproute_are_off_by_default_and_reach_the_gateway() -> None:
+    assert not of_kind(objs("default"), "Ingress")
+    assert not of_kind(objs("default"), "HTTPRoute")
+    found = objs("everything")
+    service = find(found, "Service", "lg-loopgate-gateway")
+    ingress = find(found, "Ingress", "lg-loopgate-gateway")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    assert path["backend"]["service"] == {"name": "lg-loopgate-gateway", "port": {"name": "http"}}
+    assert service["spec"]["ports"][0]["name"] == "http"
+    route = find(found, "HTTPRoute", "lg-loopgate-gateway")
+    (backend,) = route["spec"]["rules"][0]["backendRefs"]
+    assert backend == {"name": "lg-loopgate-gateway", "port": service["spec"]["ports"][0]["port"]}
+    assert route["spec"]["hostnames"] == ["loopgate.example.com"]
+
+
+def test_network_policies_let_only_the_gateway_reach_the_upstreams() -> None:
+    assert not of_kind(objs("default"), "NetworkPolicy")
+    found = objs("everything")
+    gateway = find(found, "Deployment", "lg-loopgate-gateway")["spec"]["template"]["metadata"]
+    vllm = find(found, "Deployment", "lg-loopgate-vllm-v1")["spec"]["template"]["metadata"]
+    (test_pod,) = of_kind(found, "Pod")
+    upstreams = find(found, "NetworkPolicy", "lg-loopgate-upstreams")["spec"]
+    assert upstreams["podSelector"]["matchLabels"].items() <= vllm["labels"].items()
+    peers = upstreams["ingress"][0]["from"]
+    selectors = [p["podSelector"]["matchLabels"] for p in peers if "podSelector" in p]
+    assert [s for s in selectors if s.items() <= gateway["labels"].items()]
+    assert not [s for s in selectors if s.items() <= test_pod["metadata"]["labels"].items()]
+    assert {"namespaceSelector": {"matchLabels": {"team": "monitoring"}}} in peers
+    front = find(found, "NetworkPolicy", "lg-loopgate-gateway")["spec"]
+    assert front["podSelector"]["matchLabels"].items() <= gateway["labels"].items()
+    peers = front["ingress"][0]["from"]
+    # The listed peers, and the helm test Pod so that `helm test` passes with the policy on.
+    assert {"namespaceSelector": {"matchLabels": {"team": "apps"}}} in peers
+    assert [
+        p
+        for p in peers
+        if "podSelector" in p
+        and p["podSelector"]["matchLabels"].items() <= test_pod["metadata"]["labels"].items()
+    ]
+    open_front = objects(render({"networkPolicy": {"enabled": True}}))
+    rule = find(open_front, "NetworkPolicy", "lg-loopgate-gateway")["spec"]["ingress"][0]
+    assert "from" not in rule  # no peers listed: anyone may call the gateway
+
+
+def test_simulator_profile_runs_loopgate_sim_without_gpus() -> None:
+    found = objs("simulator")
+    services = {s["metadata"]["name"] for s in of_kind(found, "Service")}
+    assert services == {
+        "lg-loopgate-gateway",
+        "lg-loopgate-vllm-policy-a",
+        "lg-loopgate-vllm-policy-b",
+    }
+    for version in ("policy-a", "policy-b"):
+        spec = find(found, "Deployment", f"lg-loopgate-vllm-{version}")["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        args = container["args"]
+        assert args[0] == "sim"
+        assert args[args.index("--model") + 1] == version
+        assert "--ttft" in args
+        assert "nvidia.com/gpu" not in json.dumps(spec)
+        assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    pools = config_of(found)["pools"]
+    assert pools["policy-a"]["endpoints"] == ["http://lg-loopgate-vllm-policy-a:8000"]
+
+
+def test_gateway_only_deploys_no_vllm_and_keeps_the_endpoints() -> None:
+    found = objs("gateway-only")
+    assert [d["metadata"]["name"] for d in of_kind(found, "Deployment")] == ["lg-loopgate-gateway"]
+    assert not of_kind(found, "NetworkPolicy")[1:]  # the gateway's only: no upstream pods
+    pools = config_of(found)["pools"]
+    values = load_values(GATEWAY_ONLY)["externalPools"]
+    assert set(pools) == set(values)
+    for name, pool in values.items():
+        assert pools[name]["endpoints"] == pool["endpoints"]
+        assert pools[name]["served_model"] == pool["servedModel"]
+    assert pools["qwen-14b"]["timeouts"]["first_byte"] == 120
+    assert pools["llama-8b"]["timeouts"]["first_byte"] == 60  # vllm.upstreamTimeouts
+
+
+def test_external_pool_names_do_not_shadow_policy_versions() -> None:
+    values = {"externalPools": {"v1": {"endpoints": ["http://x:8000"], "servedModel": "x"}}}
+    with pytest.raises(helm.HelmRenderError, match="already makes a pool"):
+        render(values)
+    with pytest.raises(helm.HelmRenderError, match="no upstreams"):
+        render({"policyVersions": []})
+
+
+def test_helm_test_pod_asks_the_gateway_service() -> None:
+    found = objs("simulator")
+    (pod,) = of_kind(found, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    service = find(found, "Service", "lg-loopgate-gateway")
+    port = service["spec"]["ports"][0]["port"]
+    assert env["LOOPGATE_URL"] == f"http://lg-loopgate-gateway:{port}"
+    assert env["LOOPGATE_TEST_MODEL"] == "assistant"
+    assert container["args"] == [(CHART / "files/tests/chat.py").read_text()]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # Without tests.model: the first model name.
+    (pod,) = of_kind(objs("multi-version"), "Pod")
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["LOOPGATE_TEST_MODEL"] == "llama-8b"
+    assert not of_kind(objects(render({"tests": {"enabled": False}})), "Pod")
+
+
+def test_helm_test_script_passes_against_a_live_gateway(
+    gateway_factory: Callable[..., GatewayServer],
+    sim_factory: Callable[..., SimServer],
+    tmp_path: Path,
+) -> None:
+    """The hook's script, as the chart renders it, run against `loopgate serve` over a sim."""
+    (pod,) = of_kind(objs("simulator"), "Pod")
+    (container,) = pod["spec"]["containers"]
+    sim = sim_factory(model="policy-a")
+    gw = gateway_factory(
+        {
+            "pools": {"policy-a": pool_section(sim.base_url, served_model="policy-a")},
+            "models": {"assistant": {"pool": "policy-a"}},
+            "events": {"spool": {"dir": str(tmp_path / "spool")}},
+        }
+    )
+
+    def run(model: str) -> subprocess.CompletedProcess[str]:
+        env = {"LOOPGATE_URL": gw.base_url, "LOOPGATE_TEST_MODEL": model, "PATH": "/usr/bin"}
+        return subprocess.run(
+            [sys.executable, *container["command"][1:], *container["args"]],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    passed = run("assistant")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert passed.stdout.splitlines()[0] == "readyz: 200"
+    assert passed.stdout.rstrip().endswith("PASS")
+    failed = run("no-such-model")
+    assert failed.returncode != 0
+    assert "404" in failed.stderr
+
+
+def test_readme_values_table_matches_values_yaml() -> None:
+    """Every key the README's table names exists, and every section of values.yaml is in it."""
+    values = load_values(CHART / "values.yaml")
+    table = (CHART / "README.md").read_text().split("## Values", 1)[1]
+    keys = re.findall(r"^\| `([^`]+)` \| `([^`]*)` \|", table, re.MULTILINE)
+    assert len(keys) > 60
+    for key, default in keys:
+        node: Any = values
+        for part in key.split("."):
+            assert isinstance(node, dict), key
+            assert part in node, f"README names {key}: not a value"
+            node = node[part]
+        if default != "(see values.yaml)":
+            shown = node if isinstance(node, str) and node else json.dumps(node)
+            assert default == shown, (key, default, node)
+    named = {k for k, _ in keys}
+    for section, body in values.items():
+        children = body if isinstance(body, dict) and body else {None: None}
+        for child in children:
+            key = section if child is None else f"{section}.{child}"
+            assert any(n == key or n.startswith(key + ".") for n in named), key

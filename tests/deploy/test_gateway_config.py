@@ -51,7 +51,7 @@ def chart_config(values_file: str | None) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize("values_file", [None, "multi-version.yaml"])
+@pytest.mark.parametrize("values_file", [None, *sorted(p.name for p in EXAMPLES.glob("*.yaml"))])
 def test_chart_config_loads(values_file: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in SECRET_ENV.items():
         monkeypatch.setenv(name, value)
@@ -88,7 +88,8 @@ def test_shipped_flag_files_parse_against_their_pools() -> None:
     compose = yaml.safe_load((DEPLOY / "config/compose-gateway.yaml").read_text())
     text = (DEPLOY / "config/flags.yaml").read_text()
     assert parse_flags(text, set(compose["pools"]), "deploy/config/flags.yaml")
-    rendered = objects(render(load_values(EXAMPLES / "multi-version.yaml")))
-    configmap = find(rendered, "ConfigMap", "lg-loopgate-config")["data"]
-    pools = yaml.safe_load(configmap["config.yaml"])["pools"]
-    assert parse_flags(configmap["flags.yaml"], set(pools), "multi-version flags.yaml")
+    for example in sorted(EXAMPLES.glob("*.yaml")):
+        rendered = objects(render(load_values(example)))
+        configmap = find(rendered, "ConfigMap", "lg-loopgate-config")["data"]
+        pools = yaml.safe_load(configmap["config.yaml"])["pools"]
+        assert parse_flags(configmap["flags.yaml"], set(pools), f"{example.name} flags.yaml")

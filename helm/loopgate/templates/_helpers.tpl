@@ -49,6 +49,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* The model `helm test` asks for: tests.model, else the first model name. */}}
+{{- define "loopgate.testModel" -}}
+{{- if .Values.tests.model -}}
+{{- .Values.tests.model -}}
+{{- else -}}
+{{- keys (include "loopgate.config" . | fromYaml).models | sortAlpha | first -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "loopgate.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
@@ -83,6 +92,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- range $a := $v.adapters | default list -}}
 {{- $_ := set $pools (printf "%s-%s" $v.name $a.name) (dict "endpoints" (list $endpoint) "served_model" $a.name "timeouts" $timeouts) -}}
 {{- end -}}
+{{- end -}}
+{{- /* Upstreams deployed elsewhere (KServe, production-stack, plain vLLM): pools as given. */ -}}
+{{- range $name, $p := .Values.externalPools -}}
+{{- if hasKey $pools $name -}}
+{{- fail (printf "externalPools.%s: a policy version (or adapter) already makes a pool of that name" $name) -}}
+{{- end -}}
+{{- $timeouts := mustMergeOverwrite (deepCopy $root.Values.vllm.upstreamTimeouts) ($p.timeouts | default dict) -}}
+{{- $_ := set $pools $name (dict "endpoints" $p.endpoints "served_model" $p.servedModel "timeouts" $timeouts) -}}
+{{- end -}}
+{{- if not $pools -}}
+{{- fail "no upstreams: list policyVersions (deployed by the chart) or externalPools (existing servers)" -}}
 {{- end -}}
 {{- toYaml $pools -}}
 {{- end -}}
