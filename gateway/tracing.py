@@ -68,8 +68,14 @@ _REASONS = {
     "static": "static",
     "default": "default",
     "kill_switch": "disabled",
+    "disabled": "disabled",
     "fallback": "error",
 }
+
+
+def openfeature_reason(reason: str) -> str:
+    """OpenFeature's evaluation reason (lower case) for a router reason; rules are targeting."""
+    return _REASONS.get(reason, "targeting_match")
 # Request fields copied to gen_ai.request.* attributes when the client sent them.
 _REQUEST_PARAMS = {
     "max_tokens": "gen_ai.request.max_tokens",
@@ -249,7 +255,7 @@ class RequestTrace:
             "feature_flag.result.variant": ex.variant,
             # Deprecated name of the same, still read by many backends' flag views.
             "feature_flag.variant": ex.variant,
-            "feature_flag.result.reason": _REASONS.get(ex.reason, "targeting_match"),
+            "feature_flag.result.reason": openfeature_reason(ex.reason),
             "feature_flag.version": str(ex.flag_version),
             "feature_flag.provider.name": "loopgate",
         }

@@ -6,7 +6,7 @@ import pytest
 
 from gateway.settings import Settings
 from gateway.telemetry_config import SafetyConfig, TracingConfig
-from gateway.tracing import open_tracing
+from gateway.tracing import open_tracing, openfeature_reason
 
 
 def test_tracing_is_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,3 +60,14 @@ def test_otel_metrics_exporter_none_turns_the_genai_metrics_off(
     assert tracing is not None
     assert tracing.meters is not None
     tracing.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("reason", "openfeature"),
+    [("split", "split"), ("static", "static"), ("disabled", "disabled"),
+     ("kill_switch", "disabled"), ("fallback", "error"), ("qa_override", "targeting_match"),
+     ("attr_equals", "targeting_match"), ("deny_apps", "targeting_match")],
+)  # fmt: skip
+def test_router_reasons_map_to_openfeature(reason: str, openfeature: str) -> None:
+    """As docs/routing.md's table says (a disabled flag is `disabled`, not a targeting match)."""
+    assert openfeature_reason(reason) == openfeature
