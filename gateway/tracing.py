@@ -76,6 +76,8 @@ _REASONS = {
 def openfeature_reason(reason: str) -> str:
     """OpenFeature's evaluation reason (lower case) for a router reason; rules are targeting."""
     return _REASONS.get(reason, "targeting_match")
+
+
 # Request fields copied to gen_ai.request.* attributes when the client sent them.
 _REQUEST_PARAMS = {
     "max_tokens": "gen_ai.request.max_tokens",
