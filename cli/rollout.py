@@ -184,6 +184,9 @@ def register(app: typer.Typer) -> None:
         interval: Annotated[float | None, typer.Option(help="Seconds between looks")] = None,
         once: Annotated[bool, typer.Option("--once", help="One pass, then exit")] = False,
         metrics_port: Annotated[int, typer.Option(help="Serve /metrics here (0: off)")] = 0,
+        metrics_host: Annotated[
+            str, typer.Option(help="Address /metrics listens on (0.0.0.0 in a pod)")
+        ] = "127.0.0.1",
         log_level: Annotated[str, typer.Option(help="Log level")] = "info",
     ) -> None:
         """The rollout controller: one per deployment; a second copy waits on the Redis lock."""
@@ -204,10 +207,12 @@ def register(app: typer.Typer) -> None:
                 "process, set experiments.controller.in_process: true instead."
             )
             raise typer.Exit(2)
-        asyncio.run(_controller_main(settings, interval, once, metrics_port))
+        asyncio.run(_controller_main(settings, interval, once, metrics_port, metrics_host))
 
 
-async def _controller_main(settings: Any, interval: float | None, once: bool, port: int) -> None:
+async def _controller_main(
+    settings: Any, interval: float | None, once: bool, port: int, host: str = "127.0.0.1"
+) -> None:
     from prometheus_client import CollectorRegistry, start_http_server
     from redis.asyncio import Redis
 
@@ -223,7 +228,9 @@ async def _controller_main(settings: Any, interval: float | None, once: bool, po
     cfg = settings.experiments
     registry = CollectorRegistry()
     if port:
-        start_http_server(port, addr="127.0.0.1", registry=registry)
+        from gateway.metrics import without_created
+
+        start_http_server(port, addr=host, registry=without_created(registry))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -279,14 +279,22 @@ def test_controller_is_a_single_replica() -> None:
     controller = find(found, "Deployment", "lg-loopgate-controller")["spec"]
     assert controller["replicas"] == 1
     assert controller["strategy"]["type"] == "Recreate"
-    assert controller["template"]["spec"]["containers"][0]["args"][0] == "controller"
+    (container,) = controller["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[0] == "controller"
+    # Its /metrics listens on the pod's address, where the Service and the monitor find it.
+    assert args[args.index("--metrics-host") + 1] == "0.0.0.0"
+    port = int(args[args.index("--metrics-port") + 1])
+    assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    service = find(found, "Service", "lg-loopgate-controller")["spec"]
+    assert service["ports"][0]["targetPort"] == "metrics"
     assert not [d for d in objs("default") if d["metadata"]["name"].endswith("-controller")]
 
 
 def test_monitoring_objects_select_the_services() -> None:
     found = objs("multi-version")
     monitors = {m["metadata"]["name"]: m for m in of_kind(found, "ServiceMonitor")}
-    assert set(monitors) == {"lg-loopgate-gateway", "lg-loopgate-vllm"}
+    assert set(monitors) == {"lg-loopgate-gateway", "lg-loopgate-vllm", "lg-loopgate-controller"}
     for monitor in monitors.values():
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
         selector = monitor["spec"]["selector"]["matchLabels"]

@@ -155,7 +155,11 @@ def test_prometheus_loads_the_rules_folder_and_scrapes_the_stack() -> None:
     targets = {
         t for job in config["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
     }
-    assert {"gateway:8080", "policy-a:8000", "policy-b:8000"} <= targets
+    assert {"gateway:8080", "policy-a:8000", "policy-b:8000", "controller:9102"} <= targets
+    # The controller serves its /metrics where Prometheus looks for them.
+    command = services()["controller"]["command"]
+    assert command[command.index("--metrics-port") + 1] == "9102"
+    assert command[command.index("--metrics-host") + 1] == "0.0.0.0"
 
 
 def mounts_key(mounts: dict[str, str], target: str) -> str:
