@@ -20,7 +20,7 @@ from rollout.counters import ExperimentCounters
 from rollout.decision import decide
 from rollout.lock import Leadership
 from rollout.model import Decision, ExperimentReport
-from rollout.plan import ActionKind, RolloutAction, RolloutPlan, RolloutState
+from rollout.plan import ActionKind, RolloutAction, RolloutPlan, RolloutState, RolloutStatus
 from rollout.readout import experiment_input, phases
 from rollout.store import PlanStore
 from router.errors import ConflictError, StoreUnavailable
@@ -54,6 +54,12 @@ class ControllerMetrics:
             ("flag",),
             registry=registry,
         )
+        self.status = Gauge(
+            "loopgate_rollout_status",
+            "1 for the rollout's current status (running, paused, promoted, rolled_back).",
+            ("flag", "status"),
+            registry=registry,
+        )
         self.leader = Gauge(
             "loopgate_controller_leader",
             "1 while this controller holds the lock.",
@@ -74,6 +80,11 @@ class ControllerMetrics:
             self.actions.labels(flag, action)
         for decision in get_args(Decision):
             self.decisions.labels(flag, decision)
+
+    def show_status(self, flag: str, status: str) -> None:
+        """The status series of a flag: 1 for `status`, 0 for the others."""
+        for name in get_args(RolloutStatus):
+            self.status.labels(flag, name).set(1 if name == status else 0)
 
 
 def canary_share(flag: Flag, plan: RolloutPlan) -> float:
@@ -136,6 +147,8 @@ class Controller:
         """Decide and act for one plan."""
         now = self.clock()
         state = await self.plans.state(plan.flag) or RolloutState(flag=plan.flag)
+        if self.metrics is not None:
+            self.metrics.show_status(plan.flag, state.status)
         if state.status != "running":
             return None
         flag = await self.flags.get(plan.flag)
@@ -193,6 +206,7 @@ class Controller:
             "; ".join(action.reasons),
         )
         if self.metrics is not None:
+            self.metrics.show_status(plan.flag, state.status)
             self.metrics.actions.labels(plan.flag, action.action).inc()
             if action.to_share is not None:
                 self.metrics.share.labels(plan.flag).set(action.to_share / 100.0)

@@ -104,6 +104,11 @@ def test_series_exist_at_start_and_breaker_state_is_a_label(
     for action in ("start", "advance", "promote", "rollback"):
         assert _value(end, "loopgate_rollout_actions_total", flag="bot", action=action) is not None
     assert _value(end, "loopgate_rollout_actions_total", flag="bot", action="rollback") == 0
+    statuses = {
+        s: _value(end, "loopgate_rollout_status", flag="bot", status=s)
+        for s in ("running", "paused", "promoted", "rolled_back")
+    }
+    assert statuses == {"running": 1, "paused": 0, "promoted": 0, "rolled_back": 0}
 
 
 def test_series_exist_at_start_with_two_workers(

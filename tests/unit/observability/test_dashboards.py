@@ -92,7 +92,7 @@ def test_the_dashboards_cover_the_signals() -> None:
         "loopgate_events_dropped_total", "loopgate_upstream_endpoint_healthy",
         "loopgate_overhead_seconds_bucket", "loopgate_rollout_canary_share",
         "loopgate_rollout_decisions_total", "loopgate_rollout_actions_total",
-        "loopgate_controller_leader",
+        "loopgate_controller_leader", "loopgate_rollout_status",
     ):  # fmt: skip
         assert name in used, name
 
