@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 SEGMENT_SUFFIX = ".jsonl"
 CURSOR_FILE = "cursor.json"
 LOCK_FILE = "LOCK"
+# Each folder's events that Kafka can never take (a spool folder of its own, never replayed
+# on its own: `loopgate events replay --spool <folder>/dead-letter` re-sends it).
+DEAD_LETTER = "dead-letter"
 MAX_SLOTS = 64
 _READ_CHUNK = 4 * 1024 * 1024
 
