@@ -16,6 +16,8 @@ TRUNCATED_HEADER = "loopgate-truncated"
 Headers = list[tuple[str, bytes]]
 
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
+_SPAN_ID = re.compile(r"[0-9a-f]{16}")
+_NO_SPAN = "0" * 16
 # Every envelope field comes before the body, in the models' order. Inside a JSON string a
 # quote is always escaped, so the first `,"body":` is the top-level key.
 _BODY_KEY = b',"body":'
@@ -45,8 +47,8 @@ def traceparent(trace_id: object, event_id: object) -> bytes | None:
         return None
     if trace_id == "0" * 32:
         return None
-    span = str(event_id).replace("-", "")[-16:].lower()
-    if not re.fullmatch(r"[0-9a-f]{16}", span) or span == "0" * 16:
+    span = str(event_id)[-17:].replace("-", "").lower()  # a UUID's last 4 + 12 hex digits
+    if not _SPAN_ID.fullmatch(span) or span == _NO_SPAN:
         span = "0000000000000001"
     return f"00-{trace_id}-{span}-01".encode()
 
