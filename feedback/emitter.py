@@ -267,10 +267,14 @@ class EventPipeline:
                 continue
             await self._linger(self._spool_buf, self._spool_closing)
             size = min(len(self._spool_buf), self.config.batch_max * 4)
-            batch = [self._spool_buf.popleft() for _ in range(size)]
-            records = await self._prepare(batch, self._spool_buf)
+            # Busy from the moment the batch leaves the buffer: while it is being prepared
+            # the buffer can look empty, and the replayer must not go back to direct mode
+            # then (the batch would land in the spool with nothing left to replay it).
             self._spool_writing = True
+            records: list[Record] = []
             try:
+                batch = [self._spool_buf.popleft() for _ in range(size)]
+                records = await self._prepare(batch, self._spool_buf)
                 await self._spool.emit(records)
                 self.stats.spooled += len(records)
             except SpoolFull as exc:
