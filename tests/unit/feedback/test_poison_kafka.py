@@ -5,13 +5,15 @@ produce with an invalid-topic, invalid-record, no-leader or timeout error code. 
 classes come from FakeBrokerFaults: a stand-in that wraps the real producer (still talking
 to tansu) and fails the chosen records' futures with the error kafka-python would report.
 Everything else here is real: the size limit (kafka-python's own client-side check), an
-illegal topic name and a key that cannot be encoded.
+illegal topic name, a key that cannot be encoded, and a timeout (the broker paused).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -348,6 +350,37 @@ def test_a_transient_error_is_retried_without_loss(
     assert (pipeline.stats.dropped, pipeline.stats.dead_lettered) == (0, {})
     arrived = ours(broker, prefix) | ours(broker, "bf-poison")
     assert {str(e.event_id) for e in events} <= set(arrived)
+
+
+def test_a_broker_that_stops_answering_times_out_and_nothing_is_lost(
+    tmp_path: Path, restartable_kafka: TansuBroker
+) -> None:
+    """A real timeout: the broker process is paused (SIGSTOP) under a send, then resumed."""
+    broker = restartable_kafka
+    events = small("to-", 20)
+    config = events_config(tmp_path, broker, send_timeout_s=1.0)
+
+    async def main() -> EventPipeline:
+        async with open_pipeline(config, "gw") as pipeline:
+            pipeline.emit(events[0])
+            await until(lambda: pipeline.stats.sent == 1, within=30)  # connected, topics made
+            assert broker.pid is not None
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                for event in events[1:]:
+                    pipeline.emit(event)
+                await until(lambda: pipeline.stats.failed >= 1, within=30)
+                assert pipeline.mode == "spooling"
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+            await until(
+                lambda: pipeline.mode == "direct" and pipeline.stats.replayed >= 19, within=60
+            )
+        return pipeline
+
+    pipeline = asyncio.run(main())
+    assert (pipeline.stats.dropped, pipeline.stats.dead_lettered) == (0, {})
+    assert set(ours(broker, "to-")) == {str(e.event_id) for e in events}
 
 
 def test_a_broker_limit_below_ours_halves_the_record_until_it_fits(
