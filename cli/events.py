@@ -433,36 +433,50 @@ def _lock(folder: Path) -> int:
     return fd
 
 
-async def replay_folder(folder: Path, kafka: KafkaConfig, spool: SpoolConfig) -> tuple[int, int]:
-    """Send the folder's pending events to Kafka in order; returns (replayed, corrupt)."""
-    from feedback.sinks.base import Record, SinkError
+async def replay_folder(
+    folder: Path, kafka: KafkaConfig, spool: SpoolConfig
+) -> tuple[int, int, int]:
+    """Send the folder's pending events to Kafka in order; returns (replayed, corrupt, set aside).
+
+    Events Kafka can never take go to the folder's dead-letter spool, as the gateway does.
+    """
+    from feedback.sinks.base import Record, RecordsRejected, SinkError
     from feedback.sinks.kafka import KafkaSink
-    from feedback.sinks.spool import record_from_line
+    from feedback.sinks.spool import record_from_line, set_aside
 
     fd = _lock(folder)  # before anything is read: a live gateway owns the cursor
     store = Spool(folder, spool.segment_bytes, spool.max_bytes, fd)
     sink = KafkaSink(kafka)
-    replayed = corrupt = 0
+    replayed = corrupt = aside = 0
     try:
         while True:
             lines, position = await asyncio.to_thread(store.read, 500)
             if not lines:
-                return replayed, corrupt
+                return replayed, corrupt, aside
             records: list[Record] = []
             for line in lines:
                 try:
                     records.append(record_from_line(line))
                 except ValueError:
                     corrupt += 1  # skipped, as the gateway's own replay does
+            rejected: list[Record] = []
             try:
                 await sink.emit(records)
+            except RecordsRejected as exc:
+                rejected = [rejection.record for rejection in exc.delivery.rejected]
+                try:
+                    await asyncio.to_thread(set_aside, folder, rejected, spool)
+                except OSError as error:
+                    msg = f"{folder}: cannot set aside what Kafka refused: {error}"
+                    raise CliError(msg) from error
             except SinkError as exc:
                 raise CliError(
                     f"{folder}: Kafka refused a batch after {replayed} events ({exc}); "
                     "the rest stays in the spool"
                 ) from exc
             await asyncio.to_thread(store.commit, position)  # only after Kafka acked
-            replayed += len(records)
+            replayed += len(records) - len(rejected)
+            aside += len(rejected)
     finally:
         await sink.aclose()
         store.close()
@@ -594,11 +608,13 @@ def register(app: typer.Typer) -> None:
                 )
             total = 0
             for folder in folders:
-                sent, corrupt = asyncio.run(
+                sent, corrupt, aside = asyncio.run(
                     replay_folder(folder, kafka_config, events_config.spool)
                 )
                 total += sent
                 note = f" ({corrupt} unreadable lines skipped)" if corrupt else ""
+                if aside:
+                    note += f" ({aside} Kafka can never take, set aside in {folder}/dead-letter)"
                 console.print(f"{folder}: replayed {sent} events{note}")
             console.print(f"replayed {total} events to {', '.join(kafka_config.bootstrap_servers)}")
         except CliError as exc:

@@ -31,6 +31,9 @@ class KafkaConfig(_Strict):
     connect_timeout_s: float = Field(3.0, gt=0)
     retry_backoff_s: float = Field(0.5, gt=0)
     retry_backoff_max_s: float = Field(5.0, gt=0)
+    # The largest record the producer sends (its max_request_size) and, for topics the
+    # gateway creates, their max.message.bytes. A bigger event is cut to fit (docs/events.md).
+    max_request_bytes: int = Field(1024 * 1024, ge=16 * 1024, le=32 * 1024 * 1024)
 
 
 class SpoolConfig(_Strict):
@@ -39,6 +42,8 @@ class SpoolConfig(_Strict):
     dir: Path = Path("var/spool")
     segment_bytes: int = Field(16 * 1024 * 1024, ge=4096)
     max_bytes: int = Field(1024 * 1024 * 1024, ge=4096)
+    # Events Kafka can never take, set aside under <folder>/dead-letter (its own bound).
+    dead_letter_max_bytes: int = Field(256 * 1024 * 1024, ge=4096)
 
 
 class RedactionConfig(_Strict):

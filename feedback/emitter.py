@@ -25,9 +25,17 @@ from feedback.config import EventsConfig
 from feedback.redact import Redactor
 from feedback.schema import Event, PlainEvent
 from feedback.scrub import scrub_json
-from feedback.sinks.base import EventSink, Record, SinkError, SpoolFull
+from feedback.sinks.base import (
+    Delivery,
+    EventSink,
+    Record,
+    RecordsRejected,
+    Rejection,
+    SinkError,
+    SpoolFull,
+)
 from feedback.sinks.kafka import KafkaSink
-from feedback.sinks.spool import SpoolSink, record_from_line
+from feedback.sinks.spool import DEAD_LETTER, SpoolSink, record_from_line
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,9 @@ class PipelineStats:
     refused: int = 0  # the part of `dropped` that the full spool refused
     corrupt: int = 0  # unreadable spool lines skipped on replay
     findings: dict[str, int] = field(default_factory=dict)  # redaction findings by category
+    truncated: dict[str, int] = field(default_factory=dict)  # sent with content cut, by topic
+    # Set aside in the dead-letter spool, by (topic, reason): Kafka can never take them.
+    dead_lettered: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,12 +91,14 @@ class EventPipeline:
         spool: SpoolSink,
         primary: EventSink | None,
         redactor: Redactor | None,
+        dead_letter: SpoolSink | None = None,
     ) -> None:
         self.config = config
         self.gateway = gateway
         self.stats = PipelineStats()
         self._spool = spool
         self._primary = primary
+        self._dead_letter = dead_letter
         self._redactor = redactor
         self._queue: deque[Event | PlainEvent] = deque()
         self._spool_buf: deque[Event | PlainEvent | Record] = deque()
@@ -230,8 +243,7 @@ class EventPipeline:
             records = await self._prepare(batch, self._queue)
             self._inflight, self._inflight_spooled = records, False
             try:
-                await self._primary.emit(records)
-                self.stats.sent += len(records)
+                self.stats.sent += await self._deliver(records)
             except SinkError as exc:
                 self.stats.failed += 1
                 log.warning("events: primary sink failed (%s); spooling", str(exc))  # see replay
@@ -255,10 +267,14 @@ class EventPipeline:
                 continue
             await self._linger(self._spool_buf, self._spool_closing)
             size = min(len(self._spool_buf), self.config.batch_max * 4)
-            batch = [self._spool_buf.popleft() for _ in range(size)]
-            records = await self._prepare(batch, self._spool_buf)
+            # Busy from the moment the batch leaves the buffer: while it is being prepared
+            # the buffer can look empty, and the replayer must not go back to direct mode
+            # then (the batch would land in the spool with nothing left to replay it).
             self._spool_writing = True
+            records: list[Record] = []
             try:
+                batch = [self._spool_buf.popleft() for _ in range(size)]
+                records = await self._prepare(batch, self._spool_buf)
                 await self._spool.emit(records)
                 self.stats.spooled += len(records)
             except SpoolFull as exc:
@@ -304,7 +320,7 @@ class EventPipeline:
                     self.stats.corrupt += 1
                     log.error("events: skipping an unreadable spool line (%d bytes)", len(line))
             try:
-                await self._primary.emit(records)
+                delivered = await self._deliver(records)
             except SinkError as exc:
                 self.stats.failed += 1
                 # The message, not the exception: its traceback would pin the client's sockets.
@@ -316,8 +332,59 @@ class EventPipeline:
                 backoff = min(backoff * 2, ceiling)
                 continue
             await self._spool.commit(position)
-            self.stats.replayed += len(records)
+            self.stats.replayed += delivered
             backoff = base
+
+    async def _deliver(self, records: list[Record]) -> int:
+        """Send a batch to the primary sink; returns how many it delivered.
+
+        Records it can never take (RecordsRejected) go to the dead-letter spool, so one
+        poison record never holds back the ones behind it. SinkError: retry the batch.
+        """
+        assert self._primary is not None
+        try:
+            delivery = await self._primary.emit(records)
+        except RecordsRejected as exc:
+            self._count_truncated(records, exc.delivery)
+            await self._set_aside(exc.delivery.rejected)
+            return len(records) - len(exc.delivery.rejected)
+        self._count_truncated(records, delivery)
+        return len(records)
+
+    def _count_truncated(self, records: list[Record], delivery: Delivery | None) -> None:
+        if delivery is None or not delivery.truncated:
+            return
+        for index in delivery.truncated:
+            topic = records[index].topic
+            self.stats.truncated[topic] = self.stats.truncated.get(topic, 0) + 1
+        self._warn(
+            "truncated",
+            "events: %d sent with content cut to fit Kafka's record size limit",
+            len(delivery.truncated),
+        )
+
+    async def _set_aside(self, rejected: tuple[Rejection, ...]) -> None:
+        for rejection in rejected:
+            key = (rejection.record.topic, rejection.reason)
+            self.stats.dead_lettered[key] = self.stats.dead_lettered.get(key, 0) + 1
+        first = rejected[0]
+        self._warn(
+            "dead_letter",
+            "events: Kafka can never take %d events (%s: %s); set aside in the dead-letter spool",
+            len(rejected),
+            first.reason,
+            first.detail,
+        )
+        if self._dead_letter is None:
+            self._drop(len(rejected), "no dead-letter spool for events Kafka can never take")
+            return
+        try:
+            await self._dead_letter.emit([rejection.record for rejection in rejected])
+        except SpoolFull as exc:
+            self._drop(len(rejected) - exc.accepted, f"dead-letter spool: {exc}")
+        except Exception:
+            log.exception("events: dead-letter spool write failed; %d events lost", len(rejected))
+            self._drop(len(rejected), "dead-letter spool write failed")
 
     async def aclose(self) -> None:
         """Drain the queue to Kafka (within drain_timeout_s) or the spool, then close sinks."""
@@ -352,6 +419,8 @@ class EventPipeline:
             await spooler
         if self._primary is not None:
             await self._primary.aclose()
+        if self._dead_letter is not None:
+            await self._dead_letter.aclose()
         await self._spool.aclose()
         left = len(self._spool_buf)
         if left:
@@ -371,8 +440,17 @@ async def open_pipeline(
     )
     if primary is None and config.kafka is not None:
         primary = KafkaSink(config.kafka)
+    dead_letter = None
+    if primary is not None:
+        # Inside the folder this process holds, under its own lock and bound.
+        dead_letter = await SpoolSink.open(
+            spool.spool.directory,
+            DEAD_LETTER,
+            config.spool.segment_bytes,
+            config.spool.dead_letter_max_bytes,
+        )
     redactor = Redactor.from_config(config.redaction) if config.redaction.enabled else None
-    pipeline = EventPipeline(config, instance, spool, primary, redactor)
+    pipeline = EventPipeline(config, instance, spool, primary, redactor, dead_letter)
     pipeline.start()
     try:
         yield pipeline

@@ -30,6 +30,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 from feedback.redact import PLACEHOLDERS
+from feedback.schema import TOPICS
+from feedback.sinks.faults import DEAD_LETTER_REASONS
 
 if TYPE_CHECKING:
     from gateway.exchange import Exchange
@@ -515,6 +517,23 @@ class _RuntimeCollector(Collector):
         for category, count in sorted(counts.items()):
             findings.add_metric([category], count)
         yield findings
+        # Every topic and reason from the start, so a panel or an increase() sees 0, not nothing.
+        truncated = CounterMetricFamily(
+            "loopgate_events_truncated",
+            "Events sent with their content cut to fit Kafka's record size limit.",
+            labels=["topic"],
+        )
+        dead = CounterMetricFamily(
+            "loopgate_events_dead_lettered",
+            "Events Kafka can never take, set aside in the dead-letter spool.",
+            labels=["topic", "reason"],
+        )
+        for topic in TOPICS:
+            truncated.add_metric([topic], stats.truncated.get(topic, 0))
+            for reason in DEAD_LETTER_REASONS:
+                dead.add_metric([topic, reason], stats.dead_lettered.get((topic, reason), 0))
+        yield truncated
+        yield dead
 
 
 def _redaction_categories(rt: Runtime) -> list[str]:

@@ -32,11 +32,37 @@ class SpoolFull(SinkError):
         self.accepted = accepted
 
 
-class EventSink(Protocol):
-    """Takes batches of records, all or nothing; raises SinkError when it cannot."""
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A record the sink can never deliver, and why (a `reason` label value)."""
 
-    async def emit(self, records: Sequence[Record]) -> None:
-        """Deliver the batch in order, or raise SinkError."""
+    index: int  # in the batch given to emit
+    record: Record
+    reason: str  # a dead-letter reason (feedback.sinks.faults.DEAD_LETTER_REASONS)
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What a sink did beyond delivering the batch as given."""
+
+    truncated: tuple[int, ...] = ()  # indices of records delivered with their content cut
+    rejected: tuple[Rejection, ...] = ()
+
+
+class RecordsRejected(SinkError):
+    """Every record of the batch was delivered except `delivery.rejected`, which never can be."""
+
+    def __init__(self, message: str, delivery: Delivery) -> None:
+        super().__init__(message)
+        self.delivery = delivery
+
+
+class EventSink(Protocol):
+    """Takes batches of records; raises SinkError when it cannot take them all."""
+
+    async def emit(self, records: Sequence[Record]) -> Delivery | None:
+        """Deliver the batch in order, or raise SinkError (RecordsRejected: all but some)."""
         ...
 
     async def aclose(self) -> None:

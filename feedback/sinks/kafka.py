@@ -10,13 +10,51 @@ import socket
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from feedback.config import KafkaConfig
 from feedback.schema import TOPICS
-from feedback.sinks.base import Record, SinkUnavailable
+from feedback.sinks.base import Delivery, Record, RecordsRejected, Rejection, SinkUnavailable
+from feedback.sinks.faults import (
+    INVALID_TOPIC,
+    REJECTED,
+    TOO_LARGE,
+    TRANSIENT,
+    UNKNOWN,
+    UNSERIALISABLE,
+    classify,
+    valid_topic,
+)
+from feedback.sinks.headers import TRUNCATED_HEADER, Headers, record_headers
+from feedback.truncation import fit
 
 log = logging.getLogger(__name__)
+
+# A record the broker finds too large is cut to half, then a quarter, ... of what it sent.
+_SIZE_TRIES = 6
+
+
+def _size(record: Record) -> bytes:
+    return str(len(record.value)).encode()
+
+
+def _without_truncated(headers: Headers) -> Headers:
+    return [(name, value) for name, value in headers if name != TRUNCATED_HEADER]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A record on its way: key, value as it will be sent, headers, the most its value may be."""
+
+    key: bytes
+    value: bytes
+    headers: Headers
+    budget: int
+
+    def halved(self) -> _Pending:
+        """The same record, to be cut to half of what was just sent."""
+        return _Pending(self.key, self.value, self.headers, len(self.value) // 2)
 
 
 def load_kafka_client() -> None:
@@ -101,6 +139,7 @@ class KafkaSink:
                 request_timeout_ms=request_ms,
                 delivery_timeout_ms=max(send_ms, request_ms + self.config.linger_ms),
                 max_block_ms=connect_ms,
+                max_request_size=self.config.max_request_bytes,
                 bootstrap_timeout_ms=connect_ms,
                 reconnect_backoff_max_ms=1000,
             )
@@ -127,8 +166,15 @@ class KafkaSink:
         try:
             missing = set(TOPICS) - set(admin.list_topics())
             if missing:
+                # The topic's limit is the producer's, so whatever the producer sends fits.
+                limits = {"max.message.bytes": str(self.config.max_request_bytes)}
                 topics = [
-                    NewTopic(name, self.config.partitions, self.config.replication_factor)
+                    NewTopic(
+                        name,
+                        self.config.partitions,
+                        self.config.replication_factor,
+                        topic_configs=limits,
+                    )
                     for name in sorted(missing)
                 ]
                 with contextlib.suppress(TopicAlreadyExistsError):  # another replica won
@@ -151,9 +197,15 @@ class KafkaSink:
         send_ms, _ = self._timeouts_ms()
         _close_producer(producer, send_ms / 1000 + 1)
 
-    def _send(self, records: Sequence[Record]) -> None:
-        from kafka.errors import KafkaError
+    def _value_budget(self, key: bytes, headers: Headers) -> int:
+        """The largest value that fits max_request_bytes with this key and these headers."""
+        from kafka.record.default_records import DefaultRecordBatchBuilder
 
+        overhead: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, b"", headers)
+        # Room for the truncation header, and for the value's length varint as it grows.
+        return self.config.max_request_bytes - overhead - len(TRUNCATED_HEADER) - 32
+
+    def _send(self, records: Sequence[Record]) -> Delivery:
         try:
             if self._producer is None:
                 self._producer = self._connect()
@@ -161,33 +213,143 @@ class KafkaSink:
                 # Only once the producer got through: kafka-python's admin client leaks its
                 # IO thread when it cannot bootstrap, so it is never tried against a dead broker.
                 self._ensure_topics()
-            producer = self._producer
-            futures = [
-                producer.send(record.topic, key=record.key.encode(), value=record.value)
-                for record in records
-            ]
-            producer.flush(timeout=self.config.send_timeout_s)
-            for future in futures:
-                if future.failed():
-                    raise SinkUnavailable(f"Kafka did not take a record: {future.exception}")
+            return self._send_records(records)
         except SinkUnavailable:
             self._discard()
             raise
-        except KafkaError as exc:
-            self._discard()
-            raise SinkUnavailable(f"Kafka send failed: {exc}") from exc
         except Exception as exc:
             # The client library's own bugs must not kill the worker: treat as unavailable.
             log.exception("unexpected error from the Kafka client")
             self._discard()
             raise SinkUnavailable(f"Kafka client error: {exc!r}") from exc
 
-    async def emit(self, records: Sequence[Record]) -> None:
-        """Send the batch and wait for every ack; SinkUnavailable when Kafka fails or is slow."""
+    def _send_records(self, records: Sequence[Record]) -> Delivery:
+        """Send each record; cut or set aside the ones that can never go as they are.
+
+        Raises SinkUnavailable for anything transient (the whole batch is retried).
+        """
+        rejected: dict[int, Rejection] = {}
+        truncated: set[int] = set()
+        todo: dict[int, _Pending] = {}
+        for index, record in enumerate(records):
+            if not valid_topic(record.topic):
+                rejected[index] = Rejection(index, record, INVALID_TOPIC, "illegal topic name")
+                continue
+            try:
+                key = record.key.encode()
+            except UnicodeError as exc:
+                rejected[index] = Rejection(index, record, UNSERIALISABLE, str(exc))
+                continue
+            headers = record_headers(record.value)
+            # The exact size only near the limit: a rough upper bound clears nearly every record.
+            rough = len(record.value) + len(key) + sum(len(n) + len(v) + 10 for n, v in headers)
+            budget = len(record.value)
+            if rough + 128 > self.config.max_request_bytes:
+                budget = self._value_budget(key, headers)
+            todo[index] = _Pending(key, record.value, headers, budget)
+        for _ in range(_SIZE_TRIES):
+            if not todo:
+                break
+            todo = self._send_round(records, todo, rejected, truncated)
+        for index in todo:  # still too large after every cut
+            rejected[index] = Rejection(index, records[index], TOO_LARGE, "does not fit")
+        return Delivery(tuple(sorted(truncated)), tuple(rejected[i] for i in sorted(rejected)))
+
+    def _send_round(
+        self,
+        records: Sequence[Record],
+        todo: dict[int, _Pending],
+        rejected: dict[int, Rejection],
+        truncated: set[int],
+    ) -> dict[int, _Pending]:
+        """One send of `todo`; returns the records to send again, to be cut smaller."""
+        producer = self._producer
+        sent: dict[int, tuple[Any, _Pending]] = {}
+        again: dict[int, _Pending] = {}
+        for index, pending in todo.items():
+            record = records[index]
+            if len(pending.value) > pending.budget:
+                cut = fit(record.value, pending.budget)
+                if cut is None:
+                    size = len(record.value)
+                    why = f"{size} bytes cannot be cut to {pending.budget}"
+                    rejected[index] = Rejection(index, record, TOO_LARGE, why)
+                    continue
+                headers = [*_without_truncated(pending.headers), (TRUNCATED_HEADER, _size(record))]
+                pending = _Pending(pending.key, cut, headers, pending.budget)
+                truncated.add(index)
+            try:
+                future = producer.send(
+                    record.topic, key=pending.key, value=pending.value, headers=pending.headers
+                )
+            except Exception as exc:
+                verdict = classify(exc)
+                if verdict == TRANSIENT:
+                    raise SinkUnavailable(f"Kafka send failed: {exc}") from exc
+                if verdict == TOO_LARGE:
+                    again[index] = pending.halved()
+                else:
+                    reason = REJECTED if verdict == UNKNOWN else verdict
+                    rejected[index] = Rejection(index, record, reason, str(exc))
+                continue
+            sent[index] = (future, pending)
+        try:
+            producer.flush(timeout=self.config.send_timeout_s)
+        except Exception as exc:
+            raise SinkUnavailable(f"Kafka did not acknowledge in time: {exc}") from exc
+        acked = 0
+        unknown: dict[int, BaseException] = {}
+        for index, (future, pending) in sent.items():
+            if not future.is_done:
+                raise SinkUnavailable("Kafka did not acknowledge in time")
+            if not future.failed():
+                acked += 1
+                continue
+            error: BaseException = future.exception
+            verdict = classify(error)
+            if verdict == TRANSIENT:
+                raise SinkUnavailable(f"Kafka did not take a record: {error}")
+            if verdict == TOO_LARGE:
+                again[index] = pending.halved()  # the broker's limit is below ours
+            elif verdict == UNKNOWN:
+                unknown[index] = error
+            else:
+                rejected[index] = Rejection(index, records[index], verdict, str(error))
+        if unknown and not acked:
+            # Nothing got through, and the error says nothing about the records: the cluster.
+            raise SinkUnavailable(f"Kafka did not take a record: {next(iter(unknown.values()))}")
+        for index, error in unknown.items():
+            rejected[index] = Rejection(index, records[index], REJECTED, str(error))
+        if acked < len(sent):
+            # A producer that saw a record fail may hold reset sequence state: start clean.
+            self._reset_producer()
+        return again
+
+    def _reset_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            send_ms, _ = self._timeouts_ms()
+            _close_producer(producer, send_ms / 1000 + 1)
+        self._producer = self._connect()
+
+    async def emit(self, records: Sequence[Record]) -> Delivery:
+        """Send the batch and wait for every ack.
+
+        SinkUnavailable when Kafka fails or is slow (retry the batch); RecordsRejected when
+        every record was delivered except some that never can be (set those aside).
+        """
         if not records:
-            return
+            return Delivery()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._send, list(records))
+        delivery = await loop.run_in_executor(self._executor, self._send, list(records))
+        if delivery.rejected:
+            reasons = sorted({r.reason for r in delivery.rejected})
+            raise RecordsRejected(
+                f"Kafka can never take {len(delivery.rejected)} of {len(records)} records "
+                f"({', '.join(reasons)})",
+                delivery,
+            )
+        return delivery
 
     def _close(self) -> None:
 

@@ -15,6 +15,7 @@ from typing import IO
 
 import orjson
 
+from feedback.config import SpoolConfig
 from feedback.schema import route_of
 from feedback.sinks.base import Record, SpoolFull
 
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 SEGMENT_SUFFIX = ".jsonl"
 CURSOR_FILE = "cursor.json"
 LOCK_FILE = "LOCK"
+# Each folder's events that Kafka can never take (a spool folder of its own, never replayed
+# on its own: `loopgate events replay --spool <folder>/dead-letter` re-sends it).
+DEAD_LETTER = "dead-letter"
 MAX_SLOTS = 64
 _READ_CHUNK = 4 * 1024 * 1024
 
@@ -242,6 +246,17 @@ def record_from_line(line: bytes) -> Record:
         raise ValueError("spooled line is not a JSON object")
     topic, key = route_of(data)
     return Record(topic, key, line)
+
+
+def set_aside(folder: Path, records: Sequence[Record], config: SpoolConfig) -> None:
+    """Append records Kafka can never take to `folder`'s dead-letter spool; OSError if full."""
+    dead = Spool.open(folder, DEAD_LETTER, config.segment_bytes, config.dead_letter_max_bytes)
+    try:
+        accepted = dead.append([record.value for record in records])
+    finally:
+        dead.close()
+    if accepted < len(records):
+        raise OSError(f"dead-letter spool {dead.directory} is full")
 
 
 class SpoolSink:

@@ -412,3 +412,61 @@ def test_broker_killed_under_load_every_event_once_in_order(
     for ids in given:  # in order per key: thumbs_down before edit
         assert first_seen[ids[0]][:3] < first_seen[ids[1]][:3]
     assert any(epoch == 1 for epoch, *_ in first_seen.values())  # the outage was crossed
+
+
+# -- an event over Kafka's record size limit, and the records' headers ----------------------
+
+
+def _series(gw: GatewayServer, name: str, labels: str) -> float:
+    status, text = gw.get("/metrics")
+    assert status == 200
+    for line in text.decode().splitlines():
+        if line.startswith(f"{name}{{{labels}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name}{{{labels}}} not exported")
+
+
+def test_an_oversized_event_is_cut_to_fit_and_records_carry_headers(
+    gateway: GatewayServer, broker: TansuBroker
+) -> None:
+    """A 1.5 MB question under the 4 MiB body limit makes a completion event over 1 MiB."""
+    trace = uuid.uuid4().hex
+    big = httpx.post(
+        gateway.v1 + "/chat/completions",
+        json={"model": FLAG, "messages": [{"role": "user", "content": "word " * 300_000}],
+              "user": "vip", "max_tokens": 4},
+        headers={"traceparent": f"00-{trace}-{'1' * 16}-01"},
+        timeout=120,
+    )  # fmt: skip
+    assert big.status_code == 400  # the simulator refuses it, as vLLM would: still an event
+    after = gateway.client().chat.completions.create(model=FLAG, messages=MESSAGES, user="vip")
+
+    def traced(record: Any) -> bool:
+        return dict(record.headers).get("traceparent", b"").startswith(f"00-{trace}-".encode())
+
+    def arrived(records: list[Any]) -> bool:
+        return any(map(traced, records)) and any(r.key.decode() == after.id for r in records)
+
+    records = group_read(broker.bootstrap, [COMPLETIONS_TOPIC], arrived, timeout=60)
+    assert arrived(records), "the oversized event, or one behind it, did not reach Kafka"
+    (record,) = [r for r in records if traced(r)]
+    assert len(record.value) <= 1024 * 1024
+    event = _event(record)
+    jsonschema.validate(event, SCHEMAS["completion"])
+    assert event["body"]["status"] == "error"
+    content = event["body"]["request"]["messages"][0]["content"]
+    assert content.startswith("word word")
+    assert content.endswith("[truncated by loopgate: 1500000 bytes]")
+    # Headers: consumers route and trace without parsing the body.
+    headers = dict(record.headers)
+    assert headers["content-type"] == b"application/json"
+    assert headers["loopgate-event-type"] == b"completion"
+    assert headers["loopgate-schema-version"] == b"1"
+    assert headers["loopgate-event-id"] == event["event_id"].encode()
+    assert headers["traceparent"].decode().startswith(f"00-{trace}-")
+    assert int(headers["loopgate-truncated"]) > 1024 * 1024
+    topic = f'topic="{COMPLETIONS_TOPIC}"'
+    assert _series(gateway, "loopgate_events_truncated_total", topic) == 1
+    reason = f'reason="too_large",topic="{COMPLETIONS_TOPIC}"'
+    assert _series(gateway, "loopgate_events_dead_lettered_total", reason) == 0
+    assert _metric(gateway, "loopgate_events_dropped_total") == 0

@@ -38,6 +38,11 @@ class TansuBroker:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs (for SIGSTOP/SIGCONT in fault tests)."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         """True while the process we started is alive."""
         return self._proc is not None and self._proc.poll() is None

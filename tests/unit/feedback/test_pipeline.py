@@ -219,3 +219,47 @@ def test_a_batch_failing_during_close_is_spooled_not_dropped(tmp_path: Path) -> 
 
     stats = asyncio.run(main()).stats
     assert (stats.spooled, stats.dropped) == (50, 0)
+
+
+def test_a_batch_still_being_prepared_for_the_spool_is_not_stranded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replayer must not go back to direct mode while the spooler holds a batch.
+
+    The spooler's redaction yields to the loop; while it does, the buffer looks empty. Here
+    that moment is held open on purpose: the batch is held in _prepare until the replayer
+    has emptied the spool. Before the fix, the pipeline went direct then, and the held batch
+    landed in a spool that nothing replays any more.
+    """
+    gate: list[asyncio.Event] = []
+    prepare = EventPipeline._prepare
+
+    async def held(self: EventPipeline, items: list[Any], waiting: Any) -> Any:
+        if waiting is self._spool_buf and gate:
+            await gate[0].wait()
+        return await prepare(self, items, waiting)
+
+    monkeypatch.setattr(EventPipeline, "_prepare", held)
+
+    async def main() -> None:
+        sink = MemorySink()
+        sink.failing = True
+        async with open_pipeline(config(tmp_path, linger_s=0), "gw", primary=sink) as pipeline:
+            first, second = completion("lg1.first.m"), completion("lg1.second.m")
+            pipeline.emit(first)
+            await until(lambda: pipeline.stats.spooled == 1 and pipeline.stats.failed >= 2)
+            gate.append(asyncio.Event())
+            pipeline.emit(second)  # spooling: to the buffer, then held in _prepare
+            await until(lambda: not pipeline.snapshot().spool_buffer_depth)
+            sink.failing = False
+            try:
+                await until(lambda: pipeline.stats.replayed == 1)
+                await asyncio.sleep(0.5)  # the replayer's idle checks run meanwhile
+                assert pipeline.mode == "spooling"
+            finally:
+                gate[0].set()  # never leave the spooler held: close would wait for it
+            await until(lambda: pipeline.mode == "direct" and len(sink.records) == 2)
+            assert pipeline.snapshot().spool_pending_bytes == 0
+            assert [e.key for e in sink.events()] == [first.key, second.key]
+
+    asyncio.run(main())
