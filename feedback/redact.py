@@ -19,13 +19,32 @@ PLACEHOLDERS: dict[str, str] = {
     "card": "[CARD]",
     "national_id": "[NATIONAL_ID]",
     "iban": "[IBAN]",
+    "date_of_birth": "[DOB]",
     "ip_address": "[IP]",
     "api_key": "[API_KEY]",
     "token": "[TOKEN]",
     "secret": "[SECRET]",
 }
-# Message keys whose string values are structure, not content.
-_STRUCTURAL_KEYS = frozenset({"role", "type", "name", "id", "tool_call_id", "detail", "format"})
+# Strings that are OpenAI field names and enum values: no rule can match them, so walking a
+# message skips the regex passes for them. A value is kept because of what it is, never
+# because of the key it sits under.
+_PLAIN = frozenset(
+    {
+        "role", "content", "name", "type", "id", "text", "refusal", "tool_calls",
+        "tool_call_id", "function", "arguments", "system", "user", "assistant", "tool",
+        "developer", "image_url", "url", "detail", "auto", "low", "high", "input_audio",
+        "data", "format", "wav", "mp3", "file", "file_id", "filename", "file_data",
+        "temperature", "top_p", "max_tokens", "max_completion_tokens", "n", "stream",
+        "stream_options", "include_usage", "stop", "seed", "tools", "tool_choice",
+        "parallel_tool_calls", "response_format", "json_object", "json_schema", "schema",
+        "strict", "logprobs", "top_logprobs", "logit_bias", "presence_penalty",
+        "frequency_penalty", "parameters", "description", "properties", "required",
+        "object", "string", "integer", "number", "boolean", "array", "items", "enum",
+        "none", "metadata", "store", "modalities", "audio", "reasoning_effort",
+        "service_tier", "prediction", "best_of", "echo", "suffix", "top_k", "min_p",
+        "repetition_penalty", "ignore_eos", "stop_token_ids",
+    }
+)  # fmt: skip
 
 
 def luhn_ok(digits: str) -> bool:
@@ -62,6 +81,35 @@ def _ipv6_ok(text: str) -> bool:
 def _digit_count_ok(text: str) -> bool:
     count = sum(char.isdigit() for char in text)
     return 9 <= count <= 15
+
+
+def _contact_digits_ok(text: str) -> bool:
+    # After a keyword such as `Tel.`, a short local number counts too.
+    count = sum(char.isdigit() for char in text)
+    return 6 <= count <= 15
+
+
+def _two_digits(text: str) -> bool:
+    return sum(char.isdigit() for char in text) >= 2
+
+
+def tax_id_ok(text: str) -> bool:
+    """True for a German tax id (Steuer-ID): 11 digits, no leading 0, ISO 7064 check digit."""
+    digits = [ord(char) - 48 for char in text if char.isdigit()]
+    if len(digits) != 11 or digits[0] == 0:
+        return False
+    product = 10
+    for digit in digits[:10]:
+        total = (digit + product) % 10 or 10
+        product = total * 2 % 11
+    return (11 - product) % 10 == digits[10]
+
+
+def nanp_ok(digits: str) -> bool:
+    """True when a digit string is a North American number: [1] NXX NXX XXXX."""
+    if len(digits) == 11 and digits[0] == "1":
+        digits = digits[1:]
+    return len(digits) == 10 and digits[0] not in "01" and digits[3] not in "01"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,17 +166,100 @@ _DIGIT_RULES = (
         r"(?<![\w+])(?:"
         r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}"
         r"|\(\d{2,4}\)[ .-]?\d{3,4}[ .-]?\d{3,4}"
+        r"|0[1-9](?:[ .-]?\d\d){4}(?![ .-]?\d)"  # French national: 01 23 45 67 89
         r"|\d{2,4}[ .-]\d{3,4}[ .-]\d{3,4}"
+        r"|0\d{1,4}[ /-]\d{4,8}"  # trunk prefix and area code, then the line: 030 1234567
+        r"|1?[2-9]\d\d[2-9]\d{6}"  # bare North American number: area code, exchange, line
         r")(?![\w])",
         _digit_count_ok,
     ),
 )
 # Runs of digits and separators long enough to hold any shape above: the cheap prefilter.
 _DIGIT_CLUSTER = re.compile(r"[\d(+][\d .()+-]{5,}\d")
-_IBAN_HINT = re.compile(r"[A-Z]{2}\d\d")
+# Either case: people type IBANs in lowercase too; the mod-97 check keeps words out.
+_IBAN_HINT = re.compile(r"[A-Za-z]{2}\d\d")
 _IBAN = re.compile(
-    r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])"
+    r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,4})?"
+    r"(?![A-Za-z0-9])"
 )
+
+# Shapes that are personal only next to a word that says so. Each keyword starts with one of
+# its rule's triggers: str.find locates a trigger in the lowercased text, and the rule is
+# matched only there (a scan of the whole text by a case-insensitive alternation costs ~50x).
+_FILLER = (
+    r"(?:[\s:#.,/=-]|n[or]\b|n°|num(?:ber|mer|éro)?\b"
+    r"|is\b|was\b|id\b|on\b|in\b|am\b|le\b|el\b|at\b)*"
+)
+_MONTH = (
+    r"(?:jan(?:uary|uar)?|feb(?:ruary|ruar)?|m(?:arch|ar|ärz|aerz)|apr(?:il)?|ma[iy]"
+    r"|jun[ei]?|jul[yi]?|aug(?:ust)?|sep(?:t(?:ember)?)?|o[ck]t(?:ober)?|nov(?:ember)?"
+    r"|de[cz](?:ember)?)\.?"
+)
+_DATE = (
+    r"\d{1,2}[./-]\d{1,2}[./-](?:\d{4}|\d\d)(?!\d)"
+    r"|\d{4}[./-]\d{1,2}[./-]\d{1,2}(?!\d)"
+    rf"|\d{{1,2}}(?:st|nd|rd|th)?\.?\s+(?:of\s+)?{_MONTH},?\s+\d{{4}}(?!\d)"
+    rf"|{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}(?!\d)"
+    r"|(?:19|20)\d\d(?!\d)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _KeywordRule:
+    triggers: tuple[str, ...]  # lowercase prefixes: every keyword starts with one
+    category: str
+    pattern: re.Pattern[str]  # group "value" is what gets replaced
+    check: Callable[[str], bool] | None = None
+
+
+def _keyword_rule(
+    triggers: tuple[str, ...],
+    category: str,
+    words: str,
+    value: str,
+    check: Callable[[str], bool] | None = None,
+) -> _KeywordRule:
+    pattern = re.compile(rf"(?i)(?<!\w)(?:{words}){_FILLER}(?P<value>{value})")
+    return _KeywordRule(triggers, category, pattern, check)
+
+
+_KEYWORD_RULES = (
+    _keyword_rule(
+        ("born", "dob", "d.o.b", "birth", "date", "geb", "né", "fecha", "nacid"),
+        "date_of_birth",
+        r"born|dob|d\.o\.b\.?|date\s+of\s+birth|birth\s*date|birthday|geboren|geb\."
+        r"|geburtsdatum|geburtstag|né|née|date\s+de\s+naissance|fecha\s+de\s+nacimiento"
+        r"|nacid[oa]",
+        _DATE,
+    ),
+    _keyword_rule(
+        ("pass", "reisepass", "pasaporte"),
+        "national_id",
+        r"passport|reisepass|passnummer|pass-?nr\.?|passeport|pasaporte",
+        r"(?<![A-Za-z0-9])[A-Za-z0-9]{6,9}(?![A-Za-z0-9])",
+        _two_digits,
+    ),
+    _keyword_rule(
+        ("steuer", "idnr", "tax", "tin"),
+        "national_id",
+        r"steuer-?id(?:entifikationsnummer)?|steuer-?idnr\.?|steuerliche\s+identifikationsnummer"
+        r"|idnr\.?|tax\s*id|taxpayer\s+id|tin",
+        r"\d{2}[ ]?\d{3}[ ]?\d{3}[ ]?\d{3}(?!\d)",
+        tax_id_ok,
+    ),
+    _keyword_rule(
+        ("tel", "tél", "phone", "mobil", "handy", "cell", "fax", "whatsapp", "call"),
+        "phone",
+        r"tel|tel\.|telephone|telefon|teléfono|téléphone|phone|mobile?|handy|cell(?:phone)?"
+        r"|fax|whatsapp|call\s+me",
+        r"\+?\(?\d[\d ()./-]{4,18}\d(?![\d])",
+        _contact_digits_ok,
+    ),
+)
+_RULE_BY_TRIGGER = {trigger: rule for rule in _KEYWORD_RULES for trigger in rule.triggers}
+_TRIGGER = re.compile("|".join(re.escape(t) for t in sorted(_RULE_BY_TRIGGER, key=len)[::-1]))
+_KEYWORD_REACH = 48  # keyword and filler before the value: "steuerliche identifikationsnummer: "
+
 _EMAIL = re.compile(
     r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
 )
@@ -156,6 +287,26 @@ def _alternation(rules: Sequence[_Rule]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?P<{rule.name}>{rule.pattern})" for rule in rules))
 
 
+_SMALLEST_PII = 10**9  # a 10-digit phone number is the shortest number redacted
+
+
+def _number_category(digits: str) -> str | None:
+    # Cards need an issuer's leading digit (2-6) besides Luhn, so that millisecond timestamps
+    # and other long counters are not taken for cards one time in ten.
+    if 13 <= len(digits) <= 19 and digits[0] in "23456" and luhn_ok(digits):
+        return "card"
+    if nanp_ok(digits):
+        return "phone"
+    return None
+
+
+def _unique_key(key: str, taken: Mapping[Any, Any]) -> str:
+    count = 2
+    while f"{key}#{count}" in taken:
+        count += 1
+    return f"{key}#{count}"
+
+
 class Redactor:
     """Finds personal data and secrets in text and replaces them with `[CATEGORY]`."""
 
@@ -171,6 +322,8 @@ class Redactor:
             for category, pattern in (patterns or {}).items()
         ]
         self._allow = re.compile("|".join(f"(?:{a})" for a in allow)) if allow else None
+        # Extra patterns could match anything, even an enum value: then every string is scanned.
+        self._plain = frozenset() if self._extra else _PLAIN
 
     @classmethod
     def from_config(cls, config: RedactionConfig) -> Redactor:
@@ -191,17 +344,21 @@ class Redactor:
                     replace = self._replacer(category, PLACEHOLDERS[category], findings)
                     text = pattern.sub(replace, text)
                     break
-        has_digit = _DIGIT.search(text) is not None
         if "=" in text or ":" in text:
             text = self._redact_assignments(text, findings)
         if "@" in text:
             text = _EMAIL.sub(self._replacer("email", PLACEHOLDERS["email"], findings), text)
         if text.count(":") >= 2:
             text = _IPV6.sub(lambda m: self._replace_ipv6(m, findings), text)
-        if has_digit and _IBAN_HINT.search(text):
-            text = _IBAN.sub(lambda m: self._replace_iban(m, findings), text)
-        if has_digit and _DIGIT_CLUSTER.search(text):
-            text = self._redact_digits(text, findings)
+        # Every shape below holds a digit: one scan for the first spares the text the others,
+        # and the keyword and IBAN passes start just before it.
+        digit = _DIGIT.search(text)
+        if digit is not None:
+            first = digit.start()
+            text = self._redact_keyword_rules(text, first, findings)
+            text = self._redact_ibans(text, first, findings)
+            if _DIGIT_CLUSTER.search(text):
+                text = self._redact_digits(text, findings)
         for category, pattern, placeholder in self._extra:
             text = pattern.sub(self._replacer(category, placeholder, findings), text)
         return text
@@ -244,6 +401,48 @@ class Redactor:
             out += (text[last:start], PLACEHOLDERS["secret"])
             self._count("secret", findings)
             last = end
+        out.append(text[last:])
+        return "".join(out)
+
+    def _redact_keyword_rules(self, text: str, first_digit: int, findings: Findings) -> str:
+        # A value starts with a digit soon after its keyword: no keyword can matter before
+        # the first digit's reach.
+        begin = max(0, first_digit - _KEYWORD_REACH)
+        lower = text[begin:].lower()
+        if len(lower) != len(text) - begin:  # a few characters lowercase to two
+            lower = "".join(char.lower()[:1] for char in text[begin:])
+        spans: list[tuple[int, int, str]] = []
+        for trigger in _TRIGGER.finditer(lower):
+            rule = _RULE_BY_TRIGGER[trigger.group()]
+            match = rule.pattern.match(text, begin + trigger.start())
+            if match is None:
+                continue
+            value = match.group("value")
+            if (rule.check is None or rule.check(value)) and not self._allowed(value):
+                spans.append((match.start("value"), match.end("value"), rule.category))
+        if not spans:
+            return text
+        out: list[str] = []
+        last = 0
+        for begin, end, category in sorted(spans):
+            if begin < last:
+                continue  # `tel` and `telefon` found the same number
+            out += (text[last:begin], PLACEHOLDERS[category])
+            self._count(category, findings)
+            last = end
+        out.append(text[last:])
+        return "".join(out)
+
+    def _redact_ibans(self, text: str, first_digit: int, findings: Findings) -> str:
+        # An IBAN's country letters sit just before its first digits.
+        hint = _IBAN_HINT.search(text, max(0, first_digit - 2))
+        if hint is None:
+            return text
+        out: list[str] = []
+        last = 0
+        for match in _IBAN.finditer(text, hint.start()):
+            out += (text[last : match.start()], self._replace_iban(match, findings))
+            last = match.end()
         out.append(text[last:])
         return "".join(out)
 
@@ -325,21 +524,43 @@ class Redactor:
         return span
 
     def redact_value(self, value: Any, findings: Findings) -> Any:
-        """Redact every content string in a JSON-like value (messages, tool calls, params)."""
+        """Every string, dictionary key and PII-shaped number in a JSON-like value, redacted.
+
+        Nothing is skipped for the key it sits under: a `name` or an `id` is text like any other.
+        """
         if isinstance(value, str):
+            if value in self._plain:
+                return value
             if value.startswith("data:"):
                 return "[DATA]"  # inline images and audio: not text, and never sent on
             return self.redact_into(value, findings)
+        if isinstance(value, dict):
+            out: dict[Any, Any] = {}
+            for key, item in value.items():
+                if isinstance(key, str) and key not in self._plain:
+                    key = self.redact_into(key, findings)
+                    if key in out:  # two keys redacted to one placeholder: keep both values
+                        key = _unique_key(key, out)
+                out[key] = self.redact_value(item, findings)
+            return out
         if isinstance(value, list):
             return [self.redact_value(item, findings) for item in value]
-        if isinstance(value, dict):
-            return {
-                key: item
-                if key in _STRUCTURAL_KEYS and isinstance(item, str)
-                else self.redact_value(item, findings)
-                for key, item in value.items()
-            }
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return self.redact_number(value, findings)
         return value
+
+    def redact_number(self, value: float, findings: Findings) -> float | str:
+        """A number of PII shape (a card or North American phone number) as its placeholder."""
+        if -_SMALLEST_PII < value < _SMALLEST_PII:
+            return value  # almost every number: one comparison
+        if isinstance(value, float) and (not value.is_integer() or abs(value) >= 1e20):
+            return value
+        digits = str(abs(int(value)))
+        category = _number_category(digits)
+        if category is None or self._allowed(digits):
+            return value
+        self._count(category, findings)
+        return PLACEHOLDERS[category]
 
     def redact_messages(
         self, messages: list[dict[str, Any]]
