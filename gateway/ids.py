@@ -64,12 +64,21 @@ def _b64e(raw: bytes) -> str:
 
 
 def _b64d(text: str) -> bytes:
+    """Decode unpadded base64url, refusing every spelling but the canonical one.
+
+    A last character carries unused low bits (4 of them after 2 bytes, 2 after 1): decoders
+    ignore them, so up to 16 spellings would decode to the same bytes. Only the spelling that
+    encoding gives back is an id; anything else would be a second name for one answer.
+    """
     if not _B64_ALPHABET.fullmatch(text):
         raise MalformedResponseId("response id is not base64url", param="response_id")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:
         raise MalformedResponseId("response id is not base64url", param="response_id") from exc
+    if _b64e(raw) != text:
+        raise MalformedResponseId("response id is not canonical base64url", param="response_id")
+    return raw
 
 
 def new_nonce(upstream_id: str | None = None) -> str:
