@@ -194,4 +194,3 @@ def test_respelled_ids_are_refused() -> None:
             with pytest.raises(BadResponseIdSignature):
                 signer.verify(f"{prefix}.{other}.{mac}", now=NOW, max_age=60)
         assert signer.verify(rid, now=NOW, max_age=60).app == "app-1"
-
