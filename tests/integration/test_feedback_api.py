@@ -134,6 +134,27 @@ def test_a_repeated_idempotency_key_is_recorded_once(setup: tuple[GatewayServer,
     assert sum(e["type"] == "feedback" for e in _events(spool)) == 1
 
 
+def test_a_respelled_id_is_refused_and_recorded_never(setup: tuple[GatewayServer, Path]) -> None:
+    gw, spool = setup
+    answer = gw.client().chat.completions.create(model="assistant", messages=MESSAGES)
+    # The MAC's last character has 4 unused bits: these spellings decode to the same bytes.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    base = alphabet.index(answer.id[-1]) & ~0b1111
+    spellings = [answer.id[:-1] + alphabet[base + low] for low in range(16)]
+    assert answer.id in spellings
+    outcomes = [
+        _feedback(gw, response_id=rid, kind="thumbs_up", idempotency_key="click-1")
+        for rid in spellings
+    ]
+    assert sorted(o.status_code for o in outcomes) == [200] + [400] * 15
+    refused = next(o for o in outcomes if o.status_code == 400)
+    assert refused.json()["error"]["code"] == "invalid_response_id"
+    assert gw.stop() == 0
+    assert [e["body"]["response_id"] for e in _events(spool) if e["type"] == "feedback"] == [
+        answer.id
+    ]
+
+
 def test_feedback_that_does_not_fit_its_kind_is_refused(setup: tuple[GatewayServer, Path]) -> None:
     gw, _ = setup
     answer = gw.client().chat.completions.create(model="assistant", messages=MESSAGES)
