@@ -287,6 +287,7 @@ def _alternation(rules: Sequence[_Rule]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?P<{rule.name}>{rule.pattern})" for rule in rules))
 
 
+_CLEAN_CHARS, _CLEAN_SIZE = 64, 4096  # the clean-string memory: at most ~0.5 MB
 _SMALLEST_PII = 10**9  # a 10-digit phone number is the shortest number redacted
 
 
@@ -324,6 +325,7 @@ class Redactor:
         self._allow = re.compile("|".join(f"(?:{a})" for a in allow)) if allow else None
         # Extra patterns could match anything, even an enum value: then every string is scanned.
         self._plain = frozenset() if self._extra else _PLAIN
+        self._clean: set[str] = set()
 
     @classmethod
     def from_config(cls, config: RedactionConfig) -> Redactor:
@@ -533,12 +535,12 @@ class Redactor:
                 return value
             if value.startswith("data:"):
                 return "[DATA]"  # inline images and audio: not text, and never sent on
-            return self.redact_into(value, findings)
+            return self._redact_string(value, findings)
         if isinstance(value, dict):
             out: dict[Any, Any] = {}
             for key, item in value.items():
                 if isinstance(key, str) and key not in self._plain:
-                    key = self.redact_into(key, findings)
+                    key = self._redact_string(key, findings)
                     if key in out:  # two keys redacted to one placeholder: keep both values
                         key = _unique_key(key, out)
                 out[key] = self.redact_value(item, findings)
@@ -548,6 +550,18 @@ class Redactor:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return self.redact_number(value, findings)
         return value
+
+    def _redact_string(self, text: str, findings: Findings) -> str:
+        # Short strings recur in every event (model names, metadata keys, categories): the
+        # ones found clean once are remembered, in a set that is emptied when full.
+        if text in self._clean:
+            return text
+        redacted = self.redact_into(text, findings)
+        if len(text) <= _CLEAN_CHARS and redacted == text:
+            if len(self._clean) >= _CLEAN_SIZE:
+                self._clean.clear()
+            self._clean.add(text)
+        return redacted
 
     def redact_number(self, value: float, findings: Findings) -> float | str:
         """A number of PII shape (a card or North American phone number) as its placeholder."""
