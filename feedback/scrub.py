@@ -1,4 +1,14 @@
-"""Redaction and consent applied to whole events before they leave the process (pure)."""
+"""Redaction and consent applied to whole events before they leave the process (pure).
+
+One path: `scrub_data` works on the plain dict an event dumps to. The pipeline's worker runs
+it through `scrub_json`; `scrub` (tests, offline tools) runs the same code and validates the
+result back into a model.
+
+What is redacted is decided by position in the event schema, never by a key's name: the
+fields the gateway sets itself (ids it minted, flag, variant, enums, counts, timings) are
+listed per event type below; every other field, including any a later schema version adds,
+is walked whole (strings, dictionary keys and PII-shaped numbers).
+"""
 
 from __future__ import annotations
 
@@ -7,25 +17,59 @@ from typing import Any
 import orjson
 
 from feedback.redact import Findings, Redactor
-from feedback.schema import (
-    AuditEvent,
-    CompletionBody,
-    CompletionEvent,
-    Event,
-    FeedbackBody,
-    FeedbackEvent,
-    PlainEvent,
-    RequestContent,
-    ResponseContent,
-)
+from feedback.schema import EVENT_MODELS, AuditEvent, Event, PlainEvent
 
 # Request params that identify a person rather than describe the call.
 _PRIVATE_PARAMS = frozenset({"user", "safety_identifier", "prompt_cache_key"})
 
+# Body fields the gateway sets from its own state: never content, never redacted.
+_COMPLETION_SET_BY_GATEWAY = frozenset(
+    {
+        "response_id",
+        "flag",
+        "flag_version",
+        "variant",
+        "app",
+        "unit_hash",
+        "model_served",
+        "endpoint",
+        "stream",
+        "finish_reason",
+        "usage",
+        "latency_ms",
+        "ttft_ms",
+        "status",
+        "safety",
+        "consent",
+        "fallback",
+        "role",
+        "pair_of",
+    }
+)
+_FEEDBACK_SET_BY_GATEWAY = frozenset(
+    {
+        # response_id and other_response_id are verified signed ids; the rest come from them.
+        "response_id",
+        "other_response_id",
+        "flag",
+        "flag_version",
+        "variant",
+        "app",
+        "unit_hash",
+        "response_time",
+        "kind",
+        "winner",
+        "source",
+        "safety",
+        "consent",
+    }
+)
+# Audit: the action and the thing changed (the Kafka key) are the gateway's words.
+_AUDIT_SET_BY_GATEWAY = frozenset({"action", "what", "version"})
+_ERROR_SET_BY_GATEWAY = frozenset({"type", "code", "status"})
+
 
 def _merge(into: dict[str, int], found: Findings) -> dict[str, int]:
-    if not found:
-        return into
     merged = dict(into)
     for category, count in found.items():
         merged[category] = merged.get(category, 0) + count
@@ -37,115 +81,98 @@ def _params(params: dict[str, Any], redactor: Redactor | None, found: Findings) 
     return redactor.redact_value(kept, found) if redactor else kept
 
 
-def _completion(body: CompletionBody, redactor: Redactor | None) -> tuple[CompletionBody, Findings]:
-    found: Findings = {}
-    request, response, error = body.request, body.response, body.error
-    if body.consent == "none":
-        # Metadata only: the sampling parameters stay, every piece of content goes.
-        request = (
-            RequestContent(params=_params(request.params, redactor, found)) if request else None
-        )
-        response = None
-    else:
+def _rest(
+    body: dict[str, Any],
+    keep: frozenset[str],
+    done: tuple[str, ...],
+    redactor: Redactor,
+    found: Findings,
+) -> None:
+    # Every field that is neither set by the gateway nor handled above is content.
+    for key, value in body.items():
+        if key not in keep and key not in done and value is not None:
+            body[key] = redactor.redact_value(value, found)
+
+
+def _completion(body: dict[str, Any], redactor: Redactor | None, found: Findings) -> None:
+    request, response, error = body.get("request"), body.get("response"), body.get("error")
+    if body.get("consent") == "none":
         if request is not None:
-            request = RequestContent(
-                messages=redactor.redact_value(request.messages, found)
-                if redactor and request.messages is not None
-                else request.messages,
-                prompt=redactor.redact_value(request.prompt, found)
-                if redactor and request.prompt is not None
-                else request.prompt,
-                params=_params(request.params, redactor, found),
-            )
-        if response is not None and redactor:
-            response = ResponseContent(
-                text=redactor.redact_into(response.text, found) if response.text else response.text,
-                tool_calls=redactor.redact_value(response.tool_calls, found)
-                if response.tool_calls
-                else response.tool_calls,
-            )
-    if error is not None and redactor:
-        # Upstream error messages can echo the prompt back.
-        error = error.model_copy(update={"message": redactor.redact_into(error.message, found)})
-    safety = _merge(body.safety, found)
-    update = {"request": request, "response": response, "error": error, "safety": safety}
-    return body.model_copy(update=update), found
-
-
-def _feedback(body: FeedbackBody, redactor: Redactor | None) -> tuple[FeedbackBody, Findings]:
-    found: Findings = {}
-    edited, comment = body.edited_text, body.comment
-    if body.consent == "none":
-        edited = comment = None
-    elif redactor:
-        edited = redactor.redact_into(edited, found) if edited else edited
-        comment = redactor.redact_into(comment, found) if comment else comment
-    metadata = redactor.redact_value(body.metadata, found) if redactor else body.metadata
-    update = {
-        "edited_text": edited,
-        "comment": comment,
-        "metadata": metadata,
-        "safety": _merge(body.safety, found),
-    }
-    return body.model_copy(update=update), found
-
-
-def scrub(event: Event, redactor: Redactor | None) -> tuple[Event, Findings]:
-    """The event with content redacted (dropped under consent "none"), and what was found."""
-    if isinstance(event, CompletionEvent):
-        completion, found = _completion(event.body, redactor)
-        return event.model_copy(update={"body": completion}), found
-    if isinstance(event, FeedbackEvent):
-        feedback, found = _feedback(event.body, redactor)
-        return event.model_copy(update={"body": feedback}), found
-    assert isinstance(event, AuditEvent)
-    return event, {}
-
-
-def _completion_dict(body: dict[str, Any], redactor: Redactor | None, found: Findings) -> None:
-    request, response, error = body["request"], body["response"], body["error"]
-    if body["consent"] == "none":
-        if request is not None:
-            params = _params(request["params"], redactor, found)
+            params = _params(request.get("params") or {}, redactor, found)
             body["request"] = {"messages": None, "prompt": None, "params": params}
         body["response"] = None
     else:
         if request is not None:
             for key in ("messages", "prompt"):
-                if redactor and request[key] is not None:
+                if redactor and request.get(key) is not None:
                     request[key] = redactor.redact_value(request[key], found)
-            request["params"] = _params(request["params"], redactor, found)
+            request["params"] = _params(request.get("params") or {}, redactor, found)
         if response is not None and redactor:
-            if response["text"]:
-                response["text"] = redactor.redact_into(response["text"], found)
-            if response["tool_calls"]:
-                response["tool_calls"] = redactor.redact_value(response["tool_calls"], found)
-    if error is not None and redactor:
-        error["message"] = redactor.redact_into(error["message"], found)
+            for key, value in response.items():
+                if value:
+                    response[key] = redactor.redact_value(value, found)
+    if redactor is None:
+        return
+    if error is not None:
+        # Upstream error messages can echo the prompt back.
+        for key, value in error.items():
+            if key not in _ERROR_SET_BY_GATEWAY and value is not None:
+                error[key] = redactor.redact_value(value, found)
+    done = ("request", "response", "error")
+    _rest(body, _COMPLETION_SET_BY_GATEWAY, done, redactor, found)
 
 
-def _feedback_dict(body: dict[str, Any], redactor: Redactor | None, found: Findings) -> None:
-    if body["consent"] == "none":
+def _feedback(body: dict[str, Any], redactor: Redactor | None, found: Findings) -> None:
+    if body.get("consent") == "none":
         body["edited_text"] = body["comment"] = None
-    elif redactor:
-        for key in ("edited_text", "comment"):
-            if body[key]:
-                body[key] = redactor.redact_into(body[key], found)
-    if redactor:
-        body["metadata"] = redactor.redact_value(body["metadata"], found)
+    if redactor is None:
+        return
+    value = body.get("value")
+    if value is not None and redactor.redact_number(value, found) is not value:
+        body["value"] = None  # a number of PII shape where a score belongs: not a score
+    _rest(body, _FEEDBACK_SET_BY_GATEWAY, ("value",), redactor, found)
+
+
+def _audit(body: dict[str, Any], redactor: Redactor | None, found: Findings) -> None:
+    # Who made a change, why, and the flags before and after (whose allow lists name units).
+    if redactor is not None:
+        _rest(body, _AUDIT_SET_BY_GATEWAY, (), redactor, found)
+
+
+def scrub_data(data: dict[str, Any], redactor: Redactor | None) -> Findings:
+    """Redact an event's dict (as its model dumps it) in place; what was found, by category.
+
+    The envelope is the gateway's own (ids, time, instance, validated trace id). Findings are
+    added to the body's `safety` map where the event type has one.
+    """
+    found: Findings = {}
+    body = data["body"]
+    kind = data.get("type")
+    if kind == "completion":
+        _completion(body, redactor, found)
+    elif kind == "feedback":
+        _feedback(body, redactor, found)
+    else:
+        _audit(body, redactor, found)
+    if found and "safety" in body:
+        body["safety"] = _merge(body["safety"], found)
+    return found
 
 
 def scrub_json(event: Event | PlainEvent, redactor: Redactor | None) -> tuple[bytes, Findings]:
-    """What to_json(scrub(event)[0]) gives, without rebuilding models: the worker's fast path.
+    """The event redacted (content dropped under consent "none") as JSON bytes: the worker's path.
 
     A PlainEvent's dict is redacted in place: it belongs to the pipeline once emitted.
     """
     data = event.data if isinstance(event, PlainEvent) else event.model_dump()
-    found: Findings = {}
-    if event.type == "completion":
-        _completion_dict(data["body"], redactor, found)
-    elif event.type == "feedback":
-        _feedback_dict(data["body"], redactor, found)
-    if found:
-        data["body"]["safety"] = _merge(data["body"]["safety"], found)
+    found = scrub_data(data, redactor)
     return orjson.dumps(data, option=orjson.OPT_UTC_Z), found
+
+
+def scrub(event: Event, redactor: Redactor | None) -> tuple[Event, Findings]:
+    """scrub_json's redaction, given back as a validated model (tests and offline tools)."""
+    data = event.model_dump()
+    found = scrub_data(data, redactor)
+    model = EVENT_MODELS.get(data["type"], AuditEvent)
+    clean: Event = model.model_validate(data)  # type: ignore[assignment]
+    return clean, found

@@ -24,6 +24,12 @@ MAX_ID_CHARS = 2048  # refuse absurd inputs before decoding anything
 CLOCK_SKEW_S = 300  # replicas' clocks may disagree this much
 _NONCE_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _B64_ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
+_B64_VALUE = {
+    char: value
+    for value, char in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+}
+# Unpadded length mod 4 -> the last character's bits that hold no data (2 bytes: 4, 1 byte: 2).
+_UNUSED_BITS = {2: 0b1111, 3: 0b11}
 
 
 class ResponseIdError(GatewayError):
@@ -64,8 +70,18 @@ def _b64e(raw: bytes) -> str:
 
 
 def _b64d(text: str) -> bytes:
+    """Decode unpadded base64url, refusing every spelling but the canonical one.
+
+    A last character carries unused low bits (4 of them after 2 bytes, 2 after 1): decoders
+    ignore them, so up to 16 spellings would decode to the same bytes. Only the spelling that
+    encoding gives back is an id; anything else would be a second name for one answer.
+    """
     if not _B64_ALPHABET.fullmatch(text):
         raise MalformedResponseId("response id is not base64url", param="response_id")
+    # The bits a last character carries beyond the bytes must be 0, as encoding leaves them.
+    unused = _UNUSED_BITS.get(len(text) % 4, 0)
+    if unused and _B64_VALUE[text[-1]] & unused:
+        raise MalformedResponseId("response id is not canonical base64url", param="response_id")
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.auth import AppPrincipal
@@ -160,6 +161,8 @@ class RateLimiter:
         self._script: Any = redis.register_script(_RESERVE) if redis is not None else None
         self._local: dict[str, _Bucket] = {}
         self._redis_down_until = 0.0
+        # Per app: requests and tokens Redis last said were left, and when (monotonic).
+        self._last_shared: dict[str, tuple[float, float, float]] = {}
         self._refunds: dict[str, float] = {}
         self.fallbacks = 0  # reservations decided locally because Redis was away
 
@@ -197,13 +200,12 @@ class RateLimiter:
         now = time.monotonic()
         if self._script is not None and now >= self._redis_down_until:
             try:
-                ok, r, k, wait_ms = await self._script(
-                    keys=[self._key(app.app_id)], args=[rpm, tpm, cost]
-                )
+                ok, r, k, wait_ms = await self._shared(app.app_id, rpm, tpm, cost)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._redis_down_until = now + self.config.retry_redis_after_s
                 log.warning("rate limits: Redis unavailable (%s); local buckets decide", exc)
             else:
+                self._last_shared[app.app_id] = (float(r), float(k), time.monotonic())
                 headers = _headers(rpm, tpm, float(r), float(k))
                 if not ok:
                     raise _limited(app, int(wait_ms) / 1000, headers)
@@ -214,13 +216,31 @@ class RateLimiter:
         lrpm, ltpm = rpm * share, tpm * share
         lcost = min(cost, ltpm) if ltpm else 0
         bucket = self._local.get(app.app_id)
-        if bucket is None:
+        last = self._last_shared.pop(app.app_id, None)
+        if last is not None and (bucket is None or bucket.last < last[2]):
+            # Redis answered since this bucket was last used: start from what it said was
+            # left (this replica's share of it), not from a full bucket.
+            r_left, k_left, at = last
+            bucket = self._local[app.app_id] = _Bucket(
+                min(lrpm, r_left * share), min(ltpm, k_left * share), at
+            )
+        elif bucket is None:
             bucket = self._local[app.app_id] = _Bucket(lrpm, ltpm, now)
         ok_local, wait = bucket.take(lrpm, ltpm, lcost, now)
         headers = _headers(int(lrpm), int(ltpm), bucket.r, bucket.k)
         if not ok_local:
             raise _limited(app, wait / 1000, headers)
         return Reservation(app.app_id, int(lcost), tpm, False, headers)
+
+    async def _shared(self, app_id: str, rpm: int, tpm: int, cost: int) -> Any:
+        args = {"keys": [self._key(app_id)], "args": [rpm, tpm, cost]}
+        try:
+            return await self._script(**args)
+        except RedisConnectionError:
+            # A connection that died with a Redis restart fails on first use; the client has
+            # dropped it, so one more try goes out on a fresh connection. Only a second
+            # failure means Redis is away.
+            return await self._script(**args)
 
     def settle(self, reservation: Reservation, used_tokens: int) -> None:
         """Give back (or charge) the difference between the estimate and the tokens used."""

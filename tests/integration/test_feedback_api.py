@@ -121,6 +121,34 @@ def test_forged_tampered_expired_and_foreign_ids_are_refused(
     assert [e["type"] for e in _events(spool)] == ["completion"]
 
 
+def test_pii_in_names_ids_keys_and_numbers_never_reaches_the_spool(
+    setup: tuple[GatewayServer, Path],
+) -> None:
+    gw, spool = setup
+    pii = ["alice.pii@example.com", "4111 1111 1111 1111", "123-45-6789", "de89370400440532013000"]
+    answer = gw.client().chat.completions.create(
+        model="assistant",
+        messages=[{"role": "user", "name": pii[0], "content": "hi"}],
+        metadata={"name": pii[1], "id": pii[2], "type": pii[3]},
+        seed=4111111111111111,
+    )
+    sent = _feedback(
+        gw,
+        response_id=answer.id,
+        kind="report",
+        category=pii[0],
+        idempotency_key=pii[2],
+        metadata={pii[0]: 1, "name": pii[3], "id": 4155552671},
+    )
+    assert sent.status_code == 200, sent.text
+    assert gw.stop() == 0
+    raw = "\n".join(json.dumps(event) for event in _events(spool))
+    assert [e["type"] for e in _events(spool)] == ["completion", "feedback"]
+    squeezed = raw.replace(" ", "").replace("-", "").lower()
+    for value in [*pii, "4111111111111111", "4155552671"]:
+        assert value.replace(" ", "").replace("-", "").lower() not in squeezed, value
+
+
 def test_a_repeated_idempotency_key_is_recorded_once(setup: tuple[GatewayServer, Path]) -> None:
     gw, spool = setup
     answer = gw.client().chat.completions.create(model="assistant", messages=MESSAGES)
@@ -132,6 +160,27 @@ def test_a_repeated_idempotency_key_is_recorded_once(setup: tuple[GatewayServer,
     assert [o["duplicate"] for o in outcomes] == [False, True, True]
     assert gw.stop() == 0
     assert sum(e["type"] == "feedback" for e in _events(spool)) == 1
+
+
+def test_a_respelled_id_is_refused_and_recorded_never(setup: tuple[GatewayServer, Path]) -> None:
+    gw, spool = setup
+    answer = gw.client().chat.completions.create(model="assistant", messages=MESSAGES)
+    # The MAC's last character has 4 unused bits: these spellings decode to the same bytes.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    base = alphabet.index(answer.id[-1]) & ~0b1111
+    spellings = [answer.id[:-1] + alphabet[base + low] for low in range(16)]
+    assert answer.id in spellings
+    outcomes = [
+        _feedback(gw, response_id=rid, kind="thumbs_up", idempotency_key="click-1")
+        for rid in spellings
+    ]
+    assert sorted(o.status_code for o in outcomes) == [200] + [400] * 15
+    refused = next(o for o in outcomes if o.status_code == 400)
+    assert refused.json()["error"]["code"] == "invalid_response_id"
+    assert gw.stop() == 0
+    assert [e["body"]["response_id"] for e in _events(spool) if e["type"] == "feedback"] == [
+        answer.id
+    ]
 
 
 def test_feedback_that_does_not_fit_its_kind_is_refused(setup: tuple[GatewayServer, Path]) -> None:

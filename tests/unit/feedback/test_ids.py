@@ -165,3 +165,32 @@ def test_config_keys_rotate_and_unit_key_survives_rotation() -> None:
 def test_short_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         IdsConfig(keys=["short"])  # type: ignore[list-item]
+
+
+def _respellings(part: str) -> list[str]:
+    """Other spellings of a base64url part that decode to the same bytes (unused low bits)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    out = []
+    for char in alphabet:
+        other = part[:-1] + char
+        if other != part and base64.urlsafe_b64decode(other + "=" * (-len(other) % 4)) == raw:
+            out.append(other)
+    return out
+
+
+def test_respelled_ids_are_refused() -> None:
+    signer = ResponseIdSigner([KEY_A])
+    for _ in range(20):  # payloads of every length mod 3 over the runs
+        rid = signer.sign(claims())
+        prefix, payload, mac = rid.split(".")
+        # A 16-byte MAC ends in a character with 4 unused bits: 15 other spellings decode alike.
+        assert len(_respellings(mac)) == 15
+        for other in _respellings(mac):
+            with pytest.raises(MalformedResponseId, match="canonical"):
+                signer.verify(f"{prefix}.{payload}.{other}", now=NOW, max_age=60)
+        # The MAC covers the payload as spelled, so a re-spelled payload never verifies either.
+        for other in _respellings(payload):
+            with pytest.raises(BadResponseIdSignature):
+                signer.verify(f"{prefix}.{other}.{mac}", now=NOW, max_age=60)
+        assert signer.verify(rid, now=NOW, max_age=60).app == "app-1"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feedback.redact import Redactor, iban_ok, luhn_ok
+from feedback.redact import Redactor, iban_ok, luhn_ok, nanp_ok, tax_id_ok
 from feedback.schema import ResponseContent
 from feedback.scrub import scrub
 from tests.unit.feedback.events import completion, feedback
@@ -29,6 +29,36 @@ FOUND = [
     ("uk +44 20 7946 0958", "uk [PHONE]", "phone"),
     ("ssn 123-45-6789", "ssn [NATIONAL_ID]", "national_id"),
     ("iban DE89 3704 0044 0532 0130 00", "iban [IBAN]", "iban"),
+    ("iban de89 3704 0044 0532 0130 00", "iban [IBAN]", "iban"),
+    ("iban gb82west12345698765432.", "iban [IBAN].", "iban"),
+    # Phones in several countries' formats, bare US numbers, and after a keyword.
+    ("Tel. 030 1234567", "Tel. [PHONE]", "phone"),
+    ("Telefonnummer: 030/1234567", "Telefonnummer: [PHONE]", "phone"),
+    ("mobil 0170 1234567", "mobil [PHONE]", "phone"),
+    ("fr +33 1 23 45 67 89", "fr [PHONE]", "phone"),
+    ("fr 01 23 45 67 89", "fr [PHONE]", "phone"),
+    ("Téléphone : 01.23.45.67.89", "Téléphone : [PHONE]", "phone"),
+    ("uk 020 7946 0958", "uk [PHONE]", "phone"),
+    ("text 4155552671 now", "text [PHONE] now", "phone"),
+    ("or 14155552671", "or [PHONE]", "phone"),
+    ("call me at 555 1234 99", "call me at [PHONE]", "phone"),
+    # Dates of birth next to a keyword.
+    ("born 12.03.1985", "born [DOB]", "date_of_birth"),
+    ("I was born on March 12, 1985 in Ohio", "I was born on [DOB] in Ohio", "date_of_birth"),
+    ("DOB: 1985-03-12", "DOB: [DOB]", "date_of_birth"),
+    ("date of birth 12th of March 1985", "date of birth [DOB]", "date_of_birth"),
+    ("Date of birth: 12/03/85.", "Date of birth: [DOB].", "date_of_birth"),
+    ("geboren am 12. März 1985", "geboren am [DOB]", "date_of_birth"),
+    ("Geburtsdatum 12.03.1985", "Geburtsdatum [DOB]", "date_of_birth"),
+    ("née le 3 mai 1990", "née le [DOB]", "date_of_birth"),
+    ("born in 1985", "born in [DOB]", "date_of_birth"),
+    # Passport numbers and the German tax id next to a keyword.
+    ("passport C01X00T47", "passport [NATIONAL_ID]", "national_id"),
+    ("my passport number is 123456789.", "my passport number is [NATIONAL_ID].", "national_id"),
+    ("Reisepass-Nr. C01X00T47", "Reisepass-Nr. [NATIONAL_ID]", "national_id"),
+    ("Steuer-ID: 86095742719", "Steuer-ID: [NATIONAL_ID]", "national_id"),
+    ("Steuer-IdNr. 86 095 742 719", "Steuer-IdNr. [NATIONAL_ID]", "national_id"),
+    ("tax id 86095742719", "tax id [NATIONAL_ID]", "national_id"),
     ("iban GB82WEST12345698765432", "iban [IBAN]", "iban"),
     ("from 192.168.1.20.", "from [IP].", "ip_address"),
     ("v6 2001:db8::8a2e:370:7334", "v6 [IP]", "ip_address"),
@@ -59,6 +89,19 @@ LEFT_ALONE = [
     "version 1.2.3 and sk-short",
     "my password is long and secret: no",
     "",
+    # Ordinary numbers: prices, times, versions, counts, ids that are not anyone's.
+    "It costs $1,299.99 (EUR 1.199,00) incl. 19% VAT, delivery 3-5 days.",
+    "Meet at 10:30 or 14:45; the train leaves 07:05 from platform 12.",
+    "Upgrade from 3.11.7 to 3.12.1 or build 20240115; python3.12 -m pip",
+    "order 1234567890 ships with 2 of 3 parcels, tracking 0012345",  # 10 digits starting 1
+    "There are 1234567 rows and 7654321 columns.",
+    "hotel 1234567 and iPhone 15 Pro",
+    "tell me about 2024",
+    "the passport expires in 2030; passport photo 35x45",
+    "tax id 86095742718 has a wrong check digit",
+    "born to run, born 2 be wild",
+    "ISO 8601: 2024-01-15T12:30:45Z, unix 1733155200",
+    "de89 is not an iban, nor is ab12 cdef ghij",
 ]
 
 
@@ -78,7 +121,15 @@ def test_checksums() -> None:
     assert luhn_ok("4111111111111111")
     assert not luhn_ok("4111111111111112")
     assert iban_ok("DE89 3704 0044 0532 0130 00")
+    assert iban_ok("de89 3704 0044 0532 0130 00")
     assert not iban_ok("DE88 3704 0044 0532 0130 00")
+    assert tax_id_ok("86095742719")  # the Federal Central Tax Office's published example
+    assert not tax_id_ok("86095742718")
+    assert not tax_id_ok("06095742719")
+    assert nanp_ok("4155552671")
+    assert nanp_ok("14155552671")
+    assert not nanp_ok("1234567890")
+    assert not nanp_ok("4151552671")
 
 
 def test_extra_patterns_and_allow_list() -> None:
@@ -119,7 +170,7 @@ def test_messages_every_string_part() -> None:
         "name": "lookup",
         "arguments": '{"email": "[EMAIL]"}',
     }
-    assert redacted[2]["tool_calls"][0]["id"] == "call_1"
+    assert redacted[2]["tool_calls"][0]["id"] == "call_1"  # walked, and nothing in it
     assert findings == {"email": 2, "phone": 1}
     assert messages[0]["content"] == "mail a@b.io"  # the input is not modified
 

@@ -85,7 +85,7 @@ def test_the_plain_dict_is_exactly_what_the_model_dumps(case: str) -> None:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_the_fast_scrub_gives_the_same_bytes_as_the_model_path(case: str) -> None:
+def test_the_plain_dict_scrubs_to_the_same_bytes_as_its_model(case: str) -> None:
     plain = completion_event(_exchange(**CASES[case]), instance="gw-1", unit_hash="ab" * 16)
     model = CompletionEvent.model_validate(copy.deepcopy(plain.data))
     slow, slow_found = scrub(model, REDACTOR)
