@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -15,6 +16,12 @@ Send = Callable[[Message], Awaitable[None]]
 # How long a request waits before a task starts watching for its client leaving.
 WATCH_DELAY_S = 0.05
 
+# A client's X-Request-Id becomes an event's response id and Kafka key when a request fails
+# early: only a short token of these characters is taken; anything else is replaced.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+=/-]{1,128}")
+# W3C trace context, version 00 (and later versions, which keep its first four fields).
+_TRACEPARENT = re.compile(rb"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}(-[ -~]*)?")
+
 
 class ClientGone(Exception):
     """The client disconnected before its request body arrived."""
@@ -26,6 +33,7 @@ class RequestHeaders:
     __slots__ = (
         "attributes",
         "authorization",
+        "authorizations",
         "consent",
         "content_length",
         "qa_variant",
@@ -39,6 +47,7 @@ class RequestHeaders:
         self.request_id = self.user = self.traceparent = self.tracestate = None
         self.qa_variant: str | None = None
         self.authorization: bytes | None = None
+        self.authorizations = 0  # more than one: refused (which one counts would be a guess)
         self.attributes: dict[str, str] | None = None
         self.consent: str | None = None
         self.content_length: int | None = None
@@ -50,20 +59,36 @@ class RequestHeaders:
                 self.attributes[key] = value.decode("latin-1")[:256]
             elif name == b"authorization":
                 self.authorization = value
+                self.authorizations += 1
             elif name == b"x-loopgate-variant":
                 self.qa_variant = value.decode("latin-1")[:128]
             elif name == b"content-length":
                 self.content_length = int(value) if value.isdigit() else None
             elif name == b"x-request-id":
-                self.request_id = value.decode("latin-1")[:128]
+                if _REQUEST_ID.fullmatch(value):
+                    self.request_id = value.decode("ascii")
             elif name == b"x-loopgate-user":
                 self.user = value.decode("latin-1")[:256]
             elif name == b"x-loopgate-consent":
                 self.consent = value.decode("latin-1")
             elif name == b"traceparent":
-                self.traceparent = value.decode("latin-1")
+                if valid_traceparent(value):
+                    self.traceparent = value.decode("ascii")
             elif name == b"tracestate":
                 self.tracestate = value.decode("latin-1")
+
+
+def valid_traceparent(value: bytes) -> bool:
+    """True for a W3C traceparent whose trace id is usable (not all zeros, not version ff)."""
+    match = _TRACEPARENT.fullmatch(value)
+    if match is None or value.startswith(b"ff") or match.group(1) == b"0" * 32:
+        return False
+    return not value.startswith(b"00") or len(value) == 55
+
+
+def trace_id_of(traceparent: str) -> str:
+    """The trace id field of a traceparent that valid_traceparent accepted."""
+    return traceparent[3:35]
 
 
 async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
