@@ -21,16 +21,18 @@ _FEEDBACK = ("/v1/feedback", "/v1/feedback/batch")
 
 
 def body_limit(limits: LimitsConfig, path: str) -> int:
-    """The body limit of the route at `path`, in bytes."""
+    """The body limit of the route at `path`, in bytes; max_body_bytes caps them all."""
     if path == "/v1/feedback":
-        return limits.feedback_body_bytes
-    if path == "/v1/feedback/batch":
-        return limits.feedback_batch_body_bytes
-    if path == "/admin" or path.startswith("/admin/"):
-        return limits.admin_body_bytes
-    if path in ("/v1/chat/completions", "/v1/completions"):
-        return limits.max_body_bytes
-    return limits.other_body_bytes
+        limit = limits.feedback_body_bytes
+    elif path == "/v1/feedback/batch":
+        limit = limits.feedback_batch_body_bytes
+    elif path == "/admin" or path.startswith("/admin/"):
+        limit = limits.admin_body_bytes
+    elif path in ("/v1/chat/completions", "/v1/completions"):
+        limit = limits.max_body_bytes
+    else:
+        limit = limits.other_body_bytes
+    return min(limit, limits.max_body_bytes)
 
 
 class RequestGuard:

@@ -103,8 +103,9 @@ class ServerConfig(Strict):
 class LimitsConfig(Strict):
     """Request limits enforced before anything reaches an upstream (docs/hardening.md)."""
 
-    # Request bodies per route, counted while they stream in (413 once over).
-    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)  # chat and completions
+    # Request bodies per route, counted while they stream in (413 once over). max_body_bytes
+    # is chat's and completions' limit and the ceiling of the others.
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     feedback_body_bytes: int = Field(256 * 1024, gt=0)  # /v1/feedback
     feedback_batch_body_bytes: int = Field(4 * 1024 * 1024, gt=0)  # /v1/feedback/batch
     admin_body_bytes: int = Field(1024 * 1024, gt=0)  # /admin/*
