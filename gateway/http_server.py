@@ -139,8 +139,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
-            if self._head_started is None:
-                self._head_started = self.loop.time()
             end = data.find(b"\r\n\r\n")
             size = self._head_bytes + (len(data) if end < 0 else end + 4)
             if size > self._max_head:
@@ -149,9 +147,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 return
             self._head_bytes = size
         super().data_received(data)
+        # A whole request in one read (the common case) needs neither clock nor timer.
         if self._in_head:
-            if self._timer is None and self._head_started is not None:
-                self._arm(self._head_timeout)
+            if self._head_bytes and self._head_started is None:  # a head begun, not ended
+                self._head_started = self.loop.time()
+                if self._timer is None:
+                    self._arm(self._head_timeout)
         elif self.cycle is not None and self.cycle.more_body:
             self._last_body = self.loop.time()
             if self._timer is None:
@@ -160,7 +161,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_started = None
-        self._last_body = self.loop.time()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

@@ -25,20 +25,16 @@ class Inbound:
     user: str | None
 
 
-def parse_inbound(raw: bytes, kind: Kind, max_depth: int = 100) -> Inbound:
+def parse_inbound(raw: bytes, kind: Kind) -> Inbound:
     """Read model, stream, user (and check messages/prompt exist); nothing else is touched."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        if "recursion" in exc.msg.lower():
-            raise TooDeep(max_depth) from exc
+        if "depth" in exc.msg or "recursion" in exc.msg.lower():
+            raise TooDeep from exc
         raise InvalidJSON(f"request body is not valid JSON: {exc.msg}") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
-    # Every level opens a bracket, so a body with few brackets is shallow: only bodies with
-    # many (long conversations, tool schemas) pay for the walk.
-    if raw.count(b"[") + raw.count(b"{") > max_depth and json_depth(body, max_depth) > max_depth:
-        raise TooDeep(max_depth)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("you must provide a model parameter", param="model")
@@ -63,31 +59,29 @@ def parse_inbound(raw: bytes, kind: Kind, max_depth: int = 100) -> Inbound:
     return Inbound(kind, body, model, bool(stream), include_usage, user)
 
 
+# orjson encodes at most 254 levels; the completion event holds the request up to 4 deeper.
+MAX_JSON_DEPTH = 250
+_WRAP = 4
+
+
 class TooDeep(InvalidRequest):
-    """JSON nested past the limit (the encoder and the event writer could not take it)."""
+    """JSON nested past MAX_JSON_DEPTH: neither the upstream call nor the event could carry it."""
 
-    def __init__(self, max_depth: int) -> None:
-        super().__init__(f"request body is nested more than {max_depth} levels deep")
+    def __init__(self) -> None:
+        super().__init__(f"request body is nested more than {MAX_JSON_DEPTH} levels deep")
 
 
-def json_depth(doc: Any, stop: int) -> int:
-    """Levels of arrays and objects in `doc`, counted up to `stop` + 1 (iterative: no recursion)."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(doc, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        if depth > deepest:
-            deepest = depth
-            if deepest > stop:
-                return deepest
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return deepest
+def encode_forward(body: dict[str, Any]) -> bytes:
+    """The body to send upstream, or TooDeep when its event could not be encoded.
+
+    Encoded inside four more levels and sliced back out: orjson's own depth check then
+    proves that the event, which nests the request that much deeper, encodes too. The
+    bound costs one copy of the payload, rather than a walk of every request in Python.
+    """
+    try:
+        return orjson.dumps([[[[body]]]])[_WRAP:-_WRAP]
+    except TypeError as exc:  # orjson.JSONEncodeError: "Recursion limit reached"
+        raise TooDeep from exc
 
 
 def choices_asked(body: dict[str, Any], max_n: int) -> int:

@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import time
+from typing import Any
 
 import orjson
 
@@ -38,7 +39,7 @@ from gateway.errors import (
 )
 from gateway.exchange import Exchange
 from gateway.httpclient import ClientError
-from gateway.protocol import Inbound, Kind, choices_asked, parse_inbound
+from gateway.protocol import Inbound, Kind, TooDeep, choices_asked, encode_forward, parse_inbound
 from gateway.ratelimit import Reservation, estimate_tokens
 from gateway.resolver import RequestContext, Route
 from gateway.runtime import Runtime
@@ -90,7 +91,7 @@ class ProxyEndpoint:
             ex.consent = app.consent_for(headers.consent)
             limits = rt.settings.limits
             raw = await read_body(receive, limits.max_body_bytes, headers.content_length)
-            inbound = parse_inbound(raw, self.kind, limits.max_json_depth)
+            inbound = parse_inbound(raw, self.kind)
             ex.model, ex.stream, ex.request = inbound.model, inbound.stream, inbound.body
             tokens_out = self._check_limits(rt, app, inbound)
             ctx = self._context(rt, inbound.user, headers, app)
@@ -117,7 +118,7 @@ class ProxyEndpoint:
             if app.limited and rt.limiter is not None:
                 reservation = await rt.limiter.reserve(app, estimate_tokens(len(raw), tokens_out))
                 ex.headers_out = reservation.headers
-            payload = orjson.dumps(body)
+            payload = self._encode(ex, body)
             watch = DisconnectWatch(receive)
             forward = self._forward_headers(request_id, headers)
             if trace is not None:  # the upstream span's context replaces the caller's
@@ -187,6 +188,15 @@ class ProxyEndpoint:
             if reservation is not None and rt.limiter is not None:
                 rt.limiter.settle(reservation, ex.prompt_tokens + ex.completion_tokens)
             self._finish(rt, ex, started, trace)
+
+    @staticmethod
+    def _encode(ex: Exchange, body: dict[str, Any]) -> bytes:
+        """The upstream payload; a body too deep to record is refused and left out of the event."""
+        try:
+            return encode_forward(body)
+        except TooDeep:
+            ex.request = {}
+            raise
 
     def _check_limits(self, rt: Runtime, app: AppPrincipal, inbound: Inbound) -> int:
         """Refuse what the app may not ask for; returns the tokens it may generate (estimate)."""

@@ -124,8 +124,6 @@ class LimitsConfig(Strict):
     # `n` and `best_of` per request (OpenAI's own cap is 128); n x max_tokens counts against
     # a key's max_tokens ceiling and the tokens-per-minute estimate either way.
     max_n: int = Field(128, ge=1)
-    # Nesting of the JSON body (arrays and objects); deeper is a 400.
-    max_json_depth: int = Field(100, ge=2, le=200)
 
 
 class FeedbackApiConfig(Strict):

@@ -374,6 +374,10 @@ def test_event_outcomes_of_hostile_requests(
     answer = httpx.post(gw.v1 + "/chat/completions", json=body, headers=AUTH, timeout=10)
     assert answer.status_code == 400
     assert "nested" in answer.json()["error"]["message"]
+    deeper = b'{"model": "ok", "messages": [], "x": ' + b"[" * 2000 + b"]" * 2000 + b"}"
+    answer = httpx.post(gw.v1 + "/chat/completions", content=deeper, headers=AUTH, timeout=10)
+    assert answer.status_code == 400
+    assert "nested" in answer.json()["error"]["message"]
 
     # 13: an upstream 5xx is recorded with its message.
     with pytest.raises(openai.InternalServerError):
