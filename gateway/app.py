@@ -20,6 +20,7 @@ from starlette.routing import Route
 from feedback.emitter import open_pipeline
 from gateway.auth import Authenticator, keys_from_redis
 from gateway.errors import install_error_handlers
+from gateway.guard import RequestGuard
 from gateway.idempotency import IdempotencyKeys, LocalIdempotencyKeys, RedisIdempotencyKeys
 from gateway.ids import signer_from_config
 from gateway.metrics import Metrics
@@ -125,6 +126,7 @@ def create_app(
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(RequestGuard, settings=settings)
     # The proxy routes are raw ASGI endpoints: HotPath serves them without the middleware
     # stack; these entries make them work (and documented) inside FastAPI as well.
     for path, endpoint in proxy_endpoints().items():

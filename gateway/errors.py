@@ -87,6 +87,19 @@ class UpstreamTimeout(GatewayError):
     status, type, code = 504, "upstream_error", "upstream_timeout"
 
 
+class DuplicateAuthorization(GatewayError):
+    status, type, code = 400, "invalid_request_error", "duplicate_authorization"
+
+
+class RequestTimeout(GatewayError):
+    status, type, code = 408, "invalid_request_error", "request_timeout"
+
+
+def shown(name: str, limit: int = 64) -> str:
+    """A client-chosen name as error messages quote it: cut to `limit` characters."""
+    return name if len(name) <= limit else f"{name[:limit]}... ({len(name)} characters)"
+
+
 def error_body(
     message: str, type_: str, param: str | None = None, code: str | None = None
 ) -> bytes:

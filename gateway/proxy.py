@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import time
+from typing import Any
 
 import orjson
 
@@ -23,19 +24,22 @@ from gateway.asgi import (
     RequestHeaders,
     Send,
     read_body,
+    trace_id_of,
 )
 from gateway.auth import AppPrincipal, ModelNotAllowed
 from gateway.errors import (
     BadGateway,
+    DuplicateAuthorization,
     GatewayError,
     InternalError,
     InvalidRequest,
     UpstreamTimeout,
     UpstreamUnavailable,
+    shown,
 )
 from gateway.exchange import Exchange
 from gateway.httpclient import ClientError
-from gateway.protocol import Inbound, Kind, parse_inbound
+from gateway.protocol import Inbound, Kind, TooDeep, choices_asked, encode_forward, parse_inbound
 from gateway.ratelimit import Reservation, estimate_tokens
 from gateway.resolver import RequestContext, Route
 from gateway.runtime import Runtime
@@ -69,8 +73,8 @@ class ProxyEndpoint:
         headers = RequestHeaders(scope["headers"])
         request_id = headers.request_id or f"{self._id_prefix}{next(self._id_counter):012x}"
         ex = Exchange(request_id=request_id, kind=self.kind, started_at=time.time())
-        if headers.traceparent and len(headers.traceparent) >= 35:
-            ex.trace_id = headers.traceparent[3:35]
+        if headers.traceparent:  # only a valid one is kept (asgi.RequestHeaders)
+            ex.trace_id = trace_id_of(headers.traceparent)
         trace: RequestTrace | None = None
         if rt.tracing is not None:  # off: no span is made at all
             trace = rt.tracing.begin(self.kind, headers.traceparent, headers.tracestate)
@@ -80,15 +84,16 @@ class ProxyEndpoint:
         call: UpstreamCall | None = None
         reservation: Reservation | None = None
         try:
+            if headers.authorizations > 1:
+                raise DuplicateAuthorization("send one Authorization header, not several")
             app = rt.auth.app(headers.authorization) if rt.auth is not None else _ANONYMOUS
             ex.app_id = app.app_id
             ex.consent = app.consent_for(headers.consent)
-            raw = await read_body(
-                receive, rt.settings.limits.max_body_bytes, headers.content_length
-            )
+            limits = rt.settings.limits
+            raw = await read_body(receive, limits.max_body_bytes, headers.content_length)
             inbound = parse_inbound(raw, self.kind)
             ex.model, ex.stream, ex.request = inbound.model, inbound.stream, inbound.body
-            max_tokens = self._check_limits(rt, app, inbound)
+            tokens_out = self._check_limits(rt, app, inbound)
             ctx = self._context(rt, inbound.user, headers, app)
             ex.unit_id = ctx.unit_id
             if trace is not None:
@@ -111,9 +116,9 @@ class ProxyEndpoint:
                 body["stream_options"] = {**options, "include_usage": True}
                 strip_usage = True
             if app.limited and rt.limiter is not None:
-                reservation = await rt.limiter.reserve(app, estimate_tokens(len(raw), max_tokens))
+                reservation = await rt.limiter.reserve(app, estimate_tokens(len(raw), tokens_out))
                 ex.headers_out = reservation.headers
-            payload = orjson.dumps(body)
+            payload = self._encode(ex, body)
             watch = DisconnectWatch(receive)
             forward = self._forward_headers(request_id, headers)
             if trace is not None:  # the upstream span's context replaces the caller's
@@ -184,12 +189,21 @@ class ProxyEndpoint:
                 rt.limiter.settle(reservation, ex.prompt_tokens + ex.completion_tokens)
             self._finish(rt, ex, started, trace)
 
+    @staticmethod
+    def _encode(ex: Exchange, body: dict[str, Any]) -> bytes:
+        """The upstream payload; a body too deep to record is refused and left out of the event."""
+        try:
+            return encode_forward(body)
+        except TooDeep:
+            ex.request = {}
+            raise
+
     def _check_limits(self, rt: Runtime, app: AppPrincipal, inbound: Inbound) -> int:
-        """Refuse what the app may not ask for; returns the max_tokens used as the estimate."""
+        """Refuse what the app may not ask for; returns the tokens it may generate (estimate)."""
         body = inbound.body
         if not app.may_use(inbound.model):
             raise ModelNotAllowed(
-                f"this API key may not use the model `{inbound.model}`", param="model"
+                f"this API key may not use the model `{shown(inbound.model)}`", param="model"
             )
         if self.kind == "chat" and len(body["messages"]) > rt.settings.limits.max_messages:
             raise InvalidRequest(
@@ -197,6 +211,10 @@ class ProxyEndpoint:
                 f"{rt.settings.limits.max_messages} are accepted",
                 param="messages",
             )
+        # Each of n (or best_of) answers may be max_tokens long: the ceiling and the
+        # estimate count them all.
+        n = choices_asked(body, rt.settings.limits.max_n)
+        ceiling = app.max_tokens
         asked = None
         for name in ("max_tokens", "max_completion_tokens"):
             value = body.get(name)
@@ -204,21 +222,23 @@ class ProxyEndpoint:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidRequest(f"{name} must be a positive integer", param=name)
-            if app.max_tokens is not None and value > app.max_tokens:
-                raise InvalidRequest(
-                    f"{name} is {value}; this API key allows at most {app.max_tokens}",
-                    param=name,
-                )
+            if ceiling is not None and value * n > ceiling:
+                raise InvalidRequest(_over_ceiling(name, value, n, ceiling), param=name)
             asked = value if asked is None else max(asked, value)
         if asked is not None:
-            return asked
+            return asked * n
         if self.kind == "completion":
-            return 16  # the completions API's default
-        if app.max_tokens is not None:
+            if ceiling is not None and 16 * n > ceiling:  # the completions API's default
+                raise InvalidRequest(_over_ceiling("max_tokens", 16, n, ceiling), param="n")
+            return 16 * n
+        if ceiling is not None:
             # The ceiling is enforced, so the request carries it (chat has no default length).
-            body["max_tokens"] = app.max_tokens
-            return app.max_tokens
-        return rt.limiter.config.default_max_tokens if rt.limiter is not None else 1024
+            if ceiling // n < 1:
+                raise InvalidRequest(f"n is {n}; this API key allows {ceiling} tokens", param="n")
+            body["max_tokens"] = each = ceiling // n
+            return each * n
+        default = rt.limiter.config.default_max_tokens if rt.limiter is not None else 1024
+        return default * n
 
     def _context(
         self, rt: Runtime, user: str | None, headers: RequestHeaders, app: AppPrincipal
@@ -292,8 +312,8 @@ class ProxyEndpoint:
         if status == 200:
             body = self._rewrite_answer(rt, data, route, ex)
         else:
-            body = self._upstream_error(rt, data, status, route)
-            ex.status, ex.http_status = "error", status
+            body, message = self._upstream_error(rt, data, status, route)
+            ex.status, ex.http_status, ex.error = "error", status, message
         overhead = time.perf_counter() - started - upstream_s
         headers = self._response_headers(ex, overhead)
         headers.append(_JSON)
@@ -317,16 +337,20 @@ class ProxyEndpoint:
         ex.take_answer(doc)
         return orjson.dumps(doc)
 
-    def _upstream_error(self, rt: Runtime, data: bytes, status: int, route: Route) -> bytes:
-        """Pass the upstream's own error through in OpenAI's shape."""
+    def _upstream_error(
+        self, rt: Runtime, data: bytes, status: int, route: Route
+    ) -> tuple[bytes, str]:
+        """The upstream's own error in OpenAI's shape, and the message the event records."""
         rt.upstreams.metrics.errors.labels(route.pool.name, f"http_{status // 100}xx").inc()
+        prefix = f"upstream {route.pool.name} answered HTTP {status}"
         try:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError:
             doc = None
         if isinstance(doc, dict):
-            if isinstance(doc.get("error"), dict):
-                return data
+            error = doc.get("error")
+            if isinstance(error, dict):
+                return data, f"{prefix}: {str(error.get('message') or '')[:200]}"
             if "message" in doc:  # vLLM's older flat ErrorResponse
                 error = {
                     "message": doc.get("message"),
@@ -334,12 +358,10 @@ class ProxyEndpoint:
                     "param": doc.get("param"),
                     "code": doc.get("code"),
                 }
-                return orjson.dumps({"error": error})
-        text = data[:200].decode("utf-8", "replace")
-        message = f"upstream {route.pool.name} answered HTTP {status}: {text}"
-        return orjson.dumps(
-            {"error": {"message": message, "type": "upstream_error", "param": None, "code": None}}
-        )
+                return orjson.dumps({"error": error}), f"{prefix}: {str(doc['message'])[:200]}"
+        message = f"{prefix}: {data[:200].decode('utf-8', 'replace')}"
+        error = {"message": message, "type": "upstream_error", "param": None, "code": None}
+        return orjson.dumps({"error": error}), message
 
     async def _send_error(self, send: Send, err: GatewayError, request_id: str) -> None:
         body = err.body()
@@ -383,3 +405,9 @@ class ProxyEndpoint:
                 sink.end()
         if trace is not None:
             trace.end(ex)
+
+
+def _over_ceiling(name: str, value: int, n: int, ceiling: int) -> str:
+    if n == 1:
+        return f"{name} is {value}; this API key allows at most {ceiling}"
+    return f"{name} {value} x n {n} is {value * n} tokens; this API key allows at most {ceiling}"

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from gateway.errors import UnknownModel
+from gateway.errors import UnknownModel, shown
 from gateway.settings import Settings
 from gateway.upstream import Pool, Upstreams
 from router.evaluate import evaluate
@@ -98,7 +98,7 @@ class Resolver:
                 )
         route = self._static.get(model)
         if route is None:
-            raise UnknownModel(f"The model `{model}` does not exist.", param="model")
+            raise UnknownModel(f"The model `{shown(model)}` does not exist.", param="model")
         return route
 
     def fallback(self, route: Route) -> Route | None:

@@ -101,11 +101,29 @@ class ServerConfig(Strict):
 
 
 class LimitsConfig(Strict):
-    """Request limits enforced before anything reaches an upstream."""
+    """Request limits enforced before anything reaches an upstream (docs/hardening.md)."""
 
+    # Request bodies per route, counted while they stream in (413 once over). max_body_bytes
+    # is chat's and completions' limit and the ceiling of the others.
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    feedback_body_bytes: int = Field(256 * 1024, gt=0)  # /v1/feedback
+    feedback_batch_body_bytes: int = Field(4 * 1024 * 1024, gt=0)  # /v1/feedback/batch
+    admin_body_bytes: int = Field(1024 * 1024, gt=0)  # /admin/*
+    other_body_bytes: int = Field(64 * 1024, gt=0)  # every other route
+    # The request line and headers together (431 once over).
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    # A client must send its whole request head within this many seconds of starting it (408),
+    # and may pause at most this long between pieces of its body (408): slow clients go.
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    # Open connections per client address (None: no cap; behind a load balancer every
+    # connection comes from its few addresses, so set this only where clients connect directly).
+    max_connections_per_client: int | None = Field(None, gt=0)
     # Chat messages per request (vLLM has no limit of its own; a huge array is an attack).
     max_messages: int = Field(2048, gt=0)
+    # `n` and `best_of` per request (OpenAI's own cap is 128); n x max_tokens counts against
+    # a key's max_tokens ceiling and the tokens-per-minute estimate either way.
+    max_n: int = Field(128, ge=1)
 
 
 class FeedbackApiConfig(Strict):

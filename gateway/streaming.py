@@ -22,6 +22,14 @@ _SSE_HEADERS = [
 ]
 
 
+# An SSE event longer than this without its blank line is not a stream we understand.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+
+
+class NotEventStream(Exception):
+    """The upstream answered 200 to a streamed request with something that is not SSE."""
+
+
 async def relay_stream(
     rt: Runtime,
     send: Send,
@@ -37,19 +45,24 @@ async def relay_stream(
 
     Events are forwarded whole (never split, never held back for more); a usage chunk the
     client did not ask for is dropped; once the stream has started, an upstream failure
-    becomes an error event the SDK raises, and the stream ends.
+    becomes an error event the SDK raises, and the stream ends. So does a body that is not
+    an event stream (checked event by event, at no extra parse).
     """
     headers.extend(_SSE_HEADERS)
     ex.responded = True
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     pending = b""
-    swap: tuple[bytes, bytes] | None = None
+    swap: tuple[bytes, bytes, bytes, bytes] | None = None
     last_content: float | None = None
     try:
+        if not _event_stream_type(call.response.headers):
+            raise NotEventStream("its content type is not text/event-stream")
         async for data in call.response.iter_any():
             pending += data
             cut = pending.rfind(b"\n\n")
             if cut < 0:
+                if len(pending) > MAX_EVENT_BYTES:
+                    raise NotEventStream("no event ended within the size limit")
                 continue
             events = pending[:cut].split(b"\n\n")
             pending = pending[cut + 2 :]
@@ -60,10 +73,7 @@ async def relay_stream(
                     if swap is None and "id" in doc:
                         ex.upstream_id = str(doc["id"])
                         ex.response_id = rt.response_id(ex)
-                        swap = (
-                            orjson.dumps(ex.upstream_id),
-                            orjson.dumps(ex.response_id),
-                        )
+                        swap = _id_swap(ex.upstream_id, ex.response_id)
                     if ex.take_chunk(doc):
                         now = time.perf_counter()
                         if last_content is None:
@@ -74,30 +84,62 @@ async def relay_stream(
                         last_content = now
                     if strip_usage and not doc.get("choices") and doc.get("usage"):
                         continue
+                elif not _harmless(event):
+                    raise NotEventStream("an event is not SSE data")
                 out.append(event)
             if not out:
                 continue
             chunk = b"\n\n".join(out) + b"\n\n"
-            if swap is not None:
-                chunk = chunk.replace(swap[0], swap[1])
+            if swap is not None:  # only the `id` field: the same string in text stays
+                chunk = chunk.replace(swap[0], swap[1]).replace(swap[2], swap[3])
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         if pending.strip():
+            if event_json(pending) is None and not _harmless(pending):
+                raise NotEventStream("its last event is not SSE data")
             await send({"type": "http.response.body", "body": pending, "more_body": True})
         call.release()
-    except (ClientError, TimeoutError) as exc:
+    except (ClientError, TimeoutError, NotEventStream) as exc:
         call.fail()
-        kind = "timeout" if isinstance(exc, TimeoutError) else "midstream"
+        err: GatewayError
+        if isinstance(exc, TimeoutError):
+            kind, err = "timeout", UpstreamTimeout(f"upstream {route.pool.name} stalled mid-stream")
+        elif isinstance(exc, NotEventStream):
+            kind = "bad_response"
+            err = BadGateway(f"upstream {route.pool.name} answered with no event stream: {exc}")
+        else:
+            kind, err = "midstream", BadGateway(f"upstream {route.pool.name} broke off the stream")
         rt.upstreams.metrics.errors.labels(route.pool.name, kind).inc()
-        err: GatewayError = (
-            UpstreamTimeout(f"upstream {route.pool.name} stalled mid-stream")
-            if isinstance(exc, TimeoutError)
-            else BadGateway(f"upstream {route.pool.name} broke off the stream")
-        )
         ex.status, ex.http_status, ex.error = "error", err.status, err.message
         # SSE has started: the error goes in-band and the stream ends (the SDK raises it).
         await send({"type": "http.response.body", "body": b"data: " + err.body() + b"\n\n"})
         return
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _id_swap(upstream_id: str, response_id: str) -> tuple[bytes, bytes, bytes, bytes]:
+    """`"id":` followed by each id, compact and with a space (as servers write either)."""
+    old, new = orjson.dumps(upstream_id), orjson.dumps(response_id)
+    return b'"id":' + old, b'"id":' + new, b'"id": ' + old, b'"id": ' + new
+
+
+def _event_stream_type(headers: list[tuple[bytes, bytes]]) -> bool:
+    """False only for a content type that says it is something else (none at all: allowed)."""
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            return value.lower().lstrip().startswith(b"text/event-stream")
+    return True
+
+
+def _harmless(event: bytes) -> bool:
+    """An SSE event with no JSON to read: [DONE], a comment, or fields without data."""
+    for line in event.strip().split(b"\n"):
+        line = line.strip()
+        if not line or line.startswith((b":", b"event:", b"id:", b"retry:")):
+            continue
+        if line.startswith(b"data:") and line[5:].strip() == b"[DONE]":
+            continue
+        return False
+    return True
 
 
 def event_json(event: bytes) -> dict[str, Any] | None:

@@ -93,9 +93,9 @@ def admin_experiments_router() -> APIRouter:
             plan = RolloutPlan.model_validate({**body, "flag": key})
         except ValidationError as exc:
             raise UnprocessableEntity(f"plan: {_first(exc)}") from exc
-        for name in (plan.control, plan.canary):
+        for param, name in (("control", plan.control), ("canary", plan.canary)):
             if not flag.has_variant(name):
-                raise UnprocessableEntity(f"flag {key!r} has no variant {name!r}", param="canary")
+                raise UnprocessableEntity(f"flag {key!r} has no variant {name!r}", param=param)
         await exp.plans.put_plan(plan)
         return {
             "object": "rollout",

@@ -6,15 +6,23 @@ produced the answer. Only the app that got the answer may judge it, within the i
 
 from __future__ import annotations
 
+import hashlib
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from feedback.schema import FeedbackBody, FeedbackEvent, FeedbackKind, Metadata
 from gateway.deps import CallerDep, RuntimeDep
-from gateway.errors import Forbidden, GatewayError, InvalidRequest, UpstreamUnavailable
+from gateway.errors import (
+    Conflict,
+    Forbidden,
+    GatewayError,
+    InvalidRequest,
+    UnprocessableEntity,
+    UpstreamUnavailable,
+)
 from gateway.runtime import Runtime
 
 router = APIRouter(tags=["feedback"])
@@ -64,7 +72,10 @@ class FeedbackBatchIn(BaseModel):
     """Several judgements at once; each is accepted or refused on its own."""
 
     model_config = ConfigDict(extra="forbid")
-    items: list[FeedbackIn] = Field(min_length=1, max_length=1000)
+    # Checked one by one (each as FeedbackIn), so that an invalid item refuses only itself.
+    items: list[Any] = Field(
+        min_length=1, max_length=1000, description="FeedbackIn objects, as /v1/feedback takes"
+    )
 
 
 class ItemError(BaseModel):
@@ -113,7 +124,12 @@ async def record_feedback(
     )
     if item.idempotency_key is not None:
         scoped = f"{app_id}\0{item.response_id}\0{item.idempotency_key}"
-        if not await rt.idempotency.first_use(scoped):
+        use = await rt.idempotency.use(scoped, _fingerprint(item))
+        if use == "conflict":
+            raise Conflict(
+                "this idempotency_key was used with a different body", param="idempotency_key"
+            )
+        if use == "repeat":
             return out.model_copy(update={"duplicate": True})
     body = FeedbackBody(
         response_id=item.response_id,
@@ -155,6 +171,11 @@ async def record_feedback(
     return out.model_copy(update={"id": str(event.event_id), "recorded": True})
 
 
+def _fingerprint(item: FeedbackIn) -> str:
+    """What makes two uses of one idempotency key the same judgement."""
+    return hashlib.sha256(item.model_dump_json().encode()).hexdigest()[:32]
+
+
 def _bounded(category: str) -> str:
     """Report categories are free text from apps; keep the metric label set bounded."""
     return category if category in _REPORT_CATEGORIES else "other"
@@ -187,8 +208,9 @@ async def post_feedback_batch(
         )
     now = time.time()
     results: list[FeedbackBatchItem] = []
-    for index, item in enumerate(batch.items):
+    for index, raw in enumerate(batch.items):
         try:
+            item = _item(raw)
             out = await record_feedback(rt, item, app.app_id, app.consent_for(consent), now)
         except GatewayError as err:
             error = ItemError(message=err.message, type=err.type, param=err.param, code=err.code)
@@ -198,3 +220,14 @@ async def post_feedback_batch(
     return FeedbackBatchOut(
         data=results, recorded=sum(1 for r in results if r.feedback and r.feedback.recorded)
     )
+
+
+def _item(raw: Any) -> FeedbackIn:
+    """One batch item as FeedbackIn, or the 422 that /v1/feedback would answer for it."""
+    try:
+        return FeedbackIn.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        message = f"{param}: {first['msg']}" if param else str(first["msg"])
+        raise UnprocessableEntity(message, param=param) from exc

@@ -130,6 +130,11 @@ def test_admin_token_and_errors(gw: GatewayServer) -> None:
         unknown = admin.put("/admin/experiments/support-bot/rollout",
                             json={"control": "control", "canary": "zzz"})  # fmt: skip
         assert unknown.status_code == 422
+        assert unknown.json()["error"]["param"] == "canary"
+        no_control = admin.put("/admin/experiments/support-bot/rollout",
+                               json={"control": "zzz", "canary": "canary"})  # fmt: skip
+        assert no_control.status_code == 422
+        assert no_control.json()["error"]["param"] == "control"  # not canary (issue 14)
         assert admin.get("/admin/experiments/support-bot/rollout").status_code == 404
 
 

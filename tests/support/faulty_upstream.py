@@ -3,7 +3,9 @@
 The behaviour is chosen by the served model name the gateway sends: `ok`, `garbage`
 (invalid JSON), `hang` (never answers), `die-midstream` (two chunks, then the connection
 drops), `stall-midstream` (two chunks, then silence), `http-500`, `flat-error` (vLLM's old
-flat error object). It runs on its own thread and event loop, so sync tests can use it.
+flat error object), `sse-garbage` (a 200 event-stream whose events are not SSE data),
+`id-in-text` (a stream whose text is the upstream's own id). It runs on its own thread and
+event loop, so sync tests can use it.
 """
 
 from __future__ import annotations
@@ -115,7 +117,11 @@ class FaultyUpstream:
         if body.get("stream"):
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
-            for word in ("one ", "two "):
+            if mode == "sse-garbage":
+                await response.write(b"<html>this is not\n\nan event stream</html>\n\n")
+                return response
+            words = ("chatcmpl-faulty", " two ") if mode == "id-in-text" else ("one ", "two ")
+            for word in words:
                 await response.write(_chunk(mode, word))
             if mode == "die-midstream":
                 assert request.transport is not None

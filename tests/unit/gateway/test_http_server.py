@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import uvicorn
 import uvloop
 
-from gateway.http_server import CorkedHttpToolsProtocol, CorkedTransport
+from gateway.http_server import (
+    CorkedHttpToolsProtocol,
+    CorkedTransport,
+    GuardedHttpToolsProtocol,
+    choose_protocol,
+    compatible,
+)
 
 Scope = dict[str, Any]
 App = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -197,3 +205,31 @@ def test_an_answer_before_connection_close_is_not_lost() -> None:
             await writer.wait_closed()
 
     _run(main)
+
+
+def test_the_guarded_protocol_is_chosen_for_the_tested_uvicorn() -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+    assert compatible(HttpToolsProtocol, RequestResponseCycle)
+    assert CorkedHttpToolsProtocol is GuardedHttpToolsProtocol
+
+
+def test_a_changed_private_uvicorn_class_falls_back_to_uvicorns_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+    class RenamedCycle:
+        """A later uvicorn's request cycle, say, whose body flag has another name."""
+
+        def __init__(self) -> None:
+            self.body_pending = True
+            self.disconnected = False
+
+    class NoHeaderHook(HttpToolsProtocol):
+        on_headers_complete = None  # type: ignore[assignment]
+
+    with caplog.at_level(logging.WARNING, logger="gateway.http_server"):
+        assert choose_protocol(HttpToolsProtocol, RenamedCycle) is HttpToolsProtocol
+        assert choose_protocol(NoHeaderHook, RequestResponseCycle) is NoHeaderHook
+    assert "plain protocol" in caplog.text
