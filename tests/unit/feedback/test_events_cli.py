@@ -18,12 +18,13 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from cli.events import SpoolReader, register
+from cli.events import register
 from feedback.config import KafkaConfig
 from feedback.schema import AUDIT_TOPIC, COMPLETIONS_TOPIC, FEEDBACK_TOPIC, Event, to_json
 from feedback.sinks.base import Record
 from feedback.sinks.kafka import KafkaSink
 from feedback.sinks.spool import Spool
+from feedback.sinks.spool_reader import SpoolReader
 from tests.support.kafka import TansuBroker, consume_all
 from tests.support.ports import wait_until
 from tests.unit.feedback.events import audit, completion, feedback
