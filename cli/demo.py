@@ -170,8 +170,8 @@ def _header(scenario: str, like: dict[str, float], elapsed: float, duration: flo
     text.append("Loopgate demo", style="bold green")
     text.append(f"   scenario: {scenario}", style="bold")
     prefs = ", ".join(f"{k} {100 * v:.0f}%" for k, v in like.items())
-    text.append(f"   users like: {prefs}", style="dim")
-    text.append(f"   {elapsed:4.0f}/{duration:.0f} s   {rate:5.1f} req/s")
+    text.append(f"   users like: {prefs}\n", style="dim")
+    text.append(f"{elapsed:.0f}/{duration:.0f} s   {rate:.1f} req/s")
     return text
 
 

@@ -61,7 +61,8 @@ def _difference(seq: Json | None) -> str:
     if not seq:
         return "-"
     cs = seq["confidence_sequence"]
-    return f"{100 * cs['estimate']:+.1f} pp [{100 * cs['low']:+.0f}, {100 * cs['high']:+.0f}]"
+    low, high = 100 * cs["low"], 100 * cs["high"]
+    return f"{100 * cs['estimate']:+.1f} pp [{low:+.1f}, {high:+.1f}]"
 
 
 def _ms(seconds: float | None) -> str:
@@ -135,8 +136,8 @@ def _stacked(view: Json, rows: list[tuple[str, str, dict[str, str]]]) -> Group:
     blocks: list[RenderableType] = [Text.from_markup(f"experiment [bold]{view['flag']}[/]")]
     for name, role, cells in rows:
         table = Table(title=_label(name, role), title_justify="left", show_header=False)
-        table.add_column(style="bold", no_wrap=True)
-        table.add_column(no_wrap=True)
+        table.add_column(style="bold")
+        table.add_column()
         for key, _, label in COLUMNS:
             table.add_row(label, cells[key])
         blocks.append(table)
@@ -148,7 +149,9 @@ def _fits(renderable: RenderableType, width: int) -> bool:
     from rich.measure import Measurement
 
     measuring = Console(width=width)
-    return Measurement.get(measuring, measuring.options, renderable).maximum <= width
+    # Measured without the terminal's limit, which would clamp the answer to the width.
+    unbounded = measuring.options.update(max_width=100_000)
+    return Measurement.get(measuring, unbounded, renderable).maximum <= width
 
 
 def experiment_table(view: Json, width: int) -> RenderableType:
@@ -161,8 +164,20 @@ def experiment_table(view: Json, width: int) -> RenderableType:
     return _stacked(view, rows)
 
 
+def bullets(items: list[str]) -> Table:
+    """A bulleted list whose lines wrap under their text, not under the bullet."""
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column()
+    for item in items:
+        grid.add_row("  •", item)
+    return grid
+
+
 def decision_text(view: Json) -> Text:
-    """The decision so far, why, what the intervals are, and the sample ratio check."""
+    """The decision so far, what the intervals are, and the sample ratio check."""
     from rich.text import Text
 
     report = view["report"]
@@ -176,11 +191,9 @@ def decision_text(view: Json) -> Text:
     text.append(
         "CI: fixed-sample interval, right at a single look. CS and p: always valid, "
         "right however often you look (what the controller decides on).\n"
-        f"SRM chi² {srm['statistic']:.2f} on {srm['df']} df, p = {srm['p_value']:.3g}\n",
+        f"SRM chi² {srm['statistic']:.2f} on {srm['df']} df, p = {srm['p_value']:.3g}",
         style="dim",
     )
-    for reason in report["reasons"]:
-        text.append(f"  • {reason}\n")
     return text
 
 
@@ -188,7 +201,8 @@ def experiment_panel(view: Json, width: int) -> Group:
     """Table plus decision: what `experiments show` prints and the demo redraws."""
     from rich.console import Group
 
-    return Group(experiment_table(view, width), decision_text(view))
+    reasons = view["report"]["reasons"]
+    return Group(experiment_table(view, width), decision_text(view), bullets(reasons))
 
 
 def register(app: typer.Typer) -> None:

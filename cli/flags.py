@@ -228,9 +228,9 @@ def traffic(flag: Json) -> str:
     """Where the flag's traffic goes now: the split, or all of it under the kill switch."""
 
     if not flag["enabled"]:
-        return f"all to {flag.get('default') or flag['control']} (disabled)"
+        return f"all to {flag.get('default') or flag['control']}"
     if flag["killed"]:
-        return f"all to {flag['control']} (killed)"
+        return f"all to {flag['control']}"
     total = sum(v["weight"] for v in flag["variants"]) or 1
     return ", ".join(f"{v['name']} {100 * v['weight'] / total:.4g}%" for v in flag["variants"])
 
@@ -253,9 +253,10 @@ def _print_flag(out: Console, flag: Json) -> None:
         out.print(escape(flag["description"]))
     effective = not flag["killed"] and flag["enabled"]
     if not effective:
+        why, until = ("killed", "`unkill`") if flag["enabled"] else ("disabled", "it is enabled")
         out.print(
-            f"[bold]traffic: {escape(traffic(flag))}[/bold]; the weights below apply again "
-            + ("after `unkill`" if flag["enabled"] else "once it is enabled")
+            f"[bold]traffic: {escape(traffic(flag))}[/bold] ({why}); "
+            f"the weights below apply again after {until}"
         )
     table = Table("variant", "pool", "served model", "weight", "share" if effective else "split")
     total = sum(v["weight"] for v in flag["variants"]) or 1

@@ -46,9 +46,12 @@ def _share(value: float | None) -> str:
 
 
 def _history(entries: list[Json], width: int) -> Any:
+    from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
+    if not entries:
+        return Text("no actions yet", style="dim")
     if width >= WIDE:
         table = Table("time", "action", "share", "version", "p", title="history", expand=True)
         table.add_column("why", overflow="fold", ratio=1)
@@ -63,20 +66,22 @@ def _history(entries: list[Json], width: int) -> Any:
                 "; ".join(entry.get("reasons", [])),
             )
         return table
-    text = Text("history\n", style="bold")
+    # Stacked: the time, then what happened and why, wrapping under itself.
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column()
     for entry in entries:
         action = entry["action"]
-        text.append(f"{_when(entry['time'])} ")
-        text.append(action, style=ACTION_STYLE.get(action, ""))
-        text.append(f" {_share(entry.get('from_share'))} → {_share(entry.get('to_share'))}")
+        line = Text(action, style=ACTION_STYLE.get(action, ""))
+        line.append(f" {_share(entry.get('from_share'))} → {_share(entry.get('to_share'))}")
         if entry.get("flag_version"):
-            text.append(f"  v{entry['flag_version']}", style="dim")
+            line.append(f"  v{entry['flag_version']}", style="dim")
         if entry.get("p_value") is not None:
-            text.append(f"  p {entry['p_value']:.3g}", style="dim")
-        text.append("\n")
+            line.append(f"  p {entry['p_value']:.3g}", style="dim")
         if entry.get("reasons"):
-            text.append(f"  {'; '.join(entry['reasons'])}\n", style="dim")
-    return text
+            line.append("\n" + "; ".join(entry["reasons"]), style="dim")
+        grid.add_row(_when(entry["time"]), line)
+    return Group(Text("history", style="bold"), grid)
 
 
 def rollout_panel(doc: Json, width: int, history: int = 10) -> Group:
@@ -84,7 +89,7 @@ def rollout_panel(doc: Json, width: int, history: int = 10) -> Group:
     from rich.console import Group
     from rich.text import Text
 
-    from cli.experiments import DECISION_STYLE
+    from cli.experiments import DECISION_STYLE, bullets
 
     plan, state = doc["plan"], doc.get("state") or {}
     steps = plan["steps"]
@@ -112,11 +117,10 @@ def rollout_panel(doc: Json, width: int, history: int = 10) -> Group:
         last.append("last decision: ", style="bold")
         shown = "not enough data yet" if decision == "insufficient_data" else decision
         last.append(shown, style=DECISION_STYLE.get(decision, ""))
-        last.append(f" at {_when(state.get('checked_at'))}\n", style="dim")
-        for reason in state.get("last_reasons", [])[:6]:
-            last.append(f"  • {reason}\n")
+        last.append(f" at {_when(state.get('checked_at'))}", style="dim")
+    reasons = bullets(list(state.get("last_reasons", []))[:6])
     entries = list(state.get("history", []))[-history:] if history > 0 else []
-    return Group(head, ladder, last, _history(entries, width))
+    return Group(head, ladder, last, reasons, _history(entries, width))
 
 
 def parse_steps(text: str) -> list[float]:
@@ -184,6 +188,17 @@ def _checked_plan(flag: str, body: Json) -> Any:
         raise CliError(f"plan: {where}: {item['msg']}", code=2) from None
 
 
+def arms(flag: Json, rollout: Json | None) -> dict[str, str]:
+    """Control and canary when not given: the current plan's, else the flag's control and
+    its heaviest other variant (as the gateway's default experiment view picks them)."""
+    if rollout is not None:
+        return {"control": rollout["plan"]["control"], "canary": rollout["plan"]["canary"]}
+    others = [v for v in flag["variants"] if v["name"] != flag["control"]]
+    if not others:
+        return {"control": flag["control"]}
+    return {"control": flag["control"], "canary": max(others, key=lambda v: v["weight"])["name"]}
+
+
 def canary_share_of(flag: Json, canary: str) -> float:
     """The canary's share (percent) of the flag's traffic now: 0 when killed or disabled."""
     total = float(sum(v["weight"] for v in flag["variants"]))
@@ -232,10 +247,13 @@ def _describe(effect: Json) -> str:
         f"now: the canary has {effect['canary_share_now']:.4g}% of the flag's traffic",
     ]
     old = effect["replaces"]
-    if old is not None:
-        step, count = old["step"], len(old["steps"])
-        where = f"step {step + 1} of {count}" if step >= 0 else "not started"
-        lines.append(f"replaces: a {old['status']} rollout ({where}); its history is dropped")
+    if old is not None and old["step"] >= 0:
+        lines.append(
+            f"replaces: a {old['status']} rollout at step {old['step'] + 1} of "
+            f"{len(old['steps'])}; its history is dropped"
+        )
+    elif old is not None:
+        lines.append("replaces: a plan the controller has not started yet")
     verb = "[bold red]lowers[/]" if effect["lowers_live_share"] else "sets"
     lines.append(
         f"then: the controller restarts at step 1 and {verb} the canary's share "
@@ -277,8 +295,12 @@ def register(app: typer.Typer) -> None:
         file: Annotated[
             Path | None, typer.Option(help="Plan as YAML (fields of RolloutPlan)")
         ] = None,
-        control: Annotated[str | None, typer.Option(help="Control variant")] = None,
-        canary: Annotated[str | None, typer.Option(help="Canary variant")] = None,
+        control: Annotated[
+            str | None, typer.Option(help="Control variant [default: the flag's control]")
+        ] = None,
+        canary: Annotated[
+            str | None, typer.Option(help="Canary variant [default: its heaviest other]")
+        ] = None,
         steps: Annotated[
             str | None, typer.Option(help="Canary percentages, e.g. 1,5,25,50,100")
         ] = None,
@@ -310,9 +332,11 @@ def register(app: typer.Typer) -> None:
         body = _plan_body(file, control, canary, parsed, options)
         client = AdminClient(url, token)
         with reported():
-            plan = _checked_plan(flag, body)
             flag_doc = client.get(f"/admin/flags/{flag}")
-            effect = plan_effect(flag, plan, flag_doc, _current_rollout(client, flag))
+            current = _current_rollout(client, flag)
+            body = {**arms(flag_doc, current), **body}
+            plan = _checked_plan(flag, body)
+            effect = plan_effect(flag, plan, flag_doc, current)
             if dry_run:
                 if as_json:
                     print_json({**effect, "dry_run": True})
@@ -452,9 +476,8 @@ async def _controller_main(settings: Any, interval: float | None, once: bool, po
 def _confirm(question: str) -> bool:
     """Ask on the terminal; no answer (no terminal, end of input) is no."""
 
-    import click
-
     try:
         return typer.confirm(question, default=False, err=True)
-    except click.exceptions.Abort:
+    except typer.Abort:  # end of input: the prompt's line is still open
+        typer.echo(err=True)
         return False
