@@ -50,6 +50,8 @@ def _root(
 
 
 def _register() -> None:
+    if app.registered_groups:  # once per process (tests call it again)
+        return
     from cli import datasets, demo, drift, events, experiments, flags, keys, rollout, serve, sim
 
     for module in (serve, sim, flags, experiments, rollout, drift, events, datasets, demo, keys):
