@@ -182,119 +182,38 @@ def _topics_for(topics: list[str] | None, types: list[str] | None) -> list[str]:
 # --- Kafka -------------------------------------------------------------------------------
 
 
-def _consumer(servers: list[str]) -> Any:
-    from feedback.sinks.kafka import load_kafka_client
-
-    load_kafka_client()
-    from kafka import KafkaConsumer
-    from kafka.errors import KafkaError
+@contextlib.contextmanager
+def _kafka_errors() -> Any:
+    from feedback.sinks.kafka_reader import KafkaReadError
 
     try:
-        # No group: assigned partitions, no join (and no group left behind by a quick exit).
-        return KafkaConsumer(
-            bootstrap_servers=servers,
-            group_id=None,
-            enable_auto_commit=False,
-            client_id="loopgate-events-cli",
-            request_timeout_ms=10_000,
-        )
-    except KafkaError as exc:
-        raise CliError(f"cannot reach Kafka {servers}: {exc}") from exc
-
-
-def _partitions(consumer: Any, topics: list[str]) -> list[Any]:
-    from kafka import TopicPartition
-
-    out = []
-    for topic in topics:
-        for partition in sorted(consumer.partitions_for_topic(topic) or ()):
-            out.append(TopicPartition(topic, partition))
-    return out
-
-
-def end_offsets(consumer: Any, parts: list[Any]) -> dict[Any, int]:
-    """One past the last record of each partition, from a fetch's high watermark.
-
-    tansu answers ListOffsets(latest) with the last *batch's* base offset plus one, short of
-    the end when that batch holds several records; a fetch's high watermark is exact.
-    """
-    listed: dict[Any, int] = consumer.end_offsets(parts)
-    begins: dict[Any, int] = consumer.beginning_offsets(parts)
-    consumer.assign(parts)
-    for part in parts:
-        consumer.seek(part, max(begins[part], listed[part] - 1))
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and any(
-        consumer.highwater(p) is None for p in parts if listed[p] > begins[p]
-    ):
-        consumer.poll(timeout_ms=200)
-    return {p: max(listed[p], consumer.highwater(p) or 0) for p in parts}
+        yield
+    except KafkaReadError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def _tail_kafka(
     servers: list[str], topics: list[str], wanted: Filter, last: int | None, follow: bool,
     as_json: bool,
 ) -> None:  # fmt: skip
-    consumer = _consumer(servers)
-    try:
-        parts = _partitions(consumer, topics)
-        if not parts and not follow:
-            raise CliError(f"none of {', '.join(topics)} exists on {', '.join(servers)}")
-        while not parts:  # --follow before the gateway created its topics
-            time.sleep(1.0)
-            parts = _partitions(consumer, topics)
-        ends = end_offsets(consumer, parts)
-        begins = consumer.beginning_offsets(parts)
-        for part in parts:  # no --last (with --since): from the start, filtered by time
-            start = begins[part] if last is None else max(begins[part], ends[part] - last)
-            consumer.seek(part, start)
-        backlog: list[tuple[int, str, int, bytes]] = []
-        idle = 0
-        # Up to the end offsets seen at start; a few empty polls end it (offset gaps).
-        while idle < 6 and any(consumer.position(p) < ends[p] for p in parts):
-            polled = consumer.poll(timeout_ms=500).values()
-            idle = 0 if polled else idle + 1
-            for batch in polled:
-                backlog += [(r.timestamp, r.topic, r.offset, r.value) for r in batch]
-        shown = [(raw, ev) for *_, raw in sorted(backlog)
+    from feedback.sinks.kafka_reader import TopicReader
+
+    with _kafka_errors(), TopicReader(servers, topics, wait=follow) as reader:
+        shown = [(raw, ev) for raw in reader.backlog(last)
                  if (ev := _parse(raw)) is not None and wanted.matches(ev)]  # fmt: skip
         for raw, event in _last(shown, last):
             _show(raw, event, as_json)
         while follow:
-            for batch in consumer.poll(timeout_ms=500).values():
-                for record in batch:
-                    new = _parse(record.value)
-                    if new is not None and wanted.matches(new):
-                        _show(record.value, new, as_json)
-    finally:
-        consumer.close()
+            for raw in reader.poll():
+                new = _parse(raw)
+                if new is not None and wanted.matches(new):
+                    _show(raw, new, as_json)
 
 
 def _last(items: list[Any], last: int | None) -> list[Any]:
     if last is None:
         return items
     return items[-last:] if last > 0 else []
-
-
-def kafka_stats(servers: list[str], topics: list[str] | None) -> list[dict[str, Any]]:
-    """Partitions, first and end offsets and record counts of each Loopgate topic."""
-    consumer = _consumer(servers)
-    try:
-        names = topics or sorted(t for t in consumer.topics() if t.startswith("loopgate."))
-        rows = []
-        for topic in names:
-            parts = _partitions(consumer, [topic])
-            begins = consumer.beginning_offsets(parts) if parts else {}
-            ends = end_offsets(consumer, parts) if parts else {}
-            rows.append({
-                "topic": topic,
-                "partitions": len(parts),
-                "end_offsets": {str(p.partition): ends[p] for p in parts},
-                "records": sum(ends[p] - begins[p] for p in parts),
-            })  # fmt: skip
-        return rows
-    finally:
-        consumer.close()
 
 
 # --- the spool: tail, stats, replay ------------------------------------------------------
@@ -440,7 +359,10 @@ def register(app: typer.Typer) -> None:
         try:
             source = _source(kafka, spool, config)
             if source.kafka is not None:
-                rows = kafka_stats(source.kafka, topic)
+                from feedback.sinks.kafka_reader import topic_stats
+
+                with _kafka_errors():
+                    rows = topic_stats(source.kafka, topic)
                 if as_json:
                     print(json.dumps({"kafka": rows}, indent=2))
                     return
