@@ -19,6 +19,7 @@ from cli._common import (
     Url,
     console,
     err_console,
+    fail,
     print_json,
     reported,
 )
@@ -401,15 +402,16 @@ def register(app: typer.Typer) -> None:
         try:
             settings = load_settings(config)
         except ConfigError as exc:
-            err_console().print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(2) from exc
+            raise fail(CliError(str(exc), code=2)) from exc
         if not settings.experiments.redis_url or settings.flags.source != "redis":
-            err_console().print(
-                "[bold red]error:[/] `loopgate controller` reads the counters every gateway "
-                "writes: set experiments.redis_url and flags.source: redis. With one gateway "
-                "process, set experiments.controller.in_process: true instead."
+            raise fail(
+                CliError(
+                    "`loopgate controller` reads the counters every gateway writes: set "
+                    "experiments.redis_url and flags.source: redis. With one gateway process, "
+                    "set experiments.controller.in_process: true instead.",
+                    code=2,
+                )
             )
-            raise typer.Exit(2)
         asyncio.run(_controller_main(settings, interval, once, metrics_port))
 
 

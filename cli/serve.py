@@ -201,7 +201,9 @@ def steerable(settings: Settings) -> Iterator[Settings]:
             shutil.copyfile(flags.flags_file(), path)
             path.chmod(0o600)
             flags = flags.model_copy(update={"path": path})
-            console.print(f"[dim]flags: a writable copy of the embedded flags at[/] {path}")
+            console.print(
+                f"[dim]flags: a writable copy of the embedded flags at[/] {path}", soft_wrap=True
+            )
         token = None
         if flags.source != "none" and flags.admin_token is None and not settings.auth.admin_tokens:
             token = "lga-dev-" + secrets.token_urlsafe(18)
