@@ -44,8 +44,7 @@ def _root(
 ) -> None:
     """OpenAI-compatible serving gateway with A/B routing and feedback capture.
 
-    Admin commands take --url (or LOOPGATE_URL) and --token (or LOOPGATE_ADMIN_TOKEN)
-    after the subcommand; their help names the role the token needs.
+    Admin commands: --url/LOOPGATE_URL, --token/LOOPGATE_ADMIN_TOKEN; each names its role.
     """
 
 
