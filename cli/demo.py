@@ -7,7 +7,6 @@ and judging; a live view of the split, the feedback shares and the rollout; a su
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import secrets
@@ -19,19 +18,16 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
-from rich.console import Console, Group
-from rich.live import Live
-from rich.panel import Panel
-from rich.text import Text
 
-from cli.experiments import CliError, admin_call, experiment_panel
-from cli.rollout import rollout_panel
+from cli._common import CliError, console, fail
 
-console = Console()
+if TYPE_CHECKING:
+    from rich.console import Group
+    from rich.text import Text
+
 FLAG = "support-bot"
 
 # P(thumbs up) per variant in each scenario: the canary (policy-b) better, worse, or erroring.
@@ -67,6 +63,8 @@ def demo_config(
     folder: Path, port: int, token: str, scenario: str, interval: float, seed: int
 ) -> dict[str, Any]:
     """The gateway config: embedded pools with fast sims, writable flags, in-process controller."""
+    import yaml
+
     from gateway.settings import DEFAULT_CONFIG
     from router.config import DEFAULT_FLAGS_FILE
 
@@ -166,20 +164,34 @@ class DemoGateway:
 
 def _header(scenario: str, like: dict[str, float], elapsed: float, duration: float,
             rate: float) -> Text:  # fmt: skip
+    from rich.text import Text
+
     text = Text()
     text.append("Loopgate demo", style="bold green")
     text.append(f"   scenario: {scenario}", style="bold")
     prefs = ", ".join(f"{k} {100 * v:.0f}%" for k, v in like.items())
-    text.append(f"   users like: {prefs}", style="dim")
-    text.append(f"   {elapsed:4.0f}/{duration:.0f} s   {rate:5.1f} req/s")
+    text.append(f"   users like: {prefs}\n", style="dim")
+    text.append(f"{elapsed:.0f}/{duration:.0f} s   {rate:.1f} req/s")
     return text
 
 
 async def _demo(
     scenario: str, duration: float, interval: float, seed: int, keep: Path | None
 ) -> int:
+    import asyncio
+
+    import yaml
+    from rich.console import Group
+    from rich.live import Live
+    from rich.panel import Panel
+    from rich.text import Text
+
+    from cli.admin import AdminClient
+    from cli.experiments import experiment_panel
+    from cli.rollout import rollout_panel
     from rollout.population import Population, PopulationConfig
 
+    out = console()
     folder = keep or Path(tempfile.mkdtemp(prefix="loopgate-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     token, port = secrets.token_urlsafe(16), _free_port()
@@ -188,7 +200,7 @@ async def _demo(
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     gateway = DemoGateway(config_path, folder / "gateway.log", port)
     like = SCENARIOS[scenario]["like"]
-    console.print(f"[dim]starting the gateway and two simulated policy versions ({folder})…[/]")
+    out.print(f"[dim]starting the gateway and two simulated policy versions ({folder})…[/]")
     await asyncio.to_thread(gateway.start)
     population = Population(gateway.url, PopulationConfig(like=like, seed=seed))
     stop = asyncio.Event()
@@ -198,23 +210,27 @@ async def _demo(
     exp: dict[str, Any] | None = None
     ro: dict[str, Any] | None = None
 
+    admin = AdminClient(gateway.url, token, "demo", timeout=10)
+
     async def fetch() -> None:
         nonlocal exp, ro
         with contextlib.suppress(CliError):
-            exp = await admin_call(gateway.url, token, "GET", f"/admin/experiments/{FLAG}")
-            ro = await admin_call(gateway.url, token, "GET", f"/admin/experiments/{FLAG}/rollout")
+            exp = await asyncio.to_thread(admin.get, f"/admin/experiments/{FLAG}")
+            ro = await asyncio.to_thread(admin.get, f"/admin/experiments/{FLAG}/rollout")
 
     def render() -> Group:
         parts: list[Any] = [_header(scenario, like, time.monotonic() - started, duration,
                                     population.stats.rate())]  # fmt: skip
+        width = out.width
         if exp is not None:
-            parts.append(experiment_panel(exp))
+            parts.append(experiment_panel(exp, width))
         if ro is not None:
-            parts.append(Panel(rollout_panel(ro, history=8), title="rollout", expand=True))
+            inner = rollout_panel(ro, width - 4, history=8)  # the panel's border and padding
+            parts.append(Panel(inner, title="rollout", expand=True))
         return Group(*parts)
 
     try:
-        with Live(render(), console=console, refresh_per_second=4, transient=False) as view:
+        with Live(render(), console=out, refresh_per_second=4, transient=False) as view:
             while time.monotonic() - started < duration:
                 await asyncio.sleep(1.0)
                 if task.done():
@@ -254,9 +270,13 @@ async def _demo(
     )
     summary.append(f"flag changes (audit events, who=controller) are among them; gateway log: "
                    f"{folder / 'gateway.log'}\n", style="dim")  # fmt: skip
-    summary.append("datasets from them: ", style="dim")
-    summary.append(f"loopgate datasets build --spool {folder / 'spool'} --out dataset/\n")
-    console.print(summary)
+    summary.append("datasets from them:", style="dim")
+    out.print(summary)
+    # On a line of its own and never wrapped, so that it can be copied as it is.
+    out.print(
+        f"loopgate datasets build --spool {folder / 'spool'} --out dataset/",
+        soft_wrap=True, highlight=False, markup=False,
+    )  # fmt: skip
     return 0 if status in ("promoted", "rolled_back") else 1
 
 
@@ -276,14 +296,14 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """The feedback loop end to end: gateway, two policy versions, users, controller."""
+        import asyncio
+
         if scenario not in SCENARIOS:
-            console.print(f"[bold red]error:[/] scenario must be one of {', '.join(SCENARIOS)}")
-            raise typer.Exit(2)
+            raise fail(CliError(f"scenario must be one of {', '.join(SCENARIOS)}", code=2))
         try:
             code = asyncio.run(_demo(scenario, duration, interval, seed, folder))
         except CliError as exc:
-            console.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(1) from exc
+            raise fail(exc) from exc
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         raise typer.Exit(code)

@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import fcntl
 import json
-import os
 import time
-from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import orjson
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from feedback.config import KafkaConfig, SpoolConfig
-from feedback.schema import AUDIT_TOPIC, COMPLETIONS_TOPIC, FEEDBACK_TOPIC, TOPICS, route_of
-from feedback.sinks.spool import CURSOR_FILE, LOCK_FILE, SEGMENT_SUFFIX, Spool, SpoolPosition
+from cli._common import CliError, console, err_console, fail, parse_time, short_id
 
-console = Console()
-errors = Console(stderr=True)
+if TYPE_CHECKING:
+    from feedback.config import KafkaConfig, SpoolConfig
+    from feedback.sinks.spool_reader import FolderStats
 
 KAFKA = typer.Option(
     "--kafka", help="Kafka bootstrap HOST:PORT (repeat or comma-separate)", show_default=False
@@ -34,15 +25,10 @@ SPOOL = typer.Option("--spool", help="Spool directory (the root or one gateway's
 CONFIG = typer.Option("--config", "-c", help="Gateway config: its events.kafka or events.spool")
 TOPIC = typer.Option("--topic", help="Only this topic (repeatable)")
 TYPE = typer.Option("--type", help="Only this event type: completion, feedback, flag_change...")
+SINCE = typer.Option(
+    "--since", help="Only events from then on: a time ago (30m, 24h, 7d) or a date or time"
+)
 _POLL_S = 0.2
-
-
-class CliError(Exception):
-    """A failure reported in one line; exit code 1 (2 for a refusal)."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -51,7 +37,7 @@ class Source:
 
     kafka: list[str] | None
     spool: Path | None
-    spool_config: SpoolConfig = field(default_factory=SpoolConfig)
+    spool_config: SpoolConfig | None = field(default=None)
 
 
 def _servers(values: list[str] | None) -> list[str] | None:
@@ -59,14 +45,18 @@ def _servers(values: list[str] | None) -> list[str] | None:
     return servers or None
 
 
-def _source(kafka: list[str] | None, spool: Path | None, config: Path | None) -> Source:
-    """Explicit --kafka or --spool win; otherwise the config's Kafka, else its spool."""
+def _events_config(config: Path | None) -> Any:
     from gateway.settings import ConfigError, load_settings
 
     try:
-        events = load_settings(config).events
+        return load_settings(config).events
     except ConfigError as exc:
-        raise CliError(str(exc)) from exc
+        raise CliError(str(exc), code=2) from exc
+
+
+def _source(kafka: list[str] | None, spool: Path | None, config: Path | None) -> Source:
+    """Explicit --kafka or --spool win; otherwise the config's Kafka, else its spool."""
+    events = _events_config(config)
     servers = _servers(kafka)
     if servers is not None or spool is not None:
         return Source(servers, spool, events.spool)
@@ -75,90 +65,16 @@ def _source(kafka: list[str] | None, spool: Path | None, config: Path | None) ->
     return Source(None, events.spool.dir, events.spool)
 
 
-# --- the spool, read without its lock (a live gateway may be writing it) -------------------
+@contextlib.contextmanager
+def _spool_errors() -> Any:
+    from feedback.sinks.spool_reader import SpoolBusy, SpoolError
 
-
-def _is_folder(path: Path) -> bool:
-    return (path / LOCK_FILE).exists() or any(path.glob(f"*{SEGMENT_SUFFIX}"))
-
-
-def spool_folders(path: Path) -> list[Path]:
-    """The per-process spool folders at `path`: itself, or its subfolders (`name`, `name.1`)."""
-    if not path.is_dir():
-        raise CliError(f"no spool directory at {path}")
-    if _is_folder(path):
-        return [path]
-    folders = sorted(p for p in path.iterdir() if p.is_dir() and _is_folder(p))
-    if not folders:
-        raise CliError(f"no spool folders under {path}")
-    return folders
-
-
-def is_locked(folder: Path) -> bool:
-    """True when a live process (a gateway) holds the folder's lock."""
     try:
-        fd = os.open(folder / LOCK_FILE, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # releases the probe's lock, if it got one
-    return False
-
-
-def _segments(folder: Path) -> dict[int, Path]:
-    return {
-        int(p.stem): p for p in folder.glob(f"*{SEGMENT_SUFFIX}") if p.stem.isdigit()
-    }  # fmt: skip
-
-
-def _cursor(folder: Path, segments: dict[int, Path]) -> SpoolPosition:
-    first = min(segments, default=1)
-    try:
-        raw = orjson.loads((folder / CURSOR_FILE).read_bytes())
-        position = SpoolPosition(int(raw["segment"]), int(raw["offset"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return SpoolPosition(first, 0)
-    return position if position.segment in segments else SpoolPosition(first, 0)
-
-
-class SpoolReader:
-    """Complete lines of one folder from a position on; follows rotation and replay."""
-
-    def __init__(self, folder: Path, position: SpoolPosition | None = None) -> None:
-        self.folder = folder
-        self.position = position or _cursor(folder, _segments(folder))
-
-    def read(self) -> Iterator[bytes]:
-        """Every complete line written after the position; moves the position past them."""
-        while True:
-            segments = _segments(self.folder)
-            if not segments:
-                return
-            segment, offset = self.position.segment, self.position.offset
-            if segment not in segments:
-                # Replayed and deleted behind us, or not created yet.
-                later = [n for n in segments if n > segment]
-                if not later:
-                    return
-                segment, offset = min(later), 0
-            try:
-                with segments[segment].open("rb") as handle:
-                    handle.seek(offset)
-                    data = handle.read()
-            except FileNotFoundError:
-                continue  # deleted between the listing and the open: list again
-            end = data.rfind(b"\n") + 1  # a writer may be mid-line: only whole lines
-            for line in data[:end].split(b"\n")[:-1]:
-                if line.strip():
-                    yield line
-            self.position = SpoolPosition(segment, offset + end)
-            if end < len(data) or not any(n > segment for n in segments):
-                return
-            self.position = SpoolPosition(min(n for n in segments if n > segment), 0)
+        yield
+    except SpoolBusy as exc:
+        raise CliError(str(exc), code=2) from exc
+    except SpoolError as exc:
+        raise CliError(str(exc)) from exc
 
 
 # --- rendering ---------------------------------------------------------------------------
@@ -172,6 +88,8 @@ def _short(text: str | None, width: int = 60) -> str:
 
 
 def _pretty(event: dict[str, Any]) -> str:
+    from rich.markup import escape
+
     body = event.get("body") or {}
     kind = str(event.get("type", "?"))
     when = str(event.get("time", ""))[:23].replace("T", " ")
@@ -199,18 +117,42 @@ def _pretty(event: dict[str, Any]) -> str:
         detail = escape(
             f"{body.get('action', '?')} by {body.get('who', '?')} -> v{body.get('version')}"
         )
-    key = str(body.get("response_id") or "")
-    key = key if len(key) <= 24 else key[:12] + "…" + key[-8:]
+    key = short_id(str(body.get("response_id") or ""))
     return f"[dim]{when}[/] [cyan]{kind:<11}[/] {escape(route)} [dim]{escape(key)}[/] {detail}"
 
 
-def _matches(event: dict[str, Any], topics: set[str] | None, types: set[str] | None) -> bool:
-    if types and event.get("type") not in types:
-        return False
-    return not topics or route_of(event)[0] in topics
+def _event_time(event: dict[str, Any]) -> datetime | None:
+    try:
+        value = datetime.fromisoformat(str(event.get("time")))
+    except ValueError:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which events to show: by topic, by type, and from when."""
+
+    topics: set[str] | None = None
+    types: set[str] | None = None
+    since: datetime | None = None
+
+    def matches(self, event: dict[str, Any]) -> bool:
+        """True when the event passes every filter given."""
+        from feedback.schema import route_of
+
+        if self.types and event.get("type") not in self.types:
+            return False
+        if self.since is not None:
+            when = _event_time(event)
+            if when is None or when < self.since:
+                return False
+        return not self.topics or route_of(event)[0] in self.topics
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:
+    import orjson
+
     try:
         data = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -222,10 +164,12 @@ def _show(raw: bytes, event: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(raw.decode(), flush=True)
     else:
-        console.print(_pretty(event), highlight=False, soft_wrap=True)
+        console().print(_pretty(event), highlight=False, soft_wrap=True)
 
 
 def _topics_for(topics: list[str] | None, types: list[str] | None) -> list[str]:
+    from feedback.schema import AUDIT_TOPIC, COMPLETIONS_TOPIC, FEEDBACK_TOPIC, TOPICS
+
     if topics:
         return list(dict.fromkeys(topics))
     if not types:
@@ -238,131 +182,57 @@ def _topics_for(topics: list[str] | None, types: list[str] | None) -> list[str]:
 # --- Kafka -------------------------------------------------------------------------------
 
 
-def _consumer(servers: list[str]) -> Any:
-    from feedback.sinks.kafka import load_kafka_client
-
-    load_kafka_client()
-    from kafka import KafkaConsumer
-    from kafka.errors import KafkaError
+@contextlib.contextmanager
+def _kafka_errors() -> Any:
+    from feedback.sinks.kafka_reader import KafkaReadError
 
     try:
-        # No group: assigned partitions, no join (and no group left behind by a quick exit).
-        return KafkaConsumer(
-            bootstrap_servers=servers,
-            group_id=None,
-            enable_auto_commit=False,
-            client_id="loopgate-events-cli",
-            request_timeout_ms=10_000,
-        )
-    except KafkaError as exc:
-        raise CliError(f"cannot reach Kafka {servers}: {exc}") from exc
-
-
-def _partitions(consumer: Any, topics: list[str]) -> list[Any]:
-    from kafka import TopicPartition
-
-    out = []
-    for topic in topics:
-        for partition in sorted(consumer.partitions_for_topic(topic) or ()):
-            out.append(TopicPartition(topic, partition))
-    return out
-
-
-def end_offsets(consumer: Any, parts: list[Any]) -> dict[Any, int]:
-    """One past the last record of each partition, from a fetch's high watermark.
-
-    tansu answers ListOffsets(latest) with the last *batch's* base offset plus one, short of
-    the end when that batch holds several records; a fetch's high watermark is exact.
-    """
-    listed: dict[Any, int] = consumer.end_offsets(parts)
-    begins: dict[Any, int] = consumer.beginning_offsets(parts)
-    consumer.assign(parts)
-    for part in parts:
-        consumer.seek(part, max(begins[part], listed[part] - 1))
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and any(
-        consumer.highwater(p) is None for p in parts if listed[p] > begins[p]
-    ):
-        consumer.poll(timeout_ms=200)
-    return {p: max(listed[p], consumer.highwater(p) or 0) for p in parts}
+        yield
+    except KafkaReadError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def _tail_kafka(
-    servers: list[str], topics: list[str], types: set[str] | None, last: int, follow: bool,
+    servers: list[str], topics: list[str], wanted: Filter, last: int | None, follow: bool,
     as_json: bool,
 ) -> None:  # fmt: skip
-    consumer = _consumer(servers)
-    try:
-        parts = _partitions(consumer, topics)
-        if not parts and not follow:
-            raise CliError(f"none of {', '.join(topics)} exists on {', '.join(servers)}")
-        while not parts:  # --follow before the gateway created its topics
-            time.sleep(1.0)
-            parts = _partitions(consumer, topics)
-        ends = end_offsets(consumer, parts)
-        begins = consumer.beginning_offsets(parts)
-        for part in parts:
-            consumer.seek(part, max(begins[part], ends[part] - last))
-        backlog: list[tuple[int, str, int, bytes]] = []
-        idle = 0
-        # Up to the end offsets seen at start; a few empty polls end it (offset gaps).
-        while idle < 6 and any(consumer.position(p) < ends[p] for p in parts):
-            polled = consumer.poll(timeout_ms=500).values()
-            idle = 0 if polled else idle + 1
-            for batch in polled:
-                backlog += [(r.timestamp, r.topic, r.offset, r.value) for r in batch]
-        shown = [(raw, ev) for *_, raw in sorted(backlog)
-                 if (ev := _parse(raw)) is not None and _matches(ev, None, types)]  # fmt: skip
-        for raw, event in shown[-last:] if last else []:
+    from feedback.sinks.kafka_reader import TopicReader
+
+    with _kafka_errors(), TopicReader(servers, topics, wait=follow) as reader:
+        shown = [(raw, ev) for raw in reader.backlog(last)
+                 if (ev := _parse(raw)) is not None and wanted.matches(ev)]  # fmt: skip
+        for raw, event in _last(shown, last):
             _show(raw, event, as_json)
         while follow:
-            for batch in consumer.poll(timeout_ms=500).values():
-                for record in batch:
-                    new = _parse(record.value)
-                    if new is not None and _matches(new, None, types):
-                        _show(record.value, new, as_json)
-    finally:
-        consumer.close()
+            for raw in reader.poll():
+                new = _parse(raw)
+                if new is not None and wanted.matches(new):
+                    _show(raw, new, as_json)
 
 
-def kafka_stats(servers: list[str], topics: list[str] | None) -> list[dict[str, Any]]:
-    """Partitions, first and end offsets and record counts of each Loopgate topic."""
-    consumer = _consumer(servers)
-    try:
-        names = topics or sorted(t for t in consumer.topics() if t.startswith("loopgate."))
-        rows = []
-        for topic in names:
-            parts = _partitions(consumer, [topic])
-            begins = consumer.beginning_offsets(parts) if parts else {}
-            ends = end_offsets(consumer, parts) if parts else {}
-            rows.append({
-                "topic": topic,
-                "partitions": len(parts),
-                "end_offsets": {str(p.partition): ends[p] for p in parts},
-                "records": sum(ends[p] - begins[p] for p in parts),
-            })  # fmt: skip
-        return rows
-    finally:
-        consumer.close()
+def _last(items: list[Any], last: int | None) -> list[Any]:
+    if last is None:
+        return items
+    return items[-last:] if last > 0 else []
 
 
 # --- the spool: tail, stats, replay ------------------------------------------------------
 
 
-def _tail_spool(
-    root: Path, topics: set[str] | None, types: set[str] | None, last: int, follow: bool,
-    as_json: bool,
-) -> None:  # fmt: skip
+def _tail_spool(root: Path, wanted: Filter, last: int | None, follow: bool, as_json: bool) -> None:
+    from feedback.sinks.spool import SpoolPosition
+    from feedback.sinks.spool_reader import SpoolReader, spool_folders
+
     readers = [SpoolReader(folder) for folder in spool_folders(root)]
     backlog: list[tuple[str, bytes, dict[str, Any]]] = []
     for reader in readers:
         for raw in reader.read():
             event = _parse(raw)
-            if event is not None and _matches(event, topics, types):
+            if event is not None and wanted.matches(event):
                 backlog.append((str(event.get("time", "")), raw, event))
     # Merged by time across folders; stable, so one folder's order holds for equal times.
     backlog.sort(key=lambda item: item[0])
-    for _, raw, event in backlog[-last:] if last else []:
+    for _, raw, event in _last(backlog, last):
         _show(raw, event, as_json)
     while follow:
         time.sleep(_POLL_S)
@@ -372,120 +242,20 @@ def _tail_spool(
         for reader in readers:
             for raw in reader.read():
                 event = _parse(raw)
-                if event is not None and _matches(event, topics, types):
+                if event is not None and wanted.matches(event):
                     _show(raw, event, as_json)
 
 
-@dataclass
-class FolderStats:
-    """What one spool folder holds."""
-
-    folder: str
-    live: bool
-    segments: int
-    bytes: int
-    pending_bytes: int
-    pending_events: int = 0
-    corrupt: int = 0
-    by_type: Counter[str] = field(default_factory=Counter)
-    by_variant: Counter[str] = field(default_factory=Counter)
-    by_kind: Counter[str] = field(default_factory=Counter)
-
-
-def spool_stats(root: Path) -> list[FolderStats]:
-    """Segments, bytes, pending bytes and pending events by type, flag/variant and kind."""
-    out = []
-    for folder in spool_folders(root):
-        segments = _segments(folder)
-        sizes = {n: p.stat().st_size for n, p in segments.items()}
-        cursor = _cursor(folder, segments)
-        pending = sum(s for n, s in sizes.items() if n >= cursor.segment) - cursor.offset
-        stats = FolderStats(
-            str(folder), is_locked(folder), len(sizes), sum(sizes.values()), max(pending, 0)
-        )
-        for raw in SpoolReader(folder, cursor).read():
-            event = _parse(raw)
-            if event is None:
-                stats.corrupt += 1
-                continue
-            body = event.get("body") or {}
-            stats.pending_events += 1
-            stats.by_type[str(event.get("type"))] += 1
-            if event.get("type") in ("completion", "feedback"):
-                stats.by_variant[f"{body.get('flag') or '-'}/{body.get('variant') or '-'}"] += 1
-            if event.get("type") == "feedback":
-                stats.by_kind[str(body.get("kind"))] += 1
-        out.append(stats)
-    return out
-
-
-def _lock(folder: Path) -> int:
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise CliError(
-            f"spool {folder} is locked by a running gateway: stop it first "
-            "(a running gateway replays its own spool when Kafka is back)",
-            code=2,
-        ) from None
-    return fd
-
-
-async def replay_folder(
-    folder: Path, kafka: KafkaConfig, spool: SpoolConfig
-) -> tuple[int, int, int]:
-    """Send the folder's pending events to Kafka in order; returns (replayed, corrupt, set aside).
-
-    Events Kafka can never take go to the folder's dead-letter spool, as the gateway does.
-    """
-    from feedback.sinks.base import Record, RecordsRejected, SinkError
-    from feedback.sinks.kafka import KafkaSink
-    from feedback.sinks.spool import record_from_line, set_aside
-
-    fd = _lock(folder)  # before anything is read: a live gateway owns the cursor
-    store = Spool(folder, spool.segment_bytes, spool.max_bytes, fd)
-    sink = KafkaSink(kafka)
-    replayed = corrupt = aside = 0
-    try:
-        while True:
-            lines, position = await asyncio.to_thread(store.read, 500)
-            if not lines:
-                return replayed, corrupt, aside
-            records: list[Record] = []
-            for line in lines:
-                try:
-                    records.append(record_from_line(line))
-                except ValueError:
-                    corrupt += 1  # skipped, as the gateway's own replay does
-            rejected: list[Record] = []
-            try:
-                await sink.emit(records)
-            except RecordsRejected as exc:
-                rejected = [rejection.record for rejection in exc.delivery.rejected]
-                try:
-                    await asyncio.to_thread(set_aside, folder, rejected, spool)
-                except OSError as error:
-                    msg = f"{folder}: cannot set aside what Kafka refused: {error}"
-                    raise CliError(msg) from error
-            except SinkError as exc:
-                raise CliError(
-                    f"{folder}: Kafka refused a batch after {replayed} events ({exc}); "
-                    "the rest stays in the spool"
-                ) from exc
-            await asyncio.to_thread(store.commit, position)  # only after Kafka acked
-            replayed += len(records) - len(rejected)
-            aside += len(rejected)
-    finally:
-        await sink.aclose()
-        store.close()
-
-
 def _stats_table(rows: list[FolderStats]) -> None:
+    from collections import Counter
+
+    from rich.markup import escape
+    from rich.table import Table
+
     def counts(counter: Counter[str]) -> str:
         return ", ".join(f"{k}={v}" for k, v in sorted(counter.items())) or "-"
 
+    out = console()
     for r in rows:  # one narrow table per folder: readable in an 80-column terminal
         table = Table(title=escape(r.folder), show_header=False)
         table.add_column(style="bold")
@@ -502,17 +272,47 @@ def _stats_table(rows: list[FolderStats]) -> None:
             ("feedback kinds", counts(r.by_kind)),
         ):
             table.add_row(name, escape(value))
-        console.print(table)
+        out.print(table)
 
 
-def _fail(exc: CliError) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {escape(str(exc))}")
-    return typer.Exit(exc.code)
+def _replay(folders: list[Path], kafka: KafkaConfig, spool: SpoolConfig) -> int:
+    """Replay each folder with a progress bar (bytes; events counted alongside); the total."""
+    import asyncio
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from feedback.sinks.spool_reader import folder_stats, replay_folder
+
+    total = 0
+    out = console()
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TextColumn("{task.fields[events]} events"))  # fmt: skip
+    with Progress(*columns, console=err_console(), transient=True) as progress:
+        for folder in folders:
+            pending = folder_stats(folder).pending_bytes
+            task = progress.add_task(folder.name, total=pending or None, events=0)
+            sent_events = 0
+
+            def advance(events: int, size: int, task: Any = task) -> None:
+                nonlocal sent_events
+                sent_events += events
+                progress.update(task, advance=size, events=sent_events)
+
+            sent, corrupt, aside = asyncio.run(replay_folder(folder, kafka, spool, advance))
+            progress.update(task, completed=pending)
+            total += sent
+            note = f" ({corrupt} unreadable lines skipped)" if corrupt else ""
+            if aside:
+                note += f" ({aside} Kafka can never take, set aside in {folder}/dead-letter)"
+            out.print(f"{folder}: replayed {sent} events{note}")
+    return total
 
 
 def register(app: typer.Typer) -> None:
     """Add the events command group."""
-    events = typer.Typer(help="Read events from Kafka or a spool; replay a stopped spool.")
+    events = typer.Typer(
+        help="Read events from Kafka or a spool; replay a stopped spool.", no_args_is_help=True
+    )
     app.add_typer(events, name="events")
 
     @events.command()
@@ -522,23 +322,28 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Path | None, CONFIG] = None,
         topic: Annotated[list[str] | None, TOPIC] = None,
         type_: Annotated[list[str] | None, TYPE] = None,
-        last: Annotated[int, typer.Option("--last", "-n", help="Events shown first")] = 10,
+        since: Annotated[str | None, SINCE] = None,
+        last: Annotated[
+            int | None,
+            typer.Option("--last", "-n", help="Events shown first [default: 10, all with --since]"),
+        ] = None,
         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Raw JSON lines")] = False,
     ) -> None:
         """The last events (pending ones, for a spool), then new ones with --follow."""
-        types = set(type_) if type_ else None
+        start = parse_time(since, datetime.now(UTC)) if since is not None else None
+        count = last if last is not None else (None if start is not None else 10)
+        wanted = Filter(set(topic) if topic else None, set(type_) if type_ else None, start)
         try:
             source = _source(kafka, spool, config)
-            with contextlib.suppress(KeyboardInterrupt):
+            with contextlib.suppress(KeyboardInterrupt), _spool_errors():
                 if source.kafka is not None:
                     topics = _topics_for(topic, type_)
-                    _tail_kafka(source.kafka, topics, types, last, follow, as_json)
+                    _tail_kafka(source.kafka, topics, wanted, count, follow, as_json)
                 elif source.spool is not None:
-                    wanted = set(topic) if topic else None
-                    _tail_spool(source.spool, wanted, types, last, follow, as_json)
+                    _tail_spool(source.spool, wanted, count, follow, as_json)
         except CliError as exc:
-            raise _fail(exc) from exc
+            raise fail(exc) from exc
 
     @events.command()
     def stats(
@@ -549,10 +354,17 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
     ) -> None:
         """Spool: segments, bytes, pending events by type and variant. Kafka: topic offsets."""
+        from rich.table import Table
+
+        from feedback.sinks.spool_reader import spool_stats
+
         try:
             source = _source(kafka, spool, config)
             if source.kafka is not None:
-                rows = kafka_stats(source.kafka, topic)
+                from feedback.sinks.kafka_reader import topic_stats
+
+                with _kafka_errors():
+                    rows = topic_stats(source.kafka, topic)
                 if as_json:
                     print(json.dumps({"kafka": rows}, indent=2))
                     return
@@ -562,9 +374,10 @@ def register(app: typer.Typer) -> None:
                 for row in rows:
                     ends = " ".join(f"{p}:{o}" for p, o in row["end_offsets"].items())
                     table.add_row(row["topic"], str(row["partitions"]), str(row["records"]), ends)
-                console.print(table)
+                console().print(table)
             elif source.spool is not None:
-                folders = spool_stats(source.spool)
+                with _spool_errors():
+                    folders = spool_stats(source.spool)
                 if as_json:
                     payload = [
                         {**vars(f), "by_type": dict(f.by_type), "by_variant": dict(f.by_variant),
@@ -574,7 +387,7 @@ def register(app: typer.Typer) -> None:
                 else:
                     _stats_table(folders)
         except CliError as exc:
-            raise _fail(exc) from exc
+            raise fail(exc) from exc
 
     @events.command()
     def replay(
@@ -583,13 +396,11 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Path | None, CONFIG] = None,
     ) -> None:
         """Re-send a stopped gateway's pending spool to Kafka, in order (at least once)."""
-        from gateway.settings import ConfigError, load_settings
+        from feedback.config import KafkaConfig
+        from feedback.sinks.spool_reader import is_locked, spool_folders
 
         try:
-            try:
-                events_config = load_settings(config).events
-            except ConfigError as exc:
-                raise CliError(str(exc)) from exc
+            events_config = _events_config(config)
             servers = _servers(kafka)
             if servers is not None:
                 kafka_config = KafkaConfig(bootstrap_servers=servers)
@@ -598,24 +409,17 @@ def register(app: typer.Typer) -> None:
             else:
                 raise CliError("no Kafka to replay to: give --kafka or a config with events.kafka")
             root = spool or events_config.spool.dir
-            folders = spool_folders(root)
-            live = [str(f) for f in folders if is_locked(f)]
-            if live:  # refuse before touching any folder, not half-way through
-                raise CliError(
-                    f"spool {', '.join(live)} is locked by a running gateway: stop it first "
-                    "(a running gateway replays its own spool when Kafka is back)",
-                    code=2,
-                )
-            total = 0
-            for folder in folders:
-                sent, corrupt, aside = asyncio.run(
-                    replay_folder(folder, kafka_config, events_config.spool)
-                )
-                total += sent
-                note = f" ({corrupt} unreadable lines skipped)" if corrupt else ""
-                if aside:
-                    note += f" ({aside} Kafka can never take, set aside in {folder}/dead-letter)"
-                console.print(f"{folder}: replayed {sent} events{note}")
-            console.print(f"replayed {total} events to {', '.join(kafka_config.bootstrap_servers)}")
+            with _spool_errors():
+                folders = spool_folders(root)
+                live = [str(f) for f in folders if is_locked(f)]
+                if live:  # refuse before touching any folder, not half-way through
+                    raise CliError(
+                        f"spool {', '.join(live)} is locked by a running gateway: stop it first "
+                        "(a running gateway replays its own spool when Kafka is back)",
+                        code=2,
+                    )
+                total = _replay(folders, kafka_config, events_config.spool)
+            servers_text = ", ".join(kafka_config.bootstrap_servers)
+            console().print(f"replayed {total} events to {servers_text}")
         except CliError as exc:
-            raise _fail(exc) from exc
+            raise fail(exc) from exc

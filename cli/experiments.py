@@ -1,70 +1,26 @@
-"""`loopgate experiments list|show`: per-variant statistics and the decision so far, as tables."""
+"""`loopgate experiments list|show`: per-variant statistics and the decision so far.
+
+The layout follows the terminal: one wide table when it fits, variants as columns when it
+does not, one small block per variant below that, so every number reads in full at 80
+columns. The difference against control is shown with the always-valid confidence
+sequence, the interval that agrees with the always-valid p the controller decides on; the
+share's interval is a fixed-sample one and says so.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import os
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console, Group
-from rich.table import Table
-from rich.text import Text
 
-console = Console()
+from cli._common import DEFAULT_URL, AsJson, Token, Url, console, print_json, reported
+
+if TYPE_CHECKING:
+    from rich.console import Group, RenderableType
+    from rich.table import Table
+    from rich.text import Text
+
 Json = dict[str, Any]
-
-DEFAULT_URL = "http://127.0.0.1:8080"
-URL_OPTION = typer.Option("--url", help="Gateway base URL", envvar="LOOPGATE_URL")
-TOKEN_OPTION = typer.Option(
-    "--token", help="Admin token (viewer role is enough)", envvar="LOOPGATE_ADMIN_TOKEN"
-)
-
-
-class CliError(Exception):
-    """A failure to report in one line and exit 1."""
-
-
-async def admin_call(
-    url: str, token: str | None, method: str, path: str, body: Json | None = None
-) -> Any:
-    """One admin API call; raises CliError with the gateway's message on failure."""
-    import aiohttp
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    headers["X-Loopgate-Actor"] = os.environ.get("USER", "cli")
-    timeout = aiohttp.ClientTimeout(total=30)
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout, headers=headers) as session,
-            session.request(method, url.rstrip("/") + path, json=body) as response,
-        ):
-            doc = await response.json(content_type=None) if response.status != 204 else None
-            if response.status >= 400:
-                err = doc.get("error", {}) if isinstance(doc, dict) else {}
-                raise CliError(f"{response.status}: {err.get('message') or response.reason}")
-            return doc
-    except aiohttp.ClientError as exc:
-        raise CliError(f"cannot reach {url}: {exc}") from exc
-
-
-def _pct(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{100 * value:.{digits}f}%"
-
-
-def _interval(iv: Json | None, signed: bool = False) -> str:
-    if not iv:
-        return "-"
-    sign = "+" if signed else ""
-    return (
-        f"{100 * iv['estimate']:{sign}.1f}% "
-        f"[{100 * iv['low']:{sign}.0f}, {100 * iv['high']:{sign}.0f}]"
-    )
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{1000 * seconds:.0f} ms"
-
 
 DECISION_STYLE = {
     "insufficient_data": "yellow",
@@ -74,65 +30,179 @@ DECISION_STYLE = {
     "rollback": "bold red",
 }
 
+# (key, header in the wide table, label in the narrow layouts)
+COLUMNS = (
+    ("weight", "weight", "weight"),
+    ("exposures", "exposures", "exposures"),
+    ("units", "units", "units"),
+    ("votes", "up/down", "up / down"),
+    ("share", "up share\n(95% CI)", "up share (95% CI)"),
+    ("diff", "vs control\n(95% CS)", "vs control (95% CS)"),
+    ("p", "p", "p"),
+    ("edits", "edits", "edits"),
+    ("regens", "regens", "regens"),
+    ("errors", "errors", "errors"),
+    ("p95", "p95", "latency p95"),
+)
 
-def experiment_table(view: Json) -> Table:
-    """Per variant: weight, exposures, feedback, share with interval, lift, p, errors, p95."""
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def _share(iv: Json | None) -> str:
+    if not iv:
+        return "-"
+    return f"{100 * iv['estimate']:.1f}% [{100 * iv['low']:.0f}, {100 * iv['high']:.0f}]"
+
+
+def _difference(seq: Json | None) -> str:
+    """The difference in percentage points with its always-valid confidence sequence."""
+    if not seq:
+        return "-"
+    cs = seq["confidence_sequence"]
+    low, high = 100 * cs["low"], 100 * cs["high"]
+    return f"{100 * cs['estimate']:+.1f} pp [{low:+.1f}, {high:+.1f}]"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{1000 * seconds:.0f} ms"
+
+
+def variant_rows(view: Json) -> list[tuple[str, str, dict[str, str]]]:
+    """Per variant: name, role (control, canary or ''), and each column's text."""
     report, metrics = view["report"], {m["name"]: m for m in view["metrics"]}
     weights = view["phases"][-1]["weights"] if view["phases"] else {}
     total_w = sum(weights.values()) or 1.0
-    table = Table(title=f"experiment [bold]{view['flag']}[/]", title_justify="left")
-    for name, justify in [
-        ("variant", "left"), ("weight", "right"), ("exposures", "right"), ("units", "right"),
-        ("up/down", "right"), ("up share [95%]", "right"), ("lift [95%]", "right"),
-        ("p", "right"), ("edits", "right"), ("regens", "right"), ("errors", "right"),
-        ("p95", "right"),
-    ]:  # fmt: skip
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    rows = []
     for v in report["variants"]:
         m = metrics.get(v["name"], {})
         fb = m.get("feedback", {})
-        role = {report["control"]: "control", report["canary"]: "canary"}.get(v["name"])
-        label = v["name"] if role in (None, v["name"]) else f"{v['name']} ({role})"
+        role = {report["control"]: "control", report["canary"]: "canary"}.get(v["name"], "")
         seq = v.get("sequential")
-        table.add_row(
-            label,
-            _pct(weights.get(v["name"], 0.0) / total_w, 0) if weights else "-",
-            str(v["exposures"]),
-            "-" if v["units"] is None else str(v["units"]),
-            f"{v['positive']} / {v['negative']}",
-            _interval(v["share"]),
-            _interval(v.get("difference"), signed=True),
-            f"{seq['p_value']:.3g}" if seq else "-",
-            str(fb.get("edit", 0)),
-            str(fb.get("regenerate", 0)),
-            _pct(m.get("error_rate")),
-            _ms(m.get("latency_p95")),
-        )
+        cells = {
+            "weight": _pct(weights.get(v["name"], 0.0) / total_w, 0) if weights else "-",
+            "exposures": str(v["exposures"]),
+            "units": "-" if v["units"] is None else str(v["units"]),
+            "votes": f"{v['positive']} / {v['negative']}",
+            "share": _share(v["share"]),
+            "diff": _difference(seq),
+            "p": f"{seq['p_value']:.3g}" if seq else "-",
+            "edits": str(fb.get("edit", 0)),
+            "regens": str(fb.get("regenerate", 0)),
+            "errors": _pct(m.get("error_rate")),
+            "p95": _ms(m.get("latency_p95")),
+        }
+        rows.append((v["name"], role, cells))
+    return rows
+
+
+def _label(name: str, role: str) -> str:
+    return name if role in ("", name) else f"{name} ({role})"
+
+
+def _wide(view: Json, rows: list[tuple[str, str, dict[str, str]]]) -> Table:
+    from rich.table import Table
+
+    table = Table(title=f"experiment [bold]{view['flag']}[/]", title_justify="left")
+    table.add_column("variant", no_wrap=True)
+    for _, header, _ in COLUMNS:
+        table.add_column(header, justify="right", no_wrap=True)
+    for name, role, cells in rows:
+        table.add_row(_label(name, role), *(cells[key] for key, _, _ in COLUMNS))
     return table
 
 
+def _by_variant(view: Json, rows: list[tuple[str, str, dict[str, str]]]) -> Table:
+    """Variants as columns, numbers as rows: 80 columns hold two or three variants."""
+    from rich.table import Table
+
+    table = Table(title=f"experiment [bold]{view['flag']}[/]", title_justify="left")
+    table.add_column("", style="bold", no_wrap=True)
+    for name, role, _ in rows:
+        table.add_column(name if not role or role == name else f"{name}\n{role}",
+                         justify="right", no_wrap=True)  # fmt: skip
+    for key, _, label in COLUMNS:
+        table.add_row(label, *(cells[key] for _, _, cells in rows))
+    return table
+
+
+def _stacked(view: Json, rows: list[tuple[str, str, dict[str, str]]]) -> Group:
+    """One two-column block per variant: fits any terminal."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    blocks: list[RenderableType] = [Text.from_markup(f"experiment [bold]{view['flag']}[/]")]
+    for name, role, cells in rows:
+        table = Table(title=_label(name, role), title_justify="left", show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+        for key, _, label in COLUMNS:
+            table.add_row(label, cells[key])
+        blocks.append(table)
+    return Group(*blocks)
+
+
+def _fits(renderable: RenderableType, width: int) -> bool:
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    measuring = Console(width=width)
+    # Measured without the terminal's limit, which would clamp the answer to the width.
+    unbounded = measuring.options.update(max_width=100_000)
+    return Measurement.get(measuring, unbounded, renderable).maximum <= width
+
+
+def experiment_table(view: Json, width: int) -> RenderableType:
+    """The per-variant numbers laid out for `width` columns."""
+    rows = variant_rows(view)
+    for layout in (_wide, _by_variant):
+        table = layout(view, rows)
+        if _fits(table, width):
+            return table
+    return _stacked(view, rows)
+
+
+def bullets(items: list[str]) -> Table:
+    """A bulleted list whose lines wrap under their text, not under the bullet."""
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column()
+    for item in items:
+        grid.add_row("  •", item)
+    return grid
+
+
 def decision_text(view: Json) -> Text:
-    """The decision so far, why, and the sample ratio check."""
+    """The decision so far, what the intervals are, and the sample ratio check."""
+    from rich.text import Text
+
     report = view["report"]
     decision = report["decision"]
     text = Text()
     label = "not enough data yet" if decision == "insufficient_data" else decision
     text.append("decision: ", style="bold")
     text.append(label, style=DECISION_STYLE.get(decision, ""))
+    text.append(f"   always-valid p = {report['p_value']:.3g}\n")
     srm = report["srm"]
     text.append(
-        f"   SRM chi² {srm['statistic']:.2f} on {srm['df']} df, p = {srm['p_value']:.3g}"
-        f"   always-valid p = {report['p_value']:.3g}\n",
+        "CI: fixed-sample interval, right at a single look. CS and p: always valid, "
+        "right however often you look (what the controller decides on).\n"
+        f"SRM chi² {srm['statistic']:.2f} on {srm['df']} df, p = {srm['p_value']:.3g}",
         style="dim",
     )
-    for reason in report["reasons"]:
-        text.append(f"  • {reason}\n")
     return text
 
 
-def experiment_panel(view: Json) -> Group:
+def experiment_panel(view: Json, width: int) -> Group:
     """Table plus decision: what `experiments show` prints and the demo redraws."""
-    return Group(experiment_table(view), decision_text(view))
+    from rich.console import Group
+
+    reasons = view["report"]["reasons"]
+    return Group(experiment_table(view, width), decision_text(view), bullets(reasons))
 
 
 def register(app: typer.Typer) -> None:
@@ -140,34 +210,36 @@ def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Experiment statistics per flag.", no_args_is_help=True)
     app.add_typer(group, name="experiments")
 
-    def run(coro: Any) -> Any:
-        try:
-            return asyncio.run(coro)
-        except CliError as exc:
-            console.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(1) from exc
-
     @group.command("show")
     def show(
-        flag: str,
-        url: Annotated[str, URL_OPTION] = DEFAULT_URL,
-        token: Annotated[str | None, TOKEN_OPTION] = None,
-        json_out: Annotated[bool, typer.Option("--json", help="Print the raw report")] = False,
+        flag: str, url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False
     ) -> None:
-        """Per variant exposures, feedback, shares, lift vs control and the decision so far."""
-        view = run(admin_call(url, token, "GET", f"/admin/experiments/{flag}"))
-        if json_out:
-            console.print_json(data=view)
+        """Per variant exposures, feedback, shares, difference vs control, the decision so far.
+
+        Role: viewer.
+        """
+        from cli.admin import AdminClient
+
+        with reported():
+            view = AdminClient(url, token).get(f"/admin/experiments/{flag}")
+        if as_json:
+            print_json(view)
             return
-        console.print(experiment_panel(view))
+        out = console()
+        out.print(experiment_panel(view, out.width))
 
     @group.command("list")
-    def list_(
-        url: Annotated[str, URL_OPTION] = DEFAULT_URL,
-        token: Annotated[str | None, TOKEN_OPTION] = None,
-    ) -> None:
-        """Flags with counts or a rollout plan."""
-        doc = run(admin_call(url, token, "GET", "/admin/experiments"))
+    def list_(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
+        """Flags with counts or a rollout plan. Role: viewer."""
+        from cli.admin import AdminClient
+
+        with reported():
+            doc = AdminClient(url, token).get("/admin/experiments")
+        if as_json:
+            print_json(doc)
+            return
+        from rich.table import Table
+
         table = Table("flag", "plan", "status", "canary share", "last decision")
         for row in doc["data"]:
             share = row["share"]
@@ -178,4 +250,4 @@ def register(app: typer.Typer) -> None:
                 "-" if share is None else f"{share:g}%",
                 row["last_decision"] or "-",
             )
-        console.print(table)
+        console().print(table)

@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import getpass
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
+
+from cli._common import DEFAULT_URL, AsJson, CliError, Token, Url, console, print_json, reported
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from cli.admin import AdminClient
 
 T = TypeVar("T")
 Json = dict[str, Any]
 
-
-class CliError(Exception):
-    """A failure to report in one line and exit 1."""
+Redis = Annotated[
+    str | None, typer.Option(help="Use this Redis flag store directly, not a gateway.")
+]
+File = Annotated[Path | None, typer.Option(help="Use this YAML flag file directly, not a gateway.")]
+Namespace = Annotated[str, typer.Option(help="Redis key namespace (with --redis).")]
+Config = Annotated[
+    Path | None, typer.Option(help="Gateway config naming the pools (with --redis or --file).")
+]
+Who = Annotated[
+    str | None, typer.Option("--as", help="Your name in the audit log (default: $USER).")
+]
+Expected = Annotated[
+    int | None, typer.Option(help="Refuse if the flag has moved past this version.")
+]
 
 
 class _Backend(Protocol):
@@ -43,46 +57,53 @@ class Target:
     file: Path | None
     namespace: str
     config: Path | None
-    who: str
+    who: str | None
+
+
+def _target(
+    url: str,
+    token: str | None,
+    redis: str | None,
+    file: Path | None,
+    namespace: str,
+    config: Path | None,
+    who: str | None,
+) -> Target:
+    if redis is not None and file is not None:
+        raise typer.BadParameter("use --redis or --file, not both")
+    return Target(url, token, redis, file, namespace, config, who)
 
 
 class _HttpBackend:
     """The admin API of a running gateway."""
 
-    def __init__(self, session: Any, url: str) -> None:
-        self._session, self._url = session, url.rstrip("/") + "/admin/flags"
+    def __init__(self, client: AdminClient) -> None:
+        self._client = client
 
-    async def _call(self, method: str, path: str = "", **kw: Any) -> Any:
-        async with self._session.request(method, self._url + path, **kw) as response:
-            body = await response.json(content_type=None) if response.status != 204 else None
-            if response.status >= 400:
-                message = (
-                    (body or {}).get("error", {}).get("message") if isinstance(body, dict) else None
-                )
-                raise CliError(f"{response.status}: {message or response.reason}")
-            return body
+    def _call(self, method: str, path: str = "", body: Any = None) -> Any:
+        return self._client.call(method, "/admin/flags" + path, body)
 
     async def list_flags(self) -> list[Json]:
-        data: list[Json] = (await self._call("GET"))["data"]
+        data: list[Json] = self._call("GET")["data"]
         return data
 
     async def show(self, key: str) -> Json:
-        flag: Json = await self._call("GET", f"/{key}")
+        flag: Json = self._call("GET", f"/{key}")
         return flag
 
     async def set_weights(self, key: str, weights: dict[str, float], expected: int | None) -> Json:
         body = {"weights": weights, "expected_version": expected}
-        flag: Json = await self._call("POST", f"/{key}/weights", json=body)
+        flag: Json = self._call("POST", f"/{key}/weights", body)
         return flag
 
     async def set_killed(self, key: str, killed: bool, expected: int | None) -> Json:
         path = f"/{key}/{'kill' if killed else 'unkill'}"
-        flag: Json = await self._call("POST", path, json={"expected_version": expected})
+        flag: Json = self._call("POST", path, {"expected_version": expected})
         return flag
 
     async def explain(self, key: str, unit_id: str, app_id: str, attrs: dict[str, str]) -> Json:
         body = {"unit_id": unit_id, "app_id": app_id, "attributes": attrs}
-        result: Json = await self._call("POST", f"/{key}/explain", json=body)
+        result: Json = self._call("POST", f"/{key}/explain", body)
         return result
 
     async def apply(self, text: str, source: str) -> list[tuple[str, str, int]]:
@@ -96,7 +117,7 @@ class _HttpBackend:
             except CliError as exc:
                 if not str(exc).startswith("404"):
                     raise
-                created = await self._call("POST", json=flag_body(flag))
+                created = self._call("POST", "", flag_body(flag))
                 results.append((flag.key, "create", created["version"]))
                 continue
             current = parse_flag({k: v for k, v in stored.items() if k != "object"})
@@ -104,7 +125,7 @@ class _HttpBackend:
                 results.append((flag.key, "unchanged", current.version))
                 continue
             body = {**flag_body(flag), "version": current.version}
-            updated = await self._call("PUT", f"/{flag.key}", json=body)
+            updated = self._call("PUT", f"/{flag.key}", body)
             results.append((flag.key, "update", updated["version"]))
         return results
 
@@ -166,14 +187,11 @@ class _StoreBackend:
 
 @contextlib.asynccontextmanager
 async def _backend(target: Target) -> AsyncIterator[_Backend]:
-    if target.redis is None and target.file is None:
-        import aiohttp
+    from cli.admin import AdminClient, default_actor
 
-        headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
-        headers["X-Loopgate-Actor"] = target.who
-        timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
-            yield _HttpBackend(session, target.url)
+    who = target.who or default_actor()
+    if target.redis is None and target.file is None:
+        yield _HttpBackend(AdminClient(target.url, target.token, who))
         return
 
     from gateway.settings import load_settings
@@ -186,26 +204,33 @@ async def _backend(target: Target) -> AsyncIterator[_Backend]:
     else:
         config = FlagsConfig(source="file", path=target.file)
     async with open_store(config, pools) as store:
-        yield _StoreBackend(store, target.who)
+        yield _StoreBackend(store, who)
 
 
-def _run(ctx: typer.Context, work: Callable[[_Backend], Awaitable[T]]) -> T:
+def _run(target: Target, work: Callable[[_Backend], Awaitable[T]]) -> T:
+    import asyncio
+
+    from gateway.settings import ConfigError
     from router.errors import RouterError
-
-    target: Target = ctx.obj
 
     async def main() -> T:
         async with _backend(target) as backend:
             return await work(backend)
 
-    try:
-        return asyncio.run(main())
-    except (CliError, RouterError, OSError) as exc:
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    with reported():
+        try:
+            return asyncio.run(main())
+        except (RouterError, ConfigError, OSError) as exc:
+            raise CliError(str(exc)) from exc
 
 
-def _share(flag: Json) -> str:
+def traffic(flag: Json) -> str:
+    """Where the flag's traffic goes now: the split, or all of it under the kill switch."""
+
+    if not flag["enabled"]:
+        return f"all to {flag.get('default') or flag['control']}"
+    if flag["killed"]:
+        return f"all to {flag['control']}"
     total = sum(v["weight"] for v in flag["variants"]) or 1
     return ", ".join(f"{v['name']} {100 * v['weight'] / total:.4g}%" for v in flag["variants"])
 
@@ -216,22 +241,42 @@ def _state(flag: Json) -> str:
     return "[red]killed[/red]" if flag["killed"] else "[green]live[/green]"
 
 
-def _print_flag(console: Console, flag: Json) -> None:
-    console.print(
-        f"[bold]{flag['key']}[/bold]  version {flag['version']}  {_state(flag)}  "
-        f"control={flag['control']}  owner={flag['owner'] or '-'}"
+def _print_flag(out: Console, flag: Json) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    out.print(
+        f"[bold]{escape(flag['key'])}[/bold]  version {flag['version']}  {_state(flag)}  "
+        f"control={escape(flag['control'])}  owner={escape(flag['owner'] or '-')}"
     )
     if flag["description"]:
-        console.print(flag["description"])
-    table = Table("variant", "pool", "served model", "weight", "share")
+        out.print(escape(flag["description"]))
+    effective = not flag["killed"] and flag["enabled"]
+    if not effective:
+        why, until = ("killed", "`unkill`") if flag["enabled"] else ("disabled", "it is enabled")
+        out.print(
+            f"[bold]traffic: {escape(traffic(flag))}[/bold] ({why}); "
+            f"the weights below apply again after {until}"
+        )
+    table = Table("variant", "pool", "served model", "weight", "share" if effective else "split")
     total = sum(v["weight"] for v in flag["variants"]) or 1
     for v in flag["variants"]:
         share = f"{100 * v['weight'] / total:.4g}%"
-        table.add_row(v["name"], v["pool"], v["served_model"] or "-", f"{v['weight']:g}", share)
-    console.print(table)
+        table.add_row(
+            escape(v["name"]), escape(v["pool"]), escape(v["served_model"] or "-"),
+            f"{v['weight']:g}", share if effective else f"[dim]{share}[/dim]",
+        )  # fmt: skip
+    out.print(table)
     for i, rule in enumerate(flag["rules"]):
         details = ", ".join(f"{k}={v}" for k, v in rule.items() if k != "kind")
-        console.print(f"rule {i}: [cyan]{rule['kind']}[/cyan] {details}")
+        out.print(f"rule {i}: [cyan]{rule['kind']}[/cyan] {escape(details)}")
+
+
+def _show_flag(flag: Json, as_json: bool) -> None:
+    if as_json:
+        print_json(flag)
+    else:
+        _print_flag(console(), flag)
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -247,105 +292,180 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 def register(app: typer.Typer) -> None:
     """Add the `flags` command group."""
     flags = typer.Typer(
-        name="flags", help="Inspect and change routing flags.", no_args_is_help=True
+        name="flags",
+        help="Inspect and change routing flags, through a gateway (--url) or a store "
+        "(--redis or --file).",
+        no_args_is_help=True,
     )
     app.add_typer(flags, name="flags")
 
-    @flags.callback()
-    def target(
-        ctx: typer.Context,
-        url: str = typer.Option("http://127.0.0.1:8080", help="Gateway whose admin API to use."),
-        token: str | None = typer.Option(
-            None, envvar="LOOPGATE_ADMIN_TOKEN", help="Admin token (flags.admin_token)."
-        ),
-        redis: str | None = typer.Option(None, help="Use this Redis flag store directly."),
-        file: Path | None = typer.Option(None, help="Use this YAML flag file directly."),
-        namespace: str = typer.Option("loopgate", help="Redis key namespace."),
-        config: Path | None = typer.Option(
-            None, help="Gateway config naming the pools (for --redis/--file)."
-        ),
-        who: str = typer.Option(getpass.getuser(), "--as", help="Name in the audit log."),
-    ) -> None:
-        """Talk to a gateway (--url) or straight to a store (--redis or --file)."""
-        if redis is not None and file is not None:
-            raise typer.BadParameter("use --redis or --file, not both")
-        ctx.obj = Target(url, token, redis, file, namespace, config, who)
-
     @flags.command("list")
-    def list_(ctx: typer.Context) -> None:
-        """Every flag: state, version and split."""
-        rows = _run(ctx, lambda b: b.list_flags())
-        table = Table("flag", "state", "version", "split", "rules", "owner")
+    def list_(
+        url: Url = DEFAULT_URL,
+        token: Token = None,
+        as_json: AsJson = False,
+        redis: Redis = None,
+        file: File = None,
+        namespace: Namespace = "loopgate",
+        config: Config = None,
+        who: Who = None,
+    ) -> None:
+        """Every flag: state, version and where its traffic goes. Role: viewer."""
+        target = _target(url, token, redis, file, namespace, config, who)
+        rows = _run(target, lambda b: b.list_flags())
+        if as_json:
+            print_json({"data": rows})
+            return
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table("flag", "state", "version", "traffic", "rules", "owner")
         for flag in rows:
             table.add_row(
-                flag["key"],
+                escape(flag["key"]),
                 _state(flag),
                 str(flag["version"]),
-                _share(flag),
+                escape(traffic(flag)),
                 str(len(flag["rules"])),
-                flag["owner"] or "-",
+                escape(flag["owner"] or "-"),
             )
-        Console().print(table)
+        console().print(table)
 
     @flags.command()
-    def show(ctx: typer.Context, key: str) -> None:
-        """One flag in full."""
-        _print_flag(Console(), _run(ctx, lambda b: b.show(key)))
+    def show(
+        key: str,
+        url: Url = DEFAULT_URL,
+        token: Token = None,
+        as_json: AsJson = False,
+        redis: Redis = None,
+        file: File = None,
+        namespace: Namespace = "loopgate",
+        config: Config = None,
+        who: Who = None,
+    ) -> None:
+        """One flag in full. Role: viewer."""
+        target = _target(url, token, redis, file, namespace, config, who)
+        _show_flag(_run(target, lambda b: b.show(key)), as_json)
 
     @flags.command("set-weights")
     def set_weights(
-        ctx: typer.Context,
         key: str,
-        weights: list[str] = typer.Argument(..., help="VARIANT=WEIGHT ..."),
-        expected_version: int | None = typer.Option(None, help="Refuse if the flag moved on."),
+        weights: Annotated[list[str], typer.Argument(help="VARIANT=WEIGHT ...")],
+        expected_version: Expected = None,
+        url: Url = DEFAULT_URL,
+        token: Token = None,
+        as_json: AsJson = False,
+        redis: Redis = None,
+        file: File = None,
+        namespace: Namespace = "loopgate",
+        config: Config = None,
+        who: Who = None,
     ) -> None:
-        """Set variant weights, e.g. `set-weights support-bot control=50 canary=50`."""
+        """Set variant weights, e.g. `set-weights support-bot control=50 canary=50`.
+
+        Role: flag_editor.
+        """
         try:
             parsed = {k: float(v) for k, v in _pairs(weights, "WEIGHTS").items()}
         except ValueError as exc:
             raise typer.BadParameter(f"weights must be numbers: {exc}") from exc
-        _print_flag(Console(), _run(ctx, lambda b: b.set_weights(key, parsed, expected_version)))
+        target = _target(url, token, redis, file, namespace, config, who)
+        _show_flag(_run(target, lambda b: b.set_weights(key, parsed, expected_version)), as_json)
 
     @flags.command()
     def kill(
-        ctx: typer.Context, key: str, expected_version: int | None = typer.Option(None)
+        key: str,
+        expected_version: Expected = None,
+        url: Url = DEFAULT_URL,
+        token: Token = None,
+        as_json: AsJson = False,
+        redis: Redis = None,
+        file: File = None,
+        namespace: Namespace = "loopgate",
+        config: Config = None,
+        who: Who = None,
     ) -> None:
-        """Send all of the flag's traffic to its control variant."""
-        _print_flag(Console(), _run(ctx, lambda b: b.set_killed(key, True, expected_version)))
+        """Send all of the flag's traffic to its control variant. Role: flag_editor."""
+        target = _target(url, token, redis, file, namespace, config, who)
+        _show_flag(_run(target, lambda b: b.set_killed(key, True, expected_version)), as_json)
 
     @flags.command()
     def unkill(
-        ctx: typer.Context, key: str, expected_version: int | None = typer.Option(None)
+        key: str,
+        expected_version: Expected = None,
+        url: Url = DEFAULT_URL,
+        token: Token = None,
+        as_json: AsJson = False,
+        redis: Redis = None,
+        file: File = None,
+        namespace: Namespace = "loopgate",
+        config: Config = None,
+        who: Who = None,
     ) -> None:
-        """Lift the kill switch."""
-        _print_flag(Console(), _run(ctx, lambda b: b.set_killed(key, False, expected_version)))
+        """Lift the kill switch: the split applies again. Role: flag_editor."""
+        target = _target(url, token, redis, file, namespace, config, who)
+        _show_flag(_run(target, lambda b: b.set_killed(key, False, expected_version)), as_json)
 
     @flags.command()
     def explain(
-        ctx: typer.Context,
         key: str,
         unit_id: str,
-        app: str = typer.Option("admin", help="App id to evaluate for."),
-        attr: list[str] = typer.Option([], help="Request attribute NAME=VALUE (repeatable)."),
+        app: Annotated[str, typer.Option(help="App id to evaluate for.")] = "admin",
+        attr: Annotated[
+            list[str] | None, typer.Option(help="Request attribute NAME=VALUE (repeatable).")
+        ] = None,
+        url: Url = DEFAULT_URL,
+        token: Token = None,
+        as_json: AsJson = False,
+        redis: Redis = None,
+        file: File = None,
+        namespace: Namespace = "loopgate",
+        config: Config = None,
+        who: Who = None,
     ) -> None:
-        """Which variant a unit gets, and why."""
-        attrs = _pairs(attr, "--attr")
-        result = _run(ctx, lambda b: b.explain(key, unit_id, app, attrs))
-        Console().print(
-            f"{result['unit_id']} -> [bold]{result['variant']}[/bold] "
-            f"(pool {result['pool']}) because [cyan]{result['reason']}[/cyan] "
-            f"[flag {result['flag']} v{result['flag_version']}]"
+        """Which variant a unit gets, and why. Role: viewer."""
+        attrs = _pairs(attr or [], "--attr")
+        target = _target(url, token, redis, file, namespace, config, who)
+        result = _run(target, lambda b: b.explain(key, unit_id, app, attrs))
+        if as_json:
+            print_json(result)
+            return
+        from rich.markup import escape
+
+        console().print(
+            f"{escape(result['unit_id'])} -> [bold]{escape(result['variant'])}[/bold] "
+            f"(pool {escape(result['pool'])}) because [cyan]{result['reason']}[/cyan] "
+            f"[flag {escape(result['flag'])} v{result['flag_version']}]"
         )
 
     @flags.command()
-    def apply(ctx: typer.Context, path: Path) -> None:
-        """Create or update the flags in a YAML file (flags not in it are left alone)."""
+    def apply(
+        path: Path,
+        url: Url = DEFAULT_URL,
+        token: Token = None,
+        as_json: AsJson = False,
+        redis: Redis = None,
+        file: File = None,
+        namespace: Namespace = "loopgate",
+        config: Config = None,
+        who: Who = None,
+    ) -> None:
+        """Create or update the flags in a YAML file (flags not in it are left alone).
+
+        Role: flag_editor.
+        """
         try:
             text = path.read_text()
         except OSError as exc:
             raise typer.BadParameter(f"cannot read {path}: {exc.strerror}") from exc
-        results = _run(ctx, lambda b: b.apply(text, str(path)))
+        target = _target(url, token, redis, file, namespace, config, who)
+        results = _run(target, lambda b: b.apply(text, str(path)))
+        if as_json:
+            print_json({"data": [{"flag": k, "action": a, "version": v} for k, a, v in results]})
+            return
+        from rich.table import Table
+
         table = Table("flag", "action", "version")
         for key, action, version in results:
             table.add_row(key, action, str(version))
-        Console().print(table)
+        console().print(table)

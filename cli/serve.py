@@ -2,32 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
-from pydantic import SecretStr
-from rich.console import Console
 
-from gateway.settings import ConfigError, PoolConfig, Settings, load_settings
-from sim.profile import SimProfile
+from cli._common import CliError, err_console, fail
 
-console = Console(stderr=True)
+if TYPE_CHECKING:
+    from gateway.settings import PoolConfig, Settings
+    from sim.profile import SimProfile
 
 
 def _reveal(value: Any) -> Any:
     """model_dump with secrets written out, for the worker processes' config file."""
+    from pydantic import SecretStr
+
     if isinstance(value, SecretStr):
         return value.get_secret_value()
     if isinstance(value, dict):
@@ -41,6 +44,8 @@ def _reveal(value: Any) -> Any:
 
 def write_effective_config(settings: Settings, folder: Path) -> Path:
     """Write settings as YAML readable only by this user; workers load it."""
+    import yaml
+
     path = folder / "effective-config.yaml"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -57,6 +62,8 @@ def _free_port() -> int:
 
 def start_sim(profile: SimProfile, served_model: str) -> tuple[subprocess.Popen[bytes], str]:
     """Start `loopgate sim` with this profile on a free loopback port; wait for /health."""
+    import urllib.request
+
     port = _free_port()
     cmd = [
         sys.executable, "-m", "cli", "sim",
@@ -82,6 +89,7 @@ def start_sim(profile: SimProfile, served_model: str) -> tuple[subprocess.Popen[
 
 
 def _start_sims(settings: Settings) -> tuple[Settings, list[subprocess.Popen[bytes]]]:
+    console = err_console()
     procs: list[subprocess.Popen[bytes]] = []
     pools: dict[str, PoolConfig] = {}
     try:
@@ -117,9 +125,11 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 
 def _shared_signing_key(settings: Settings) -> Settings:
     """Workers must verify each other's response ids: give them one key when none is set."""
+    from pydantic import SecretStr
+
     if settings.ids.keys:
         return settings
-    console.print(
+    err_console().print(
         "[yellow]warning:[/] ids.keys is not configured: response ids are signed with a key "
         "made for this run; set LOOPGATE_IDS__KEYS so ids survive restarts and replicas"
     )
@@ -142,13 +152,70 @@ def _multiprocess_metrics(settings: Settings, folder: Path) -> Settings:
 
 
 def _banner(settings: Settings, host: str, port: int) -> None:
+    console = err_console()
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    shown = f"[{shown}]" if ":" in shown else shown
     base = f"http://{shown}:{port}/v1"
     names = ", ".join(sorted(settings.models)) or "(none)"
     console.print(f"[bold green]Loopgate[/] serving on [bold]{base}[/]  models: {names}")
     console.print(
-        f'[dim]Point the OpenAI SDK at it:[/] OpenAI(base_url="{base}", api_key="unused")'
+        f'[dim]Point the OpenAI SDK at it:[/] OpenAI(base_url="{base}", api_key="unused")',
+        soft_wrap=True,
     )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening address, bound before anything starts: a taken port is a clean error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(
+                f"{host}:{port} is already in use (another gateway?): stop it, or pick "
+                "another with --port",
+                code=2,
+            ) from None
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", code=2) from None
+    sock.set_inheritable(True)  # uvicorn's worker processes serve on it
+    return sock
+
+
+@contextlib.contextmanager
+def steerable(settings: Settings) -> Iterator[Settings]:
+    """For --simulate: a writable copy of embedded flags and a development admin token.
+
+    The embedded flag file is part of the package and never written; the copy lives in a
+    temporary folder for this run. The token is printed once, so that `loopgate flags` and
+    `loopgate rollout` work at once; a configured token or admin_tokens are left as they are.
+    """
+    console = err_console()
+    update: dict[str, Any] = {}
+    flags = settings.flags
+    with tempfile.TemporaryDirectory(prefix="loopgate-simulate-") as folder:
+        if flags.source == "file" and flags.file_is_embedded():
+            path = Path(folder) / "flags.yaml"
+            shutil.copyfile(flags.flags_file(), path)
+            path.chmod(0o600)
+            flags = flags.model_copy(update={"path": path})
+            console.print(
+                f"[dim]flags: a writable copy of the embedded flags at[/] {path}", soft_wrap=True
+            )
+        token = None
+        if flags.source != "none" and flags.admin_token is None and not settings.auth.admin_tokens:
+            token = "lga-dev-" + secrets.token_urlsafe(18)
+            flags = flags.model_copy(update={"admin_token": token})
+        update["flags"] = flags
+        if token is not None:
+            console.print(
+                "[yellow]development admin token[/] (this run only, admin role):",
+                soft_wrap=True,
+            )
+            console.print(f"export LOOPGATE_ADMIN_TOKEN={token}", soft_wrap=True, markup=False)
+        yield settings.model_copy(update=update)
 
 
 def register(app: typer.Typer) -> None:
@@ -169,13 +236,13 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
         access_log: Annotated[bool, typer.Option(help="Log every request")] = False,
     ) -> None:
-        """Run the gateway."""
+        """Run the gateway. With --simulate: simulators, writable flags, a dev admin token."""
+        from gateway.settings import ConfigError, load_settings
 
         try:
             settings = load_settings(config)
         except ConfigError as exc:
-            console.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(2) from exc
+            raise fail(CliError(str(exc), code=2)) from exc
         server = settings.server.model_copy(
             update={
                 k: v
@@ -184,53 +251,63 @@ def register(app: typer.Typer) -> None:
             }
         )
         settings = settings.model_copy(update={"server": server})
+        try:
+            sock = bind(server.host, server.port)
+        except CliError as exc:
+            raise fail(exc) from exc
         procs: list[subprocess.Popen[bytes]] = []
         # uvicorn drains on SIGTERM/SIGINT, restores the handlers it found, then re-raises the
         # signal: these handlers turn that into a clean exit 0 once the drain is done.
         signal.signal(signal.SIGTERM, _exit_cleanly)
         signal.signal(signal.SIGINT, _exit_cleanly)
-        try:
+        with contextlib.ExitStack() as stack:
+            stack.callback(sock.close)
+            stack.callback(_stop, procs)
             if simulate:
-                settings, procs = _start_sims(settings)
-            _banner(settings, server.host, server.port)
-            common: dict[str, Any] = {
-                "host": server.host,
-                "port": server.port,
-                "loop": "uvloop",
-                # uvicorn's httptools protocol, sending one write per loop iteration
-                "http": "gateway.http_server:CorkedHttpToolsProtocol",
-                "log_level": log_level,
-                "access_log": access_log,
-                "proxy_headers": server.proxy_headers,
-                "forwarded_allow_ips": server.forwarded_allow_ips,
-                "server_header": False,  # no software banner on every answer
-                "timeout_graceful_shutdown": math.ceil(server.drain_seconds),
-            }
-            if server.workers == 1:
-                from gateway.app import create_server_app
-                from gateway.shutdown import serve as serve_draining
-
-                serve_draining(create_server_app(settings), server.unready_seconds, **common)
-            else:
-                from gateway.app import CONFIG_ENV
-
-                settings = _shared_signing_key(settings)
-                with tempfile.TemporaryDirectory(prefix="loopgate-") as folder:
-                    settings = _multiprocess_metrics(settings, Path(folder))
-                    flag = Path(folder) / "draining"  # the supervisor raises it on SIGTERM
-                    settings = settings.model_copy(
-                        update={"server": settings.server.model_copy(update={"drain_flag": flag})}
-                    )
-                    os.environ[CONFIG_ENV] = str(write_effective_config(settings, Path(folder)))
-                    from gateway.shutdown import serve_workers
-
-                    serve_workers(
-                        "gateway.app:app_from_environment",
-                        server.workers,
-                        server.unready_seconds,
-                        settings.server.drain_flag or Path(folder) / "draining",
-                        **common,
-                    )
-        finally:
-            _stop(procs)
+                settings = stack.enter_context(steerable(settings))
+                settings, started = _start_sims(settings)
+                procs.extend(started)
+            _banner(settings, server.host, sock.getsockname()[1])
+            _run(settings, sock, log_level, access_log)
         sys.exit(0)
+
+
+def _run(settings: Settings, sock: socket.socket, log_level: str, access_log: bool) -> None:
+    """uvicorn on the bound socket: one process, or `server.workers` under a supervisor."""
+    server = settings.server
+    common: dict[str, Any] = {
+        "loop": "uvloop",
+        # uvicorn's httptools protocol, sending one write per loop iteration
+        "http": "gateway.http_server:CorkedHttpToolsProtocol",
+        "log_level": log_level,
+        "access_log": access_log,
+        "proxy_headers": server.proxy_headers,
+        "forwarded_allow_ips": server.forwarded_allow_ips,
+        "server_header": False,  # no software banner on every answer
+        "timeout_graceful_shutdown": math.ceil(server.drain_seconds),
+    }
+    if server.workers == 1:
+        from gateway.app import create_server_app
+        from gateway.shutdown import serve as serve_draining
+
+        serve_draining(create_server_app(settings), server.unready_seconds, sock=sock, **common)
+        return
+    from gateway.app import CONFIG_ENV
+    from gateway.shutdown import serve_workers
+
+    settings = _shared_signing_key(settings)
+    with tempfile.TemporaryDirectory(prefix="loopgate-") as folder:
+        settings = _multiprocess_metrics(settings, Path(folder))
+        flag = Path(folder) / "draining"  # the supervisor raises it on SIGTERM
+        settings = settings.model_copy(
+            update={"server": settings.server.model_copy(update={"drain_flag": flag})}
+        )
+        os.environ[CONFIG_ENV] = str(write_effective_config(settings, Path(folder)))
+        serve_workers(
+            "gateway.app:app_from_environment",
+            server.workers,
+            server.unready_seconds,
+            flag,
+            sock=sock,
+            **common,
+        )

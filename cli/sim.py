@@ -20,10 +20,8 @@ def _parse_adapters(specs: list[str]) -> dict[str, str]:
 
 def register(app: typer.Typer) -> None:
     """Add the sim command."""
-    from sim.profile import SimProfile
-
-    # Option defaults are the profile's, so the CLI and a pool's `sim` section agree.
-    d = SimProfile()
+    # Options left out take the profile's defaults (sim/profile.py), so the CLI and a pool's
+    # `sim` section agree; the profile is not imported here, to keep `--help` quick.
 
     @app.command()
     def sim(
@@ -31,30 +29,42 @@ def register(app: typer.Typer) -> None:
         port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
         model: Annotated[str, typer.Option(help="Served model name.")] = "sim-model",
         style: Annotated[
-            str, typer.Option(help="Voice of the answers: concise, friendly, formal, verbose.")
-        ] = d.style,
-        ttft: Annotated[float, typer.Option(help="Time to first token, seconds.")] = d.ttft,
-        itl: Annotated[float, typer.Option(help="Inter-token latency, seconds.")] = d.itl,
+            str | None,
+            typer.Option(
+                help="Voice of the answers: concise, friendly, formal, verbose.", show_default=False
+            ),
+        ] = None,
+        ttft: Annotated[
+            float | None, typer.Option(help="Time to first token, seconds.", show_default=False)
+        ] = None,
+        itl: Annotated[
+            float | None, typer.Option(help="Inter-token latency, seconds.", show_default=False)
+        ] = None,
         output_tokens: Annotated[
-            int, typer.Option(help="Typical answer length.")
-        ] = d.output_tokens,
+            int | None, typer.Option(help="Typical answer length.", show_default=False)
+        ] = None,
         error_rate: Annotated[
-            float, typer.Option(help="Share of requests answered 500.")
-        ] = d.error_rate,
+            float | None, typer.Option(help="Share of requests answered 500.", show_default=False)
+        ] = None,
         midstream_error_rate: Annotated[
-            float, typer.Option(help="Share of streams cut off after a few chunks.")
-        ] = d.midstream_error_rate,
+            float | None,
+            typer.Option(help="Share of streams cut off after a few chunks.", show_default=False),
+        ] = None,
         stall_rate: Annotated[
-            float, typer.Option(help="Share of requests never answered.")
-        ] = d.stall_rate,
+            float | None, typer.Option(help="Share of requests never answered.", show_default=False)
+        ] = None,
         max_num_seqs: Annotated[
-            int, typer.Option(help="Requests run at once; more wait.")
-        ] = d.max_num_seqs,
+            int | None, typer.Option(help="Requests run at once; more wait.", show_default=False)
+        ] = None,
         max_model_len: Annotated[
-            int, typer.Option(help="Context length in tokens.")
-        ] = d.max_model_len,
-        jitter: Annotated[float, typer.Option(help="Relative spread of latencies.")] = d.jitter,
-        seed: Annotated[int, typer.Option(help="Seed of answers, faults and jitter.")] = d.seed,
+            int | None, typer.Option(help="Context length in tokens.", show_default=False)
+        ] = None,
+        jitter: Annotated[
+            float | None, typer.Option(help="Relative spread of latencies.", show_default=False)
+        ] = None,
+        seed: Annotated[
+            int | None, typer.Option(help="Seed of answers, faults and jitter.", show_default=False)
+        ] = None,
         lora: Annotated[
             list[str] | None,
             typer.Option(help="A LoRA adapter served too, NAME or NAME=STYLE; repeatable."),
@@ -65,22 +75,24 @@ def register(app: typer.Typer) -> None:
         # Imported here so other commands do not pay for aiohttp and pydantic at start.
         from pydantic import ValidationError
 
+        from sim.profile import SimProfile
         from sim.server import run_sim
 
+        given = {
+            "style": style,
+            "ttft": ttft,
+            "itl": itl,
+            "output_tokens": output_tokens,
+            "error_rate": error_rate,
+            "midstream_error_rate": midstream_error_rate,
+            "stall_rate": stall_rate,
+            "max_num_seqs": max_num_seqs,
+            "max_model_len": max_model_len,
+            "jitter": jitter,
+            "seed": seed,
+        }
         try:
-            profile = SimProfile(
-                style=style,
-                ttft=ttft,
-                itl=itl,
-                output_tokens=output_tokens,
-                error_rate=error_rate,
-                midstream_error_rate=midstream_error_rate,
-                stall_rate=stall_rate,
-                max_num_seqs=max_num_seqs,
-                max_model_len=max_model_len,
-                jitter=jitter,
-                seed=seed,
-            )
+            profile = SimProfile(**{k: v for k, v in given.items() if v is not None})
             adapters = _parse_adapters(lora or [])
             # Check adapter styles now so a typo is reported before the port is bound.
             for adapter_style in adapters.values():

@@ -56,10 +56,15 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def serve(app: Any, unready_seconds: float, **options: Any) -> None:
-    """uvicorn.run for one worker, with the unready phase; exits 3 if startup failed."""
+def serve(
+    app: Any, unready_seconds: float, sock: socket.socket | None = None, **options: Any
+) -> None:
+    """uvicorn.run for one worker, with the unready phase; exits 3 if startup failed.
+
+    `sock`: a socket the caller bound already (so it reports a taken port itself).
+    """
     server = DrainingServer(uvicorn.Config(app, **options), unready_seconds)
-    server.run()
+    server.run(sockets=None if sock is None else [sock])
     if not server.started:
         sys.exit(3)
 
@@ -96,11 +101,16 @@ class DrainingSupervisor(Multiprocess):
 
 
 def serve_workers(
-    factory: str, workers: int, unready_seconds: float, flag: Path, **options: Any
+    factory: str,
+    workers: int,
+    unready_seconds: float,
+    flag: Path,
+    sock: socket.socket | None = None,
+    **options: Any,
 ) -> None:
     """uvicorn.run with `workers` processes and the unready phase (see DrainingSupervisor)."""
     config = uvicorn.Config(factory, factory=True, workers=workers, **options)
-    sock = config.bind_socket()
+    sock = sock or config.bind_socket()
     try:
         DrainingSupervisor(config, [sock], unready_seconds, flag).run()
     finally:

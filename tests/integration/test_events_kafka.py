@@ -23,8 +23,8 @@ import jsonschema
 import pytest
 import yaml
 
-from cli.events import end_offsets
 from feedback.schema import AUDIT_TOPIC, COMPLETIONS_TOPIC, FEEDBACK_TOPIC, SCHEMA_DIR
+from feedback.sinks.kafka_reader import end_offsets
 from tests.support.gateway import GatewayServer, pool
 from tests.support.kafka import TansuBroker
 from tests.support.ports import wait_until

@@ -153,7 +153,7 @@ def test_plan_over_the_api_and_the_cli_tables(gw: GatewayServer) -> None:
     shown = _cli(gw, "experiments", "show", "support-bot")
     assert shown.returncode == 0, shown.stderr
     for text in ("experiment support-bot", "control", "canary", "not enough data yet",
-                 "up share [95%]", "lift [95%]", "SRM"):  # fmt: skip
+                 "up share", "(95% CI)", "vs control", "(95% CS)", "SRM"):  # fmt: skip
         assert text in shown.stdout, shown.stdout
     status = _cli(gw, "rollout", "status", "support-bot")
     assert status.returncode == 0, status.stderr
@@ -163,7 +163,7 @@ def test_plan_over_the_api_and_the_cli_tables(gw: GatewayServer) -> None:
     assert '"decision": "insufficient_data"' in as_json.stdout
     missing = _cli(gw, "rollout", "status", "nope")
     assert missing.returncode == 1
-    assert "404" in missing.stdout
+    assert "404" in missing.stderr
 
 
 def test_safety_findings_feed_the_safety_guardrail(gw: GatewayServer) -> None:

@@ -34,8 +34,8 @@ def flags_cli(gateway: GatewayServer, *args: str, token: str = TOKEN) -> tuple[i
     """Run the CLI against the gateway's admin API; (exit code, output)."""
     env = {**os.environ, "LOOPGATE_ADMIN_TOKEN": token, "COLUMNS": "200", "NO_COLOR": "1"}
     cmd = [
-        sys.executable, "-m", "cli", "flags", "--url", gateway.base_url,
-        "--as", "cli-test", *args,
+        sys.executable, "-m", "cli", "flags", *args, "--url", gateway.base_url,
+        "--as", "cli-test",
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
     return done.returncode, done.stdout + done.stderr

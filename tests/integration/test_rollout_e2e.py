@@ -221,4 +221,7 @@ def test_demo_runs_and_stops_by_itself(scenario: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "rollout rolled_back" in result.stdout
     assert str(folder / "spool") in result.stdout.replace("\n", "")
+    # The closing hint is one line, as it is to be copied.
+    hint = f"loopgate datasets build --spool {folder / 'spool'} --out dataset/"
+    assert hint in result.stdout.splitlines(), result.stdout[-2000:]
     assert any(e["type"] == "flag_change" for e in _events(folder / "spool"))

@@ -169,8 +169,8 @@ def test_a_change_through_one_gateway_is_applied_by_the_other_within_a_second(
 def _flags_cli(redis: RedisServer, namespace: str, config: Path, *args: str) -> str:
     """`loopgate flags --redis ...` as a subprocess; its output (fails on a non-zero exit)."""
     cmd = [
-        sys.executable, "-m", "cli", "flags", "--redis", redis.url,
-        "--namespace", namespace, "--config", str(config), "--as", "routing-test", *args,
+        sys.executable, "-m", "cli", "flags", *args, "--redis", redis.url,
+        "--namespace", namespace, "--config", str(config), "--as", "routing-test",
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr

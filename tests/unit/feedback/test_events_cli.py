@@ -18,12 +18,13 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from cli.events import SpoolReader, register
+from cli.events import register
 from feedback.config import KafkaConfig
 from feedback.schema import AUDIT_TOPIC, COMPLETIONS_TOPIC, FEEDBACK_TOPIC, Event, to_json
 from feedback.sinks.base import Record
 from feedback.sinks.kafka import KafkaSink
 from feedback.sinks.spool import Spool
+from feedback.sinks.spool_reader import SpoolReader
 from tests.support.kafka import TansuBroker, consume_all
 from tests.support.ports import wait_until
 from tests.unit.feedback.events import audit, completion, feedback
@@ -211,6 +212,43 @@ def test_replay_sends_pending_events_in_order_once(
     code, out = _invoke("replay", "--spool", str(root), "--kafka", kafka_broker.bootstrap)
     assert code == 0
     assert "replayed 0 events" in out
+
+
+def test_replay_reports_progress_after_each_acknowledged_batch(
+    tmp_path: Path, kafka_broker: TansuBroker
+) -> None:
+    from feedback.config import SpoolConfig
+    from feedback.sinks.spool_reader import folder_stats, replay_folder
+
+    events = [completion(f"lg1.p{i}.m", text=f"n{i}") for i in range(1200)]
+    spool = _spool(tmp_path / "spool", events, segment_bytes=1 << 16)
+    spool.close()
+    folder = tmp_path / "spool" / "gw"
+    pending = folder_stats(folder).pending_bytes
+    calls: list[tuple[int, int]] = []
+    kafka = KafkaConfig(bootstrap_servers=[kafka_broker.bootstrap])
+    sent, corrupt, aside = asyncio.run(
+        replay_folder(folder, kafka, SpoolConfig(), lambda n, size: calls.append((n, size)))
+    )
+    assert (sent, corrupt, aside) == (1200, 0, 0)
+    assert [n for n, _ in calls] == [500, 500, 200]  # one call per acknowledged batch
+    assert sum(size for _, size in calls) == pending
+
+
+def test_tail_since_and_short_ids(stopped_spool: tuple[Path, list[Event]]) -> None:
+    root, events = stopped_spool
+    # The sample events are from 2023-11-14 22:13 UTC.
+    code, out = _invoke("tail", "--spool", str(root), "--since", "2023-11-14")
+    assert code == 0, out
+    assert len(out.splitlines()) == len(events)
+    code, out = _invoke("tail", "--spool", str(root), "--since", "2023-11-15T00:00")
+    assert (code, out) == (0, "")
+    code, out = _invoke("tail", "--spool", str(root), "--since", "1h")
+    assert (code, out) == (0, "")
+    code, out = _invoke("tail", "--spool", str(root), "--since", "yesterday")
+    assert code == 2
+    assert "Traceback" not in out
+    assert "'yesterday' is neither a time ago" in " ".join(out.split())
 
 
 def _produce(broker: TansuBroker, events: list[Event]) -> None:

@@ -60,39 +60,39 @@ def _pools_config(tmp_path: Path) -> Path:
 
 def test_direct_file_commands(flag_file: Path, tmp_path: Path) -> None:
     base = ["--file", str(flag_file), "--config", str(_pools_config(tmp_path)), "--as", "ana"]
-    code, out = _invoke(*base, "list")
+    code, out = _invoke("list", *base)
     assert code == 0, out
     assert "support-bot" in out
     assert "control 90%" in out
 
-    code, out = _invoke(*base, "set-weights", "support-bot", "control=50", "canary=50")
+    code, out = _invoke("set-weights", *base, "support-bot", "control=50", "canary=50")
     assert code == 0, out
     assert "version 2" in out
     assert parse_flags(flag_file.read_text(), POOLS, "f")["support-bot"].variants[1].weight == 50
 
-    code, out = _invoke(*base, "kill", "support-bot")
+    code, out = _invoke("kill", *base, "support-bot")
     assert code == 0, out
     assert "killed" in out
-    code, out = _invoke(*base, "explain", "support-bot", "user-1")
+    code, out = _invoke("explain", *base, "support-bot", "user-1")
     assert code == 0, out
     assert "control" in out
     assert "kill_switch" in out
 
-    code, out = _invoke(*base, "unkill", "support-bot", "--expected-version", "2")
+    code, out = _invoke("unkill", *base, "support-bot", "--expected-version", "2")
     assert code == 1
     assert "you stated version 2, the store has version 3" in out
 
-    code, out = _invoke(*base, "set-weights", "support-bot", "ghost=1")
+    code, out = _invoke("set-weights", *base, "support-bot", "ghost=1")
     assert code == 1
     assert "no variant 'ghost'" in out
 
     incoming = tmp_path / "incoming.yaml"
     incoming.write_text(dump_flags([make_flag(), make_flag("new-bot")]))
-    code, out = _invoke(*base, "apply", str(incoming))
+    code, out = _invoke("apply", *base, str(incoming))
     assert code == 0, out
     assert "update" in out
     assert "create" in out
-    code, out = _invoke(*base, "apply", str(incoming))
+    code, out = _invoke("apply", *base, str(incoming))
     assert out.count("unchanged") == 2
 
 
@@ -122,24 +122,24 @@ def gateway_url(flag_file: Path) -> Iterator[str]:
 
 def test_commands_against_a_running_gateway(gateway_url: str, tmp_path: Path) -> None:
     env = {"LOOPGATE_ADMIN_TOKEN": TOKEN}
-    code, out = _invoke("--url", gateway_url, "list", env={"LOOPGATE_ADMIN_TOKEN": "wrong"})
+    code, out = _invoke("list", "--url", gateway_url, env={"LOOPGATE_ADMIN_TOKEN": "wrong"})
     assert code == 1
     assert "401" in out
 
-    code, out = _invoke("--url", gateway_url, "set-weights", "support-bot", "canary=100", env=env)
+    code, out = _invoke("set-weights", "--url", gateway_url, "support-bot", "canary=100", env=env)
     assert code == 0, out
-    code, out = _invoke("--url", gateway_url, "show", "support-bot", env=env)
+    code, out = _invoke("show", "--url", gateway_url, "support-bot", env=env)
     assert code == 0, out
     assert "version 2" in out
-    code, out = _invoke("--url", gateway_url, "kill", "support-bot", env=env)
+    code, out = _invoke("kill", "--url", gateway_url, "support-bot", env=env)
     assert code == 0, out
-    code, out = _invoke("--url", gateway_url, "explain", "support-bot", "u1", env=env)
+    code, out = _invoke("explain", "--url", gateway_url, "support-bot", "u1", env=env)
     assert "kill_switch" in out
     incoming = tmp_path / "incoming.yaml"
     incoming.write_text(dump_flags([make_flag("new-bot")]))
-    code, out = _invoke("--url", gateway_url, "apply", str(incoming), env=env)
+    code, out = _invoke("apply", "--url", gateway_url, str(incoming), env=env)
     assert code == 0, out
     assert "create" in out
-    code, out = _invoke("--url", gateway_url, "show", "nope", env=env)
+    code, out = _invoke("show", "--url", gateway_url, "nope", env=env)
     assert code == 1
     assert "404" in out
