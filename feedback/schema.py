@@ -22,6 +22,8 @@ TOPICS = (COMPLETIONS_TOPIC, FEEDBACK_TOPIC, AUDIT_TOPIC)
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 
 Consent = Literal["full", "none"]
+FeedbackSource = Literal["user", "reviewer", "judge"]
+Winner = Literal["a", "b", "tie", "both_bad"]
 Status = Literal["ok", "error", "cancelled"]
 FeedbackKind = Literal[
     "thumbs_up",
@@ -33,6 +35,7 @@ FeedbackKind = Literal[
     "regenerate",
     "report",
     "comment",
+    "preference",
 ]
 FEEDBACK_KINDS: tuple[str, ...] = get_args(FeedbackKind)
 Findings = dict[str, Annotated[int, Field(ge=0)]]
@@ -138,6 +141,14 @@ class FeedbackBody(_Model):
     idempotency_key: Label | None = None
     safety: Findings = Field(default_factory=dict)
     consent: Consent = "full"
+    # Who judged (DESIGN.md "The human side"); a `preference` is on a pair: response_id is
+    # answer A, other_response_id answer B.
+    source: FeedbackSource = "user"
+    reviewer: Label | None = None
+    queue: Label | None = None
+    time_spent_ms: int | None = Field(None, ge=0)
+    other_response_id: str | None = None
+    winner: Winner | None = None
 
 
 class AuditBody(_Model):

@@ -12,7 +12,17 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from feedback.datasets.join import JoinConfig, JoinStats, join
-from feedback.datasets.rules import KINDS, Example, Filters, Kind, RuleConfig, apply_rules
+from feedback.datasets.rules import (
+    KINDS,
+    Example,
+    Filters,
+    Kind,
+    RuleConfig,
+    apply_rules,
+    candidates,
+    settle,
+)
+from feedback.datasets.votes import Vote, share
 from feedback.redact import Redactor
 from feedback.schema import Event
 
@@ -59,7 +69,7 @@ def split_of(unit_hash: str, salt: str, test_fraction: float) -> Split:
 
 
 def to_row(example: Example) -> Row:
-    """The file row: TRL's columns first, then provenance."""
+    """The file row: TRL's columns first, then provenance (votes are filled in by `_settle`)."""
     row: Row = dict(example.columns)
     row.update(
         rule=example.rule,
@@ -104,20 +114,46 @@ def _redact_row(row: Row, redactor: Redactor, unsafe: frozenset[str]) -> Row | N
     return {**row, **cleaned} if findings else row
 
 
-def _settle(kind: Kind, rows: list[Row], dropped: Counter[str]) -> list[Row]:
-    """Dedupe identical content (earliest row wins); drop contradicting pairs and labels."""
-    groups: dict[bytes, list[tuple[bytes, Row]]] = {}
-    for row in rows:
+def _settle(
+    kind: Kind, rows: list[tuple[Row, tuple[Vote, ...]]], config: RuleConfig, dropped: Counter[str]
+) -> list[Row]:
+    """Rows with the same content fold their votes: the majority direction's earliest row stays.
+
+    A pair in both directions, or one prompt and answer labelled both ways (rows that only
+    output redaction made identical), is settled by the votes as in votes.py; only a true
+    tie (or less than the margin) drops the content. Votes in each row are for what it says.
+    """
+    groups: dict[bytes, list[tuple[bytes, Row, tuple[Vote, ...]]]] = {}
+    for row, votes in rows:
         key, direction = _dedupe_key(kind, row)
-        groups.setdefault(key, []).append((direction, row))
+        groups.setdefault(key, []).append((direction, row, votes))
+    single = config.votes.model_copy(update={"min_votes": 1})
     out: list[Row] = []
     for group in groups.values():
-        if len({direction for direction, _ in group}) > 1:
-            dropped[f"{kind}_contradicting"] += len(group)
+        # Votes on the group's first direction: a vote for the other direction is against it.
+        first = min(direction for direction, _, _ in group)
+        folded = [
+            v if direction == first else v.flipped() for direction, _, vs in group for v in vs
+        ]
+        counted, decided = settle(folded, single)
+        if isinstance(decided, str):
+            dropped[f"{kind}_{decided}"] += len(group)
             continue
-        if len(group) > 1:
-            dropped[f"{kind}_duplicate"] += len(group) - 1
-        out.append(min((row for _, row in group), key=lambda r: (r["time"], canonical(r))))
+        winning = first if decided > 0 else next(d for d, _, _ in group if d != first)
+        kept = [row for direction, row, _ in group if direction == winning]
+        if len(kept) < len(group):
+            dropped[f"{kind}_outvoted"] += len(group) - len(kept)
+        if len(kept) > 1:
+            dropped[f"{kind}_duplicate"] += len(kept) - 1
+        row = min(kept, key=lambda r: (r["time"], canonical(r)))
+        polarity = 1 if winning == first else -1
+        row.update(
+            source=counted.source,
+            votes=counted.positive if polarity > 0 else counted.negative,
+            votes_against=counted.negative if polarity > 0 else counted.positive,
+            weight=round(share(counted, polarity), 6),
+        )
+        out.append(row)
     return out
 
 
@@ -132,31 +168,30 @@ def content_hash(rows: dict[tuple[Kind, Split], list[Row]]) -> str:
 
 
 def build(events: Iterable[Event], config: BuildConfig, stats: JoinStats | None = None) -> Built:
-    """Join, apply the rules, clean, dedupe and split; same events in any order, same rows."""
+    """Join, split by unit, apply the rules per split, clean, fold votes; order-independent."""
     joined = join(events, JoinConfig(config.skew_s, config.max_feedback_age_s), stats)
     dropped: Counter[str] = Counter()
-    examples = apply_rules(joined.answers, config.filters, config.rules, dropped)
+    pool = candidates(joined.answers, config.filters, config.rules, dropped)
+    everywhere = {c.completion.body.response_id: c for c in pool}
     redactor = Redactor() if config.redact_outputs else None
-    by_kind: dict[Kind, list[Row]] = {kind: [] for kind in KINDS}
-    for example in examples:
-        row: Row | None = to_row(example)
-        if redactor is not None:
-            row = _redact_row(to_row(example), redactor, config.rules.unsafe_categories)
-        if row is None:
-            dropped["unsafe_on_output"] += 1
-            continue
-        by_kind[example.kind].append(row)
     rows: dict[tuple[Kind, Split], list[Row]] = {(k, s): [] for k in KINDS for s in SPLITS}
-    for kind in KINDS:
-        for row in _settle(kind, by_kind[kind], dropped):
-            sides = {
-                split_of(u, config.split_salt, config.test_fraction) for u in row["unit_hashes"]
-            }
-            if len(sides) > 1:
-                # A cross-variant pair of two users on opposite sides would leak one into the other.
-                dropped[f"{kind}_straddles_split"] += 1
+    for split in SPLITS:
+        # Rules run within one split: a pair or a vote count never joins units of both sides.
+        side = [
+            c for c in pool if split_of(c.unit, config.split_salt, config.test_fraction) == split
+        ]
+        by_kind: dict[Kind, list[tuple[Row, tuple[Vote, ...]]]] = {kind: [] for kind in KINDS}
+        for example in apply_rules(side, config.rules, dropped, everywhere):
+            row: Row | None = to_row(example)
+            if redactor is not None and row is not None:
+                row = _redact_row(row, redactor, config.rules.unsafe_categories)
+            if row is None:
+                dropped["unsafe_on_output"] += 1
                 continue
-            rows[(kind, sides.pop())].append(row)
-    for key in rows:
-        rows[key].sort(key=lambda r: (r["time"], canonical(r)))
+            by_kind[example.kind].append((row, example.votes))
+        for kind in KINDS:
+            rows[(kind, split)] = sorted(
+                _settle(kind, by_kind[kind], config.rules, dropped),
+                key=lambda r: (r["time"], canonical(r)),
+            )
     return Built(rows, joined.stats, dropped, content_hash(rows))

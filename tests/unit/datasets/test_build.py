@@ -29,7 +29,7 @@ def test_identical_pairs_from_two_units_are_kept_once() -> None:
     assert built.dropped["dpo_duplicate"] == 1
 
 
-def test_contradicting_labels_and_pairs_are_dropped() -> None:
+def test_true_ties_are_dropped_and_majorities_kept() -> None:
     kto: list[Event] = [
         completion("r1", unit="u1", at=0),
         feedback("r1", "thumbs_up"),
@@ -38,14 +38,20 @@ def test_contradicting_labels_and_pairs_are_dropped() -> None:
     ]
     built = build(kto, BuildConfig(test_fraction=0.0))
     assert built.rows[("kto", "train")] == []
-    assert built.dropped["kto_contradicting"] == 2
+    assert built.dropped["kto_tie"] == 1
+    third = [*kto, completion("r3", unit="u3", at=2), feedback("r3", "thumbs_down", at=12)]
+    (row,) = build(third, BuildConfig(test_fraction=0.0)).rows[("kto", "train")]
+    assert (row["label"], row["votes"], row["votes_against"]) == (False, 2, 1)
+    assert row["response_ids"] == ["r1", "r2", "r3"]
     dpo: list[Event] = [
         completion("r1", unit="u1", text="A"),
         feedback("r1", "edit", edited_text="B"),
         completion("r2", unit="u2", text="B"),
         feedback("r2", "edit", edited_text="A"),
     ]
-    assert build(dpo, BuildConfig(test_fraction=0.0)).rows[("dpo", "train")] == []
+    tied = build(dpo, BuildConfig(test_fraction=0.0))
+    assert tied.rows[("dpo", "train")] == []
+    assert tied.dropped["dpo_tie"] == 2
 
 
 def test_split_is_by_unit_hash_and_pairs_never_straddle() -> None:
@@ -62,8 +68,8 @@ def test_split_is_by_unit_hash_and_pairs_never_straddle() -> None:
         feedback("k1", "thumbs_up"),
     ]
     built = build(events, BuildConfig(test_fraction=0.3, split_salt="salt"))
+    # Rules run within a split: the two users' answers are never paired.
     assert built.count("dpo", "train") == built.count("dpo", "test") == 0
-    assert built.dropped["dpo_straddles_split"] == 1
     assert [r["unit_hashes"] for r in built.rows[("kto", "test")]] == [[test_u]]
     assert [r["unit_hashes"] for r in built.rows[("kto", "train")]] == [[train_u]]
 

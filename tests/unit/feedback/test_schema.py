@@ -103,7 +103,7 @@ def test_keys_and_topics() -> None:
 def test_feedback_kinds_are_the_design_list() -> None:
     assert set(FEEDBACK_KINDS) == {
         "thumbs_up", "thumbs_down", "rating", "edit", "accept", "reject",
-        "regenerate", "report", "comment",
+        "regenerate", "report", "comment", "preference",
     }  # fmt: skip
 
 
