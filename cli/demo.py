@@ -178,7 +178,7 @@ def _header(scenario: str, like: dict[str, float], elapsed: float, duration: flo
 async def _demo(
     scenario: str, duration: float, interval: float, seed: int, keep: Path | None
 ) -> int:
-    from rollout.population import Population, PopulationConfig
+    from sim.population import Population, PopulationConfig
 
     folder = keep or Path(tempfile.mkdtemp(prefix="loopgate-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
