@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from feedback.datasets.join import JoinConfig, JoinStats, join
+from feedback.datasets.join import Answer, JoinConfig, JoinStats, join, referenced_ids
 from feedback.datasets.rules import (
     KINDS,
     Example,
     Filters,
     Kind,
     RuleConfig,
+    Unjudged,
     apply_rules,
     candidates,
     settle,
+    unjudged,
 )
 from feedback.datasets.votes import Vote, share
 from feedback.redact import Redactor
@@ -167,21 +169,49 @@ def content_hash(rows: dict[tuple[Kind, Split], list[Row]]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def build(events: Iterable[Event], config: BuildConfig, stats: JoinStats | None = None) -> Built:
-    """Join, split by unit, apply the rules per split, clean, fold votes; order-independent."""
-    joined = join(events, JoinConfig(config.skew_s, config.max_feedback_age_s), stats)
-    dropped: Counter[str] = Counter()
-    pool = candidates(joined.answers, config.filters, config.rules, dropped)
+def sort_out(
+    answers: Iterable[Answer],
+    referenced: set[str],
+    config: BuildConfig,
+    stats: JoinStats,
+    dropped: Counter[str],
+) -> tuple[list[Answer], list[Unjudged]]:
+    """Judged answers (feedback, or named by a preference) whole; the rest as thread entries."""
+    judged: list[Answer] = []
+    others: list[Unjudged] = []
+    for answer in answers:
+        if answer.feedback or answer.completion.body.response_id in referenced:
+            judged.append(answer)
+            continue
+        stats.unjudged += 1
+        entry = unjudged(answer, config.filters, config.rules, dropped)
+        if entry is not None:
+            others.append(entry)
+    return judged, others
+
+
+def rows_of(
+    answers: Iterable[Answer],
+    config: BuildConfig,
+    dropped: Counter[str],
+    others: Sequence[Unjudged] = (),
+) -> dict[tuple[Kind, Split], list[Row]]:
+    """Rows of judged answers (unsorted): split by unit, rules per split, clean, fold votes.
+
+    Every rule looks only at answers with one prompt, so any partition of the answers by
+    prompt gives the same rows part by part (external.py relies on it).
+    """
+    pool = candidates(answers, config.filters, config.rules, dropped)
     everywhere = {c.completion.body.response_id: c for c in pool}
     redactor = Redactor() if config.redact_outputs else None
+    salt, fraction = config.split_salt, config.test_fraction
     rows: dict[tuple[Kind, Split], list[Row]] = {(k, s): [] for k in KINDS for s in SPLITS}
     for split in SPLITS:
         # Rules run within one split: a pair or a vote count never joins units of both sides.
-        side = [
-            c for c in pool if split_of(c.unit, config.split_salt, config.test_fraction) == split
-        ]
+        side = [c for c in pool if split_of(c.unit, salt, fraction) == split]
+        threads = [o for o in others if split_of(o.unit, salt, fraction) == split]
         by_kind: dict[Kind, list[tuple[Row, tuple[Vote, ...]]]] = {kind: [] for kind in KINDS}
-        for example in apply_rules(side, config.rules, dropped, everywhere):
+        for example in apply_rules(side, config.rules, dropped, everywhere, threads):
             row: Row | None = to_row(example)
             if redactor is not None and row is not None:
                 row = _redact_row(row, redactor, config.rules.unsafe_categories)
@@ -190,8 +220,23 @@ def build(events: Iterable[Event], config: BuildConfig, stats: JoinStats | None 
                 continue
             by_kind[example.kind].append((row, example.votes))
         for kind in KINDS:
-            rows[(kind, split)] = sorted(
-                _settle(kind, by_kind[kind], config.rules, dropped),
-                key=lambda r: (r["time"], canonical(r)),
-            )
-    return Built(rows, joined.stats, dropped, content_hash(rows))
+            rows[(kind, split)] = _settle(kind, by_kind[kind], config.rules, dropped)
+    return rows
+
+
+def finish(
+    rows: dict[tuple[Kind, Split], list[Row]], stats: JoinStats, dropped: Counter[str]
+) -> Built:
+    """Sort every file's rows by time and hash them."""
+    for key in rows:
+        rows[key].sort(key=lambda r: (r["time"], canonical(r)))
+    return Built(rows, stats, dropped, content_hash(rows))
+
+
+def build(events: Iterable[Event], config: BuildConfig, stats: JoinStats | None = None) -> Built:
+    """Join and make the rows, all in memory; same events in any order, same rows."""
+    joined = join(events, JoinConfig(config.skew_s, config.max_feedback_age_s), stats)
+    dropped: Counter[str] = Counter()
+    referenced = referenced_ids(f for answer in joined.answers for f in answer.feedback)
+    judged, others = sort_out(joined.answers, referenced, config, joined.stats, dropped)
+    return finish(rows_of(judged, config, dropped, others), joined.stats, dropped)

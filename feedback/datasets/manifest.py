@@ -53,6 +53,24 @@ def _tally(built: Built, column: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def kto_weights(built: Built) -> dict[str, float] | None:
+    """TRL KTOConfig class weights that balance the train split's vote-weighted labels.
+
+    TRL weighs classes, not rows: desirable_weight * n_desirable over undesirable_weight *
+    n_undesirable should sit in [1, 4/3]; with n counted as the sum of the rows' vote shares
+    (`weight`), the smaller class gets the larger weight and the ratio is 1. None when a
+    class is empty.
+    """
+    rows = built.rows[("kto", "train")]
+    good = sum(float(r.get("weight") or 1.0) for r in rows if r["label"])
+    bad = sum(float(r.get("weight") or 1.0) for r in rows if not r["label"])
+    if good <= 0 or bad <= 0:
+        return None
+    if good >= bad:
+        return {"desirable_weight": 1.0, "undesirable_weight": round(good / bad, 4)}
+    return {"desirable_weight": round(bad / good, 4), "undesirable_weight": 1.0}
+
+
 def manifest(
     built: Built,
     config: BuildConfig,
@@ -61,6 +79,7 @@ def manifest(
     files: dict[str, dict[str, object]],
     version: dict[str, str | None],
     built_at: datetime,
+    redaction: Sequence[str] = ("regex",),
 ) -> dict[str, Any]:
     """The manifest document (content_hash covers rows only, never the build time)."""
     times = [row["time"] for rows in built.rows.values() for row in rows]
@@ -79,6 +98,12 @@ def manifest(
         "config": config.model_dump(mode="json", exclude={"filters"}),
         "join": built.join.as_dict(),
         "dropped": dict(sorted(built.dropped.items())),
+        # HF `datasets` refuses a split with no rows: the card leaves these out of `configs`.
+        "empty_splits": [
+            f"{kind}/{split}" for kind in KINDS for split in SPLITS if not built.count(kind, split)
+        ],
+        "kto_weights": kto_weights(built),
+        "redaction": list(redaction),
         "files": files,
     }
 

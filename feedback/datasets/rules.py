@@ -261,6 +261,50 @@ class Candidate:
         return self.verdict is not None and self.verdict.polarity < 0
 
 
+@dataclass(frozen=True, slots=True)
+class Unjudged:
+    """An usable answer nobody judged: only a regeneration's link to its next answer needs it."""
+
+    app: str
+    unit: str
+    key: str
+    time: datetime
+    response_id: str
+
+
+def admit(
+    completion: CompletionEvent, filters: Filters, config: RuleConfig
+) -> tuple[list[Message], str] | str:
+    """(prompt, text) of an answer rules may use, or why not (a `dropped` reason)."""
+    body = completion.body
+    if not filters.admits(completion):
+        return "filtered"
+    if body.status != "ok":
+        return "not_ok"
+    if body.consent == "none":
+        return "consent_none"
+    if config.unsafe_categories & {c for c, n in body.safety.items() if n > 0}:
+        return "unsafe_completion"
+    prompt, text = prompt_messages(completion), answer_text(completion)
+    if prompt is None or text is None:
+        return "no_content"
+    return prompt, text
+
+
+def unjudged(
+    answer: Answer, filters: Filters, config: RuleConfig, dropped: Counter[str]
+) -> Unjudged | None:
+    """The thread entry of an answer without feedback, when rules could use it."""
+    admitted = admit(answer.completion, filters, config)
+    if isinstance(admitted, str):
+        dropped[admitted] += 1
+        return None
+    body = answer.completion.body
+    return Unjudged(
+        body.app, body.unit_hash, prompt_key(admitted[0]), answer.completion.time, body.response_id
+    )
+
+
 def candidates(
     answers: Iterable[Answer], filters: Filters, config: RuleConfig, dropped: Counter[str]
 ) -> list[Candidate]:
@@ -269,22 +313,11 @@ def candidates(
     for answer in answers:
         completion = answer.completion
         body = completion.body
-        if not filters.admits(completion):
-            dropped["filtered"] += 1
+        admitted = admit(completion, filters, config)
+        if isinstance(admitted, str):
+            dropped[admitted] += 1
             continue
-        if body.status != "ok":
-            dropped["not_ok"] += 1
-            continue
-        if body.consent == "none":
-            dropped["consent_none"] += 1
-            continue
-        if config.unsafe_categories & {c for c, n in body.safety.items() if n > 0}:
-            dropped["unsafe_completion"] += 1
-            continue
-        prompt, text = prompt_messages(completion), answer_text(completion)
-        if prompt is None or text is None:
-            dropped["no_content"] += 1
-            continue
+        prompt, text = admitted
         feedback = tuple(
             item
             for item in answer.feedback
@@ -386,13 +419,22 @@ def edit_rows(pool: Sequence[Candidate], config: RuleConfig) -> list[Example]:
 
 
 def regenerate_rows(
-    pool: Sequence[Candidate], config: RuleConfig, dropped: Counter[str]
+    pool: Sequence[Candidate],
+    config: RuleConfig,
+    dropped: Counter[str],
+    others: Sequence[Unjudged] = (),
 ) -> list[Example]:
-    """`regenerate`: the next answer to the same prompt from the same unit, once liked, wins."""
-    by_thread: dict[tuple[str, str, str], list[Candidate]] = {}
+    """`regenerate`: the next answer to the same prompt from the same unit, once liked, wins.
+
+    `others` are the thread's answers nobody judged: one of them may be the next answer.
+    """
+    by_thread: dict[tuple[str, str, str], list[Candidate | Unjudged]] = {}
     for candidate in pool:
         body = candidate.completion.body
         by_thread.setdefault((body.app, body.unit_hash, candidate.key), []).append(candidate)
+    for other in others:
+        if (other.app, other.unit, other.key) in by_thread:
+            by_thread[(other.app, other.unit, other.key)].append(other)
     out: list[Example] = []
     for old in pool:
         asks = [i for i in old.feedback if i.body.kind == "regenerate"]
@@ -401,19 +443,17 @@ def regenerate_rows(
         ask = min(asks, key=_order)
         body = old.completion.body
         limit = ask.time.timestamp() + config.regenerate_window_s
-        later = [
-            c
+        later = sorted(
+            (_when(c), c)
             for c in by_thread[(body.app, body.unit_hash, old.key)]
-            if c is not old
-            and (c.completion.time, c.completion.body.response_id)
-            > (old.completion.time, body.response_id)
-            and c.completion.time.timestamp() <= limit
-        ]
+            if _when(c) > (old.completion.time, body.response_id)
+            and _when(c)[0].timestamp() <= limit
+        )
         if not later:
             dropped["regenerate_unmatched"] += 1
             continue
-        new = later[0]  # pool is in time order: the first answer after the old one
-        if not new.positive:
+        new = later[0][1]  # the first answer after the old one
+        if isinstance(new, Unjudged) or not new.positive:
             dropped["regenerate_not_liked"] += 1
             continue
         if old.positive:
@@ -426,6 +466,12 @@ def regenerate_rows(
         pair = _pair(old.prompt, new.text, old.text)
         out.append(_example("dpo", "regenerate", pair, new, old, votes=votes))
     return out
+
+
+def _when(answer: Candidate | Unjudged) -> tuple[datetime, str]:
+    if isinstance(answer, Unjudged):
+        return answer.time, answer.response_id
+    return answer.completion.time, answer.completion.body.response_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -602,13 +648,14 @@ def apply_rules(
     config: RuleConfig,
     dropped: Counter[str],
     everywhere: dict[str, Candidate] | None = None,
+    others: Sequence[Unjudged] = (),
 ) -> list[Example]:
-    """Every rule over one split's candidates, in a fixed order."""
+    """Every rule over one split's candidates (and unjudged answers), in a fixed order."""
     if everywhere is None:
         everywhere = {c.completion.body.response_id: c for c in pool}
     return [
         *edit_rows(pool, config),
-        *regenerate_rows(pool, config, dropped),
+        *regenerate_rows(pool, config, dropped, others),
         *variant_rows(pool, config, dropped),
         *preference_rows(pool, everywhere, dropped),
         *kto_rows(pool, config, dropped),

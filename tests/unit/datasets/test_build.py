@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 from cli import app as cli_app
 from feedback.datasets.build import BuildConfig, build, split_of
 from feedback.datasets.export import OutputExists, export, load_manifest
+from feedback.datasets.external import build_external
+from feedback.datasets.join import JoinStats
 from feedback.datasets.writers import columns
 from feedback.schema import Event, to_json
 from tests.unit.datasets.events import completion, feedback
@@ -161,3 +163,23 @@ def test_cli_build_and_stats(tmp_path: Path) -> None:
     assert "edit" in stats.output
     missing = runner.invoke(cli_app, ["datasets", "stats", str(tmp_path / "nope")])
     assert missing.exit_code == 1
+
+
+def test_the_partitioned_build_still_sees_unjudged_next_answers() -> None:
+    # a asks to regenerate; b (nobody judged it) is the regenerated answer; c is liked later:
+    # no pair, in memory and partitioned alike (b travels as a thread entry).
+    events: list[Event] = [
+        completion("a", text="first", at=0),
+        feedback("a", "regenerate", at=5),
+        completion("b", text="second", at=6),
+        completion("c", text="third", at=7),
+        feedback("c", "thumbs_up", at=9),
+    ]
+    config = BuildConfig(test_fraction=0.0)
+    for parts in (1, 2, 7):
+        stats = JoinStats()
+        built = build_external([to_json(e) for e in events], config, stats=stats, parts=parts)
+        assert built.rows[("dpo", "train")] == [], parts
+        assert built.dropped["regenerate_not_liked"] == 1
+        assert stats.unjudged == 1
+        assert built.rows == build(events, config).rows
