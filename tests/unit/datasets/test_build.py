@@ -183,3 +183,42 @@ def test_the_partitioned_build_still_sees_unjudged_next_answers() -> None:
         assert built.dropped["regenerate_not_liked"] == 1
         assert stats.unjudged == 1
         assert built.rows == build(events, config).rows
+
+
+def test_cli_build_explains_itself(tmp_path: Path) -> None:
+    from cli import _register
+
+    _register()
+    events = tmp_path / "events.jsonl"
+    scenario: list[Event] = [
+        completion("r1", unit="u1", at=0),
+        feedback("r1", "thumbs_down"),
+        completion("r2", unit="u2", at=1),
+        feedback("r2", "thumbs_up"),
+        completion("r3", unit="u3", prompt="p3", at=2),
+        feedback("r3", "thumbs_down"),
+        completion("r4", unit="u4", prompt="p4", at=3),
+    ]
+    events.write_bytes(b"".join(to_json(e) + b"\n" for e in scenario))
+    out = tmp_path / "ds"
+    args = ["datasets", "build", "--jsonl", str(events), "--out", str(out), "--test-fraction", "0"]
+    runner = CliRunner()
+    result = runner.invoke(cli_app, args, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert any(line.split()[:4] == ["│", "kto", "│", "1"] for line in lines), result.output
+    assert "kto_tie" in result.output  # r1 and r2: one up, one down
+    assert "WARNING: dpo is empty" in result.output
+    assert "WARNING: sft is empty" in result.output
+    assert "WARNING: kto" not in result.output
+    assert "4 completions and 3 pieces of feedback (1 completions had none)" in result.output
+    again = runner.invoke(cli_app, args)
+    assert again.exit_code == 1
+    assert "pass --overwrite to replace it" in again.output
+    as_json = runner.invoke(cli_app, [*args, "--overwrite", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    doc = orjson.loads(as_json.stdout)
+    assert doc == load_manifest(out)
+    assert doc["counts"]["kto"] == {"train": 1, "test": 0}
+    assert doc["dropped"]["kto_tie"] == 1
