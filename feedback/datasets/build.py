@@ -6,7 +6,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,8 +24,10 @@ from feedback.datasets.rules import (
     settle,
     unjudged,
 )
+from feedback.datasets.thorough import ThoroughConfig
+from feedback.datasets.thorough import load as load_thorough
 from feedback.datasets.votes import Vote, share
-from feedback.redact import Redactor
+from feedback.redact import Findings, Redactor
 from feedback.schema import Event
 
 Split = Literal["train", "test"]
@@ -47,6 +49,8 @@ class BuildConfig(BaseModel):
     # Re-run redaction over every output text: events are redacted at emission, this
     # catches a gateway that ran with redaction off or older patterns.
     redact_outputs: bool = True
+    # The second, thorough pass (Presidio) after the regex one; see thorough.py.
+    thorough: ThoroughConfig = ThoroughConfig()
 
 
 @dataclass
@@ -57,10 +61,40 @@ class Built:
     join: JoinStats
     dropped: Counter[str] = field(default_factory=Counter)
     content_hash: str = ""
+    redaction: list[str] = field(default_factory=lambda: ["regex"])
+    notes: list[str] = field(default_factory=list)
 
     def count(self, kind: Kind, split: Split) -> int:
         """Rows of one file."""
         return len(self.rows[(kind, split)])
+
+
+class Cleaner(Protocol):
+    """A redaction pass over a row's content (feedback.redact.Redactor, thorough.Thorough)."""
+
+    def redact_value(self, value: Any, findings: Findings) -> Any:
+        """The value with what the pass finds replaced; findings counted."""
+        ...
+
+
+@dataclass(frozen=True)
+class Passes:
+    """The redaction passes a build runs over output rows, made once per build."""
+
+    cleaners: tuple[Cleaner, ...]
+    names: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+
+def passes(config: BuildConfig) -> Passes:
+    """The regex pass (unless redact_outputs is off), then the thorough one when it loads."""
+    if not config.redact_outputs:
+        return Passes((), ("none",))
+    thorough, why_not = load_thorough(config.thorough)
+    if thorough is None:
+        notes = (f"thorough pass not run: {why_not}",) if why_not else ()
+        return Passes((Redactor(),), ("regex",), notes)
+    return Passes((Redactor(), thorough), ("regex", thorough.label))
 
 
 def split_of(unit_hash: str, salt: str, test_fraction: float) -> Split:
@@ -105,12 +139,13 @@ def _dedupe_key(kind: Kind, row: Row) -> tuple[bytes, bytes]:
     return canonical({"m": row["messages"]}), b""
 
 
-def _redact_row(row: Row, redactor: Redactor, unsafe: frozenset[str]) -> Row | None:
+def _redact_row(row: Row, cleaners: Sequence[Cleaner], unsafe: frozenset[str]) -> Row | None:
     findings: dict[str, int] = {}
-    content = {
+    cleaned: Any = {
         k: row[k] for k in ("prompt", "chosen", "rejected", "completion", "messages") if k in row
     }
-    cleaned = redactor.redact_value(content, findings)
+    for cleaner in cleaners:
+        cleaned = cleaner.redact_value(cleaned, findings)
     if unsafe & set(findings):
         return None
     return {**row, **cleaned} if findings else row
@@ -195,6 +230,7 @@ def rows_of(
     config: BuildConfig,
     dropped: Counter[str],
     others: Sequence[Unjudged] = (),
+    cleaners: Sequence[Cleaner] = (),
 ) -> dict[tuple[Kind, Split], list[Row]]:
     """Rows of judged answers (unsorted): split by unit, rules per split, clean, fold votes.
 
@@ -203,7 +239,6 @@ def rows_of(
     """
     pool = candidates(answers, config.filters, config.rules, dropped)
     everywhere = {c.completion.body.response_id: c for c in pool}
-    redactor = Redactor() if config.redact_outputs else None
     salt, fraction = config.split_salt, config.test_fraction
     rows: dict[tuple[Kind, Split], list[Row]] = {(k, s): [] for k in KINDS for s in SPLITS}
     for split in SPLITS:
@@ -213,8 +248,8 @@ def rows_of(
         by_kind: dict[Kind, list[tuple[Row, tuple[Vote, ...]]]] = {kind: [] for kind in KINDS}
         for example in apply_rules(side, config.rules, dropped, everywhere, threads):
             row: Row | None = to_row(example)
-            if redactor is not None and row is not None:
-                row = _redact_row(row, redactor, config.rules.unsafe_categories)
+            if cleaners and row is not None:
+                row = _redact_row(row, cleaners, config.rules.unsafe_categories)
             if row is None:
                 dropped["unsafe_on_output"] += 1
                 continue
@@ -225,12 +260,16 @@ def rows_of(
 
 
 def finish(
-    rows: dict[tuple[Kind, Split], list[Row]], stats: JoinStats, dropped: Counter[str]
+    rows: dict[tuple[Kind, Split], list[Row]],
+    stats: JoinStats,
+    dropped: Counter[str],
+    ran: Passes | None = None,
 ) -> Built:
     """Sort every file's rows by time and hash them."""
     for key in rows:
         rows[key].sort(key=lambda r: (r["time"], canonical(r)))
-    return Built(rows, stats, dropped, content_hash(rows))
+    names, notes = (["regex"], []) if ran is None else (list(ran.names), list(ran.notes))
+    return Built(rows, stats, dropped, content_hash(rows), names, notes)
 
 
 def build(events: Iterable[Event], config: BuildConfig, stats: JoinStats | None = None) -> Built:
@@ -239,4 +278,6 @@ def build(events: Iterable[Event], config: BuildConfig, stats: JoinStats | None 
     dropped: Counter[str] = Counter()
     referenced = referenced_ids(f for answer in joined.answers for f in answer.feedback)
     judged, others = sort_out(joined.answers, referenced, config, joined.stats, dropped)
-    return finish(rows_of(judged, config, dropped, others), joined.stats, dropped)
+    ran = passes(config)
+    made = rows_of(judged, config, dropped, others, ran.cleaners)
+    return finish(made, joined.stats, dropped, ran)

@@ -35,6 +35,7 @@ from feedback.datasets.build import (
     Row,
     Split,
     finish,
+    passes,
     rows_of,
     sort_out,
 )
@@ -154,12 +155,13 @@ def build_external(
 
         by_prompt = _spill(answers(), scratch / "by-prompt", parts)
         rows: dict[tuple[Kind, Split], list[Row]] = {(k, s): [] for k in KINDS for s in SPLITS}
+        ran = passes(config)
         for index, path in enumerate(by_prompt):
             part, others = _read_part(path)
-            for key, made in rows_of(part, config, dropped, others).items():
+            for key, made in rows_of(part, config, dropped, others, ran.cleaners).items():
                 rows[key].extend(made)
             path.unlink()
             tick("rules", index + 1)
-        return finish(rows, stats, dropped)
+        return finish(rows, stats, dropped, ran)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -79,7 +79,6 @@ def manifest(
     files: dict[str, dict[str, object]],
     version: dict[str, str | None],
     built_at: datetime,
-    redaction: Sequence[str] = ("regex",),
 ) -> dict[str, Any]:
     """The manifest document (content_hash covers rows only, never the build time)."""
     times = [row["time"] for rows in built.rows.values() for row in rows]
@@ -103,7 +102,9 @@ def manifest(
             f"{kind}/{split}" for kind in KINDS for split in SPLITS if not built.count(kind, split)
         ],
         "kto_weights": kto_weights(built),
-        "redaction": list(redaction),
+        # Which redaction passes ran over the output rows (regex; Presidio when it loaded).
+        "redaction": list(built.redaction),
+        "notes": list(built.notes),
         "files": files,
     }
 
