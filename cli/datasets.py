@@ -74,6 +74,14 @@ def register(app: typer.Typer) -> None:
         tmp_dir: Annotated[
             Path | None, typer.Option(help="Where the build spills events (default: system tmp).")
         ] = None,
+        thorough: Annotated[
+            str | None,
+            typer.Option(help="Presidio pass: off, auto (when installed) or on (default auto)."),
+        ] = None,
+        spacy_model: Annotated[
+            str | None,
+            typer.Option(help="spaCy NER pipeline for the Presidio pass (package or directory)."),
+        ] = None,
     ) -> None:
         """Join events, apply the pairing and labelling rules, write files and a manifest."""
         import orjson
@@ -84,6 +92,7 @@ def register(app: typer.Typer) -> None:
         from feedback.datasets.export import OutputExists, export
         from feedback.datasets.report import summary
         from feedback.datasets.sources import EventLog, KafkaSource, read_jsonl, read_spool
+        from feedback.datasets.thorough import ThoroughUnavailable
         from feedback.datasets.writers import FORMATS
 
         if not (jsonl or spool or kafka):
@@ -107,6 +116,14 @@ def register(app: typer.Typer) -> None:
         raw["filters"] = filters
         if test_fraction is not None:
             raw["test_fraction"] = test_fraction
+        presidio = dict(raw.get("thorough") or {})
+        if thorough is not None:
+            if thorough not in ("off", "auto", "on"):
+                raise typer.BadParameter(f"--thorough {thorough!r}: choose off, auto or on")
+            presidio["mode"] = thorough
+        if spacy_model is not None:
+            presidio["spacy_model"] = spacy_model
+        raw["thorough"] = presidio
         settings = BuildConfig.model_validate(raw)
         for name in fmt or []:
             if name not in FORMATS:
@@ -153,6 +170,9 @@ def register(app: typer.Typer) -> None:
             errors.print(
                 f"[red]{out} already holds a dataset[/red]: pass --overwrite to replace it"
             )
+            raise typer.Exit(1) from exc
+        except ThoroughUnavailable as exc:
+            errors.print(f"[red]the thorough redaction pass cannot run[/red]: {exc}")
             raise typer.Exit(1) from exc
         if as_json:
             typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())

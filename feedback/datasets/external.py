@@ -122,6 +122,7 @@ def build_external(
     """The rows of `build(parse_lines(lines))`, holding one part of the events at a time."""
     stats = stats if stats is not None else JoinStats()
     tick = progress or (lambda _phase, _n: None)
+    ran = passes(config)  # first: a pass that cannot load fails the build before any work
     scratch = Path(tempfile.mkdtemp(prefix="loopgate-build-", dir=workdir))
     try:
         referenced: set[str] = set()
@@ -155,7 +156,6 @@ def build_external(
 
         by_prompt = _spill(answers(), scratch / "by-prompt", parts)
         rows: dict[tuple[Kind, Split], list[Row]] = {(k, s): [] for k in KINDS for s in SPLITS}
-        ran = passes(config)
         for index, path in enumerate(by_prompt):
             part, others = _read_part(path)
             for key, made in rows_of(part, config, dropped, others, ran.cleaners).items():

@@ -68,6 +68,9 @@ def summary(doc: dict[str, Any], out: Path) -> list[RenderableType]:
         parts.append(
             Text(f"empty splits left out of the card's configs: {', '.join(empty)}", style="yellow")
         )
+    for note in doc.get("notes") or []:
+        parts.append(Text(f"note: {note}", style="yellow"))
+    parts.append(Text(f"redaction: {', '.join(doc.get('redaction') or ['regex'])}", style="dim"))
     parts.append(Text(f"wrote {out} ({doc.get('content_hash')})"))
     loadable = [c for c in ("dpo", "kto", "sft") if (counts.get(c) or {}).get("train")]
     if loadable:

@@ -109,3 +109,22 @@ def test_recall_on_the_synthetic_set(tiny_ner: str) -> None:
     # Names rest on the tiny NER: far above the regex pass's nothing, far from a real model.
     assert first["name"] == 0.0
     assert both["name"] >= 0.7, both
+
+
+def test_the_cli_fails_early_when_the_pass_is_required_but_cannot_load(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli import _register, app
+
+    _register()
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(to_json(completion("r1")) + b"\n" + to_json(feedback("r1", "accept")))
+    missing = str(tmp_path / "no-such-pipeline")
+    args = ["datasets", "build", "--jsonl", str(events), "--out", str(tmp_path / "ds")]
+    result = CliRunner().invoke(app, [*args, "--thorough", "on", "--spacy-model", missing])
+    assert result.exit_code == 1
+    assert "thorough redaction pass cannot run" in result.output
+    assert not (tmp_path / "ds").exists()
+    fine = CliRunner().invoke(app, [*args, "--thorough", "auto", "--spacy-model", missing])
+    assert fine.exit_code == 0, fine.output
+    assert "note: thorough pass not run" in fine.output
