@@ -132,6 +132,13 @@ def tables(doc: dict[str, Any]) -> list[Table]:
     head.add_row("time range", f"{time_range.get('first', '-')} .. {time_range.get('last', '-')}")
     active = {k: v for k, v in (doc.get("filters") or {}).items() if v is not None}
     head.add_row("filters", ", ".join(f"{k}={v}" for k, v in active.items()) or "none")
+    head.add_row("redaction", ", ".join(doc.get("redaction") or ["regex"]))
+    for note in doc.get("notes") or []:
+        head.add_row("note", str(note))
+    weights = doc.get("kto_weights")
+    if weights:
+        head.add_row("KTO weights", ", ".join(f"{k}={v}" for k, v in weights.items()))
+    head.add_row("empty splits", ", ".join(doc.get("empty_splits") or []) or "none")
     counts = Table(title="rows", title_justify="left")
     counts.add_column("kind")
     for split in SPLITS:

@@ -159,6 +159,8 @@ def test_cli_build_and_stats(tmp_path: Path) -> None:
     assert stats.exit_code == 0, stats.output
     doc = load_manifest(out)
     assert doc["content_hash"] in stats.output
+    assert "desirable_weight" not in stats.output  # one KTO row: no class to balance
+    assert "dpo/test, kto/test, sft/test" in stats.output
     assert "regenerate" not in stats.output
     assert "edit" in stats.output
     missing = runner.invoke(cli_app, ["datasets", "stats", str(tmp_path / "nope")])

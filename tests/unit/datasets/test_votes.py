@@ -177,3 +177,19 @@ def test_pairs_in_both_directions_are_settled_by_votes() -> None:
     assert (pair["chosen"][0]["content"], pair["votes"], pair["votes_against"]) == ("A", 2, 1)
     assert built.dropped["dpo_outvoted"] == 1
     assert built.dropped["dpo_duplicate"] == 1
+
+
+def test_kto_class_weights_balance_the_vote_weighted_labels() -> None:
+    from feedback.datasets.manifest import kto_weights
+
+    events = [
+        *crowd(5, 2),  # True, weight 5/7
+        *crowd(0, 1, text="no", start=100, prefix="x"),  # False, weight 1
+        *crowd(0, 1, text="nope", start=200, prefix="y"),  # False, weight 1
+    ]
+    built = build(events, BuildConfig(test_fraction=0.0))
+    assert sorted(r["label"] for r in built.rows[("kto", "train")]) == [False, False, True]
+    weights = kto_weights(built)
+    assert weights == {"desirable_weight": round(2 / (5 / 7), 4), "undesirable_weight": 1.0}
+    only_true = build(crowd(2, 0), BuildConfig(test_fraction=0.0))
+    assert kto_weights(only_true) is None
