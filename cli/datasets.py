@@ -65,15 +65,34 @@ def register(app: typer.Typer) -> None:
             list[str] | None, typer.Option("--format", help="jsonl and/or parquet (default both).")
         ] = None,
         overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset.")] = False,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print the manifest as JSON instead of tables.")
+        ] = False,
+        parts: Annotated[
+            int, typer.Option(min=1, help="Spill files per stage (memory holds one at a time).")
+        ] = 64,
+        tmp_dir: Annotated[
+            Path | None, typer.Option(help="Where the build spills events (default: system tmp).")
+        ] = None,
+        thorough: Annotated[
+            str | None,
+            typer.Option(help="Presidio pass: off, auto (when installed) or on (default auto)."),
+        ] = None,
+        spacy_model: Annotated[
+            str | None,
+            typer.Option(help="spaCy NER pipeline for the Presidio pass (package or directory)."),
+        ] = None,
     ) -> None:
         """Join events, apply the pairing and labelling rules, write files and a manifest."""
+        import orjson
         import yaml
         from rich.console import Console
 
         from feedback.datasets.build import BuildConfig
         from feedback.datasets.export import OutputExists, export
-        from feedback.datasets.manifest import tables
+        from feedback.datasets.report import summary
         from feedback.datasets.sources import EventLog, KafkaSource, read_jsonl, read_spool
+        from feedback.datasets.thorough import ThoroughUnavailable
         from feedback.datasets.writers import FORMATS
 
         if not (jsonl or spool or kafka):
@@ -97,6 +116,14 @@ def register(app: typer.Typer) -> None:
         raw["filters"] = filters
         if test_fraction is not None:
             raw["test_fraction"] = test_fraction
+        presidio = dict(raw.get("thorough") or {})
+        if thorough is not None:
+            if thorough not in ("off", "auto", "on"):
+                raise typer.BadParameter(f"--thorough {thorough!r}: choose off, auto or on")
+            presidio["mode"] = thorough
+        if spacy_model is not None:
+            presidio["spacy_model"] = spacy_model
+        raw["thorough"] = presidio
         settings = BuildConfig.model_validate(raw)
         for name in fmt or []:
             if name not in FORMATS:
@@ -104,6 +131,7 @@ def register(app: typer.Typer) -> None:
         formats = [name for name in FORMATS if not fmt or name in fmt]
 
         console = Console()
+        errors = Console(stderr=True)
         streams: list[Iterable[bytes]] = []
         sources: list[str] = []
         for path in jsonl or []:
@@ -115,25 +143,42 @@ def register(app: typer.Typer) -> None:
         if kafka:
             log = EventLog(state or Path("var/datasets") / group)
             pulled = KafkaSource(kafka, group_id=group).pull(log)
-            console.print(f"kafka: {pulled.records} new events into {log.path}")
+            errors.print(f"kafka: {pulled.records} new events into {log.path}")
             streams.append(log.lines())
             sources.append(f"kafka:{','.join(kafka)}#{group}")
         lines: Iterator[bytes] = itertools.chain.from_iterable(streams)
+        phases = {"read": "read {n:,} event lines", "join": "joined part {n}/" + str(parts),
+                  "rules": "rules on part {n}/" + str(parts)}  # fmt: skip
         try:
-            doc = export(
-                lines,
-                settings,
-                out,
-                sources=sources,
-                formats=formats,
-                overwrite=overwrite,
-            )
+            with errors.status("reading events…") as status:
+
+                def progress(phase: str, n: int) -> None:
+                    status.update(phases[phase].format(n=n))
+
+                doc = export(
+                    lines,
+                    settings,
+                    out,
+                    sources=sources,
+                    formats=formats,
+                    overwrite=overwrite,
+                    parts=parts,
+                    workdir=tmp_dir,
+                    progress=progress,
+                )
         except OutputExists as exc:
-            console.print(f"[red]{exc}[/red]")
+            errors.print(
+                f"[red]{out} already holds a dataset[/red]: pass --overwrite to replace it"
+            )
             raise typer.Exit(1) from exc
-        for table in tables(doc)[:2]:
-            console.print(table)
-        console.print(f"wrote {out} ({doc['content_hash']})")
+        except ThoroughUnavailable as exc:
+            errors.print(f"[red]the thorough redaction pass cannot run[/red]: {exc}")
+            raise typer.Exit(1) from exc
+        if as_json:
+            typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+            return
+        for part in summary(doc, out):
+            console.print(part)
 
     @datasets.command()
     def stats(

@@ -189,7 +189,7 @@ async def _demo(
     from cli.admin import AdminClient
     from cli.experiments import experiment_panel
     from cli.rollout import rollout_panel
-    from rollout.population import Population, PopulationConfig
+    from sim.population import Population, PopulationConfig
 
     out = console()
     folder = keep or Path(tempfile.mkdtemp(prefix="loopgate-demo-"))

@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from feedback.datasets.join import JoinConfig, JoinStats, join
-from feedback.datasets.rules import KINDS, Example, Filters, Kind, RuleConfig, apply_rules
-from feedback.redact import Redactor
+from feedback.datasets.join import Answer, JoinConfig, JoinStats, join, referenced_ids
+from feedback.datasets.rules import (
+    KINDS,
+    Example,
+    Filters,
+    Kind,
+    RuleConfig,
+    Unjudged,
+    apply_rules,
+    candidates,
+    settle,
+    unjudged,
+)
+from feedback.datasets.thorough import ThoroughConfig
+from feedback.datasets.thorough import load as load_thorough
+from feedback.datasets.votes import Vote, share
+from feedback.redact import Findings, Redactor
 from feedback.schema import Event
 
 Split = Literal["train", "test"]
@@ -35,6 +49,8 @@ class BuildConfig(BaseModel):
     # Re-run redaction over every output text: events are redacted at emission, this
     # catches a gateway that ran with redaction off or older patterns.
     redact_outputs: bool = True
+    # The second, thorough pass (Presidio) after the regex one; see thorough.py.
+    thorough: ThoroughConfig = ThoroughConfig()
 
 
 @dataclass
@@ -45,10 +61,40 @@ class Built:
     join: JoinStats
     dropped: Counter[str] = field(default_factory=Counter)
     content_hash: str = ""
+    redaction: list[str] = field(default_factory=lambda: ["regex"])
+    notes: list[str] = field(default_factory=list)
 
     def count(self, kind: Kind, split: Split) -> int:
         """Rows of one file."""
         return len(self.rows[(kind, split)])
+
+
+class Cleaner(Protocol):
+    """A redaction pass over a row's content (feedback.redact.Redactor, thorough.Thorough)."""
+
+    def redact_value(self, value: Any, findings: Findings) -> Any:
+        """The value with what the pass finds replaced; findings counted."""
+        ...
+
+
+@dataclass(frozen=True)
+class Passes:
+    """The redaction passes a build runs over output rows, made once per build."""
+
+    cleaners: tuple[Cleaner, ...]
+    names: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+
+def passes(config: BuildConfig) -> Passes:
+    """The regex pass (unless redact_outputs is off), then the thorough one when it loads."""
+    if not config.redact_outputs:
+        return Passes((), ("none",))
+    thorough, why_not = load_thorough(config.thorough)
+    if thorough is None:
+        notes = (f"thorough pass not run: {why_not}",) if why_not else ()
+        return Passes((Redactor(),), ("regex",), notes)
+    return Passes((Redactor(), thorough), ("regex", thorough.label))
 
 
 def split_of(unit_hash: str, salt: str, test_fraction: float) -> Split:
@@ -59,7 +105,7 @@ def split_of(unit_hash: str, salt: str, test_fraction: float) -> Split:
 
 
 def to_row(example: Example) -> Row:
-    """The file row: TRL's columns first, then provenance."""
+    """The file row: TRL's columns first, then provenance (votes are filled in by `_settle`)."""
     row: Row = dict(example.columns)
     row.update(
         rule=example.rule,
@@ -93,31 +139,58 @@ def _dedupe_key(kind: Kind, row: Row) -> tuple[bytes, bytes]:
     return canonical({"m": row["messages"]}), b""
 
 
-def _redact_row(row: Row, redactor: Redactor, unsafe: frozenset[str]) -> Row | None:
+def _redact_row(row: Row, cleaners: Sequence[Cleaner], unsafe: frozenset[str]) -> Row | None:
     findings: dict[str, int] = {}
-    content = {
+    cleaned: Any = {
         k: row[k] for k in ("prompt", "chosen", "rejected", "completion", "messages") if k in row
     }
-    cleaned = redactor.redact_value(content, findings)
+    for cleaner in cleaners:
+        cleaned = cleaner.redact_value(cleaned, findings)
     if unsafe & set(findings):
         return None
     return {**row, **cleaned} if findings else row
 
 
-def _settle(kind: Kind, rows: list[Row], dropped: Counter[str]) -> list[Row]:
-    """Dedupe identical content (earliest row wins); drop contradicting pairs and labels."""
-    groups: dict[bytes, list[tuple[bytes, Row]]] = {}
-    for row in rows:
+def _settle(
+    kind: Kind, rows: list[tuple[Row, tuple[Vote, ...]]], config: RuleConfig, dropped: Counter[str]
+) -> list[Row]:
+    """Rows with the same content fold their votes: the majority direction's earliest row stays.
+
+    A pair in both directions, or one prompt and answer labelled both ways (rows that only
+    output redaction made identical), is settled by the votes as in votes.py; only a true
+    tie (or less than the margin) drops the content. Votes in each row are for what it says.
+    """
+    groups: dict[bytes, list[tuple[bytes, Row, tuple[Vote, ...]]]] = {}
+    for row, votes in rows:
         key, direction = _dedupe_key(kind, row)
-        groups.setdefault(key, []).append((direction, row))
+        groups.setdefault(key, []).append((direction, row, votes))
+    single = config.votes.model_copy(update={"min_votes": 1})
     out: list[Row] = []
     for group in groups.values():
-        if len({direction for direction, _ in group}) > 1:
-            dropped[f"{kind}_contradicting"] += len(group)
+        # Votes on the group's first direction: a vote for the other direction is against it.
+        first = min(direction for direction, _, _ in group)
+        folded = [
+            v if direction == first else v.flipped() for direction, _, vs in group for v in vs
+        ]
+        counted, decided = settle(folded, single)
+        if isinstance(decided, str):
+            dropped[f"{kind}_{decided}"] += len(group)
             continue
-        if len(group) > 1:
-            dropped[f"{kind}_duplicate"] += len(group) - 1
-        out.append(min((row for _, row in group), key=lambda r: (r["time"], canonical(r))))
+        winning = first if decided > 0 else next(d for d, _, _ in group if d != first)
+        kept = [row for direction, row, _ in group if direction == winning]
+        if len(kept) < len(group):
+            dropped[f"{kind}_outvoted"] += len(group) - len(kept)
+        if len(kept) > 1:
+            dropped[f"{kind}_duplicate"] += len(kept) - 1
+        row = min(kept, key=lambda r: (r["time"], canonical(r)))
+        polarity = 1 if winning == first else -1
+        row.update(
+            source=counted.source,
+            votes=counted.positive if polarity > 0 else counted.negative,
+            votes_against=counted.negative if polarity > 0 else counted.positive,
+            weight=round(share(counted, polarity), 6),
+        )
+        out.append(row)
     return out
 
 
@@ -131,32 +204,80 @@ def content_hash(rows: dict[tuple[Kind, Split], list[Row]]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def build(events: Iterable[Event], config: BuildConfig, stats: JoinStats | None = None) -> Built:
-    """Join, apply the rules, clean, dedupe and split; same events in any order, same rows."""
-    joined = join(events, JoinConfig(config.skew_s, config.max_feedback_age_s), stats)
-    dropped: Counter[str] = Counter()
-    examples = apply_rules(joined.answers, config.filters, config.rules, dropped)
-    redactor = Redactor() if config.redact_outputs else None
-    by_kind: dict[Kind, list[Row]] = {kind: [] for kind in KINDS}
-    for example in examples:
-        row: Row | None = to_row(example)
-        if redactor is not None:
-            row = _redact_row(to_row(example), redactor, config.rules.unsafe_categories)
-        if row is None:
-            dropped["unsafe_on_output"] += 1
+def sort_out(
+    answers: Iterable[Answer],
+    referenced: set[str],
+    config: BuildConfig,
+    stats: JoinStats,
+    dropped: Counter[str],
+) -> tuple[list[Answer], list[Unjudged]]:
+    """Judged answers (feedback, or named by a preference) whole; the rest as thread entries."""
+    judged: list[Answer] = []
+    others: list[Unjudged] = []
+    for answer in answers:
+        if answer.feedback or answer.completion.body.response_id in referenced:
+            judged.append(answer)
             continue
-        by_kind[example.kind].append(row)
+        stats.unjudged += 1
+        entry = unjudged(answer, config.filters, config.rules, dropped)
+        if entry is not None:
+            others.append(entry)
+    return judged, others
+
+
+def rows_of(
+    answers: Iterable[Answer],
+    config: BuildConfig,
+    dropped: Counter[str],
+    others: Sequence[Unjudged] = (),
+    cleaners: Sequence[Cleaner] = (),
+) -> dict[tuple[Kind, Split], list[Row]]:
+    """Rows of judged answers (unsorted): split by unit, rules per split, clean, fold votes.
+
+    Every rule looks only at answers with one prompt, so any partition of the answers by
+    prompt gives the same rows part by part (external.py relies on it).
+    """
+    pool = candidates(answers, config.filters, config.rules, dropped)
+    everywhere = {c.completion.body.response_id: c for c in pool}
+    salt, fraction = config.split_salt, config.test_fraction
     rows: dict[tuple[Kind, Split], list[Row]] = {(k, s): [] for k in KINDS for s in SPLITS}
-    for kind in KINDS:
-        for row in _settle(kind, by_kind[kind], dropped):
-            sides = {
-                split_of(u, config.split_salt, config.test_fraction) for u in row["unit_hashes"]
-            }
-            if len(sides) > 1:
-                # A cross-variant pair of two users on opposite sides would leak one into the other.
-                dropped[f"{kind}_straddles_split"] += 1
+    for split in SPLITS:
+        # Rules run within one split: a pair or a vote count never joins units of both sides.
+        side = [c for c in pool if split_of(c.unit, salt, fraction) == split]
+        threads = [o for o in others if split_of(o.unit, salt, fraction) == split]
+        by_kind: dict[Kind, list[tuple[Row, tuple[Vote, ...]]]] = {kind: [] for kind in KINDS}
+        for example in apply_rules(side, config.rules, dropped, everywhere, threads):
+            row: Row | None = to_row(example)
+            if cleaners and row is not None:
+                row = _redact_row(row, cleaners, config.rules.unsafe_categories)
+            if row is None:
+                dropped["unsafe_on_output"] += 1
                 continue
-            rows[(kind, sides.pop())].append(row)
+            by_kind[example.kind].append((row, example.votes))
+        for kind in KINDS:
+            rows[(kind, split)] = _settle(kind, by_kind[kind], config.rules, dropped)
+    return rows
+
+
+def finish(
+    rows: dict[tuple[Kind, Split], list[Row]],
+    stats: JoinStats,
+    dropped: Counter[str],
+    ran: Passes | None = None,
+) -> Built:
+    """Sort every file's rows by time and hash them."""
     for key in rows:
         rows[key].sort(key=lambda r: (r["time"], canonical(r)))
-    return Built(rows, joined.stats, dropped, content_hash(rows))
+    names, notes = (["regex"], []) if ran is None else (list(ran.names), list(ran.notes))
+    return Built(rows, stats, dropped, content_hash(rows), names, notes)
+
+
+def build(events: Iterable[Event], config: BuildConfig, stats: JoinStats | None = None) -> Built:
+    """Join and make the rows, all in memory; same events in any order, same rows."""
+    joined = join(events, JoinConfig(config.skew_s, config.max_feedback_age_s), stats)
+    dropped: Counter[str] = Counter()
+    referenced = referenced_ids(f for answer in joined.answers for f in answer.feedback)
+    judged, others = sort_out(joined.answers, referenced, config, joined.stats, dropped)
+    ran = passes(config)
+    made = rows_of(judged, config, dropped, others, ran.cleaners)
+    return finish(made, joined.stats, dropped, ran)

@@ -9,8 +9,10 @@ from typing import Any
 
 import orjson
 
-from feedback.datasets.build import BuildConfig, build
-from feedback.datasets.join import JoinStats, parse_lines
+from feedback.datasets.build import BuildConfig
+from feedback.datasets.card import CARD, card
+from feedback.datasets.external import DEFAULT_PARTS, Progress, build_external
+from feedback.datasets.join import JoinStats
 from feedback.datasets.manifest import MANIFEST, code_version, manifest
 from feedback.datasets.writers import FORMATS, Format, write_all
 
@@ -28,12 +30,18 @@ def export(
     formats: Sequence[Format] = FORMATS,
     overwrite: bool = False,
     now: datetime | None = None,
+    parts: int = DEFAULT_PARTS,
+    workdir: Path | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Build from raw event lines and write files, then the manifest (written last)."""
+    """Build from raw event lines (bounded in memory) and write files, the card, then the
+    manifest (written last)."""
     if (out / MANIFEST).exists() and not overwrite:
-        raise OutputExists(f"{out} already holds a dataset (pass overwrite to replace it)")
+        raise OutputExists(f"{out} already holds a dataset (pass --overwrite to replace it)")
     stats = JoinStats()
-    built = build(parse_lines(lines, stats), config, stats)
+    built = build_external(
+        lines, config, stats=stats, parts=parts, workdir=workdir, progress=progress
+    )
     out.mkdir(parents=True, exist_ok=True)
     # The manifest goes last: a directory with one is a finished dataset.
     (out / MANIFEST).unlink(missing_ok=True)
@@ -46,6 +54,7 @@ def export(
         version=code_version(),
         built_at=now or datetime.now(UTC),
     )
+    (out / CARD).write_text(card(doc))
     tmp = out / f"{MANIFEST}.tmp"
     tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
     tmp.replace(out / MANIFEST)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
-from feedback.schema import CompletionEvent, Event, FeedbackEvent, from_json, to_json
+from feedback.schema import AuditEvent, CompletionEvent, Event, FeedbackEvent, to_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,9 @@ class JoinStats:
     orphan_feedback: int = 0
     early_feedback: int = 0
     late_feedback: int = 0
+    # Completions nobody judged (no feedback, not named by a preference): kept only as the
+    # next answer of a regeneration thread (rules.Unjudged).
+    unjudged: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """Counters by name, for the manifest."""
@@ -58,16 +63,37 @@ class Joined:
     stats: JoinStats = field(default_factory=JoinStats)
 
 
+def event_of(data: dict[str, Any]) -> Event:
+    """Validate one event already parsed from JSON."""
+    kind = data.get("type")
+    if kind == "completion":
+        return CompletionEvent.model_validate(data)
+    if kind == "feedback":
+        return FeedbackEvent.model_validate(data)
+    return AuditEvent.model_validate(data)
+
+
 def parse_lines(lines: Iterable[bytes], stats: JoinStats) -> Iterator[Event]:
-    """Events from JSON lines; unreadable lines (a torn spool tail, junk) are counted, skipped."""
+    """Events from JSON lines; unreadable lines (a torn spool tail, junk) are counted, skipped.
+
+    The one place where a build reads events: every source goes through here.
+    """
     for line in lines:
         if not line.strip():
             continue
         stats.lines += 1
         try:
-            yield from_json(line)
+            data = orjson.loads(line)
+            if not isinstance(data, dict):
+                raise ValueError("an event is a JSON object")
+            yield event_of(data)
         except (ValueError, ValidationError):
             stats.unreadable += 1
+
+
+def referenced_ids(feedback: Iterable[FeedbackEvent]) -> set[str]:
+    """Response ids that preferences name as their answer B."""
+    return {f.body.other_response_id for f in feedback if f.body.other_response_id}
 
 
 def _order(event: CompletionEvent | FeedbackEvent) -> tuple[object, ...]:

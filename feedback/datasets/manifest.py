@@ -53,6 +53,24 @@ def _tally(built: Built, column: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def kto_weights(built: Built) -> dict[str, float] | None:
+    """TRL KTOConfig class weights that balance the train split's vote-weighted labels.
+
+    TRL weighs classes, not rows: desirable_weight * n_desirable over undesirable_weight *
+    n_undesirable should sit in [1, 4/3]; with n counted as the sum of the rows' vote shares
+    (`weight`), the smaller class gets the larger weight and the ratio is 1. None when a
+    class is empty.
+    """
+    rows = built.rows[("kto", "train")]
+    good = sum(float(r.get("weight") or 1.0) for r in rows if r["label"])
+    bad = sum(float(r.get("weight") or 1.0) for r in rows if not r["label"])
+    if good <= 0 or bad <= 0:
+        return None
+    if good >= bad:
+        return {"desirable_weight": 1.0, "undesirable_weight": round(good / bad, 4)}
+    return {"desirable_weight": round(bad / good, 4), "undesirable_weight": 1.0}
+
+
 def manifest(
     built: Built,
     config: BuildConfig,
@@ -79,6 +97,14 @@ def manifest(
         "config": config.model_dump(mode="json", exclude={"filters"}),
         "join": built.join.as_dict(),
         "dropped": dict(sorted(built.dropped.items())),
+        # HF `datasets` refuses a split with no rows: the card leaves these out of `configs`.
+        "empty_splits": [
+            f"{kind}/{split}" for kind in KINDS for split in SPLITS if not built.count(kind, split)
+        ],
+        "kto_weights": kto_weights(built),
+        # Which redaction passes ran over the output rows (regex; Presidio when it loaded).
+        "redaction": list(built.redaction),
+        "notes": list(built.notes),
         "files": files,
     }
 
@@ -106,6 +132,13 @@ def tables(doc: dict[str, Any]) -> list[Table]:
     head.add_row("time range", f"{time_range.get('first', '-')} .. {time_range.get('last', '-')}")
     active = {k: v for k, v in (doc.get("filters") or {}).items() if v is not None}
     head.add_row("filters", ", ".join(f"{k}={v}" for k, v in active.items()) or "none")
+    head.add_row("redaction", ", ".join(doc.get("redaction") or ["regex"]))
+    for note in doc.get("notes") or []:
+        head.add_row("note", str(note))
+    weights = doc.get("kto_weights")
+    if weights:
+        head.add_row("KTO weights", ", ".join(f"{k}={v}" for k, v in weights.items()))
+    head.add_row("empty splits", ", ".join(doc.get("empty_splits") or []) or "none")
     counts = Table(title="rows", title_justify="left")
     counts.add_column("kind")
     for split in SPLITS:

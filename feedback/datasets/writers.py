@@ -21,7 +21,19 @@ TRL_COLUMNS: dict[Kind, tuple[str, ...]] = {
     "kto": ("prompt", "completion", "label"),
     "sft": ("messages",),
 }
-PROVENANCE_COLUMNS = ("rule", "flag", "variant", "app", "time", "unit_hashes", "response_ids")
+PROVENANCE_COLUMNS = (
+    "rule",
+    "flag",
+    "variant",
+    "app",
+    "time",
+    "unit_hashes",
+    "response_ids",
+    "source",
+    "votes",
+    "votes_against",
+    "weight",
+)
 
 
 def columns(kind: Kind) -> tuple[str, ...]:
@@ -43,6 +55,9 @@ def _arrow_schema(kind: Kind) -> Any:
         "label": pa.bool_(),
         "unit_hashes": pa.list_(pa.string()),
         "response_ids": pa.list_(pa.string()),
+        "votes": pa.int64(),
+        "votes_against": pa.int64(),
+        "weight": pa.float64(),
     }
     return pa.schema([(name, types.get(name, pa.string())) for name in columns(kind)])
 

@@ -176,3 +176,45 @@ def _cli() -> Any:
 
     _register()
     return app
+
+
+def test_the_demo_then_the_suggested_build_gives_loadable_dpo_kto_and_sft(
+    tmp_path: Path,
+) -> None:
+    """Issue 21's path as a new user takes it: `loopgate demo`, then the command it prints."""
+    import os
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    folder = tmp_path / "demo"
+    env = {**os.environ, "COLUMNS": "400"}  # the suggested command on one line
+    demo = subprocess.run(
+        [sys.executable, "-m", "cli", "demo", "--folder", str(folder)],
+        capture_output=True, text=True, timeout=200, env=env,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    found = re.search(r"(loopgate datasets build [^\n]+)", demo.stdout)
+    assert found, demo.stdout[-2000:]
+    suggested = shlex.split(found.group(1).strip())
+    assert suggested[:3] == ["loopgate", "datasets", "build"]
+    build = subprocess.run(
+        [sys.executable, "-m", "cli", *suggested[1:]],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    assert "WARNING" not in build.stdout, build.stdout
+    out = tmp_path / suggested[suggested.index("--out") + 1]
+    doc = load_manifest(out)
+    assert doc["join"]["completions"] > 300, doc["join"]
+    hf = pytest.importorskip("datasets")
+    for kind in ("dpo", "kto", "sft"):
+        assert doc["counts"][kind]["train"] > 0, doc["counts"]
+        loaded = hf.load_dataset(str(out), kind, cache_dir=str(tmp_path / "hf-cache"))
+        assert loaded["train"].num_rows == doc["counts"][kind]["train"]
+        assert loaded["train"].column_names == list(columns(kind))
+    # Popular prompts were judged by many users: their labels are majorities, not dropped.
+    kto = hf.load_dataset(str(out), "kto", cache_dir=str(tmp_path / "hf-cache"))["train"]
+    assert max(kto["votes"]) + max(kto["votes_against"]) > 3
+    assert doc["counts"]["kto"]["train"] > 50

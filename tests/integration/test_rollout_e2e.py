@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from feedback.sinks.spool import SEGMENT_SUFFIX
-from rollout.population import Population, PopulationConfig
+from sim.population import Population, PopulationConfig
 from tests.support.gateway import GatewayServer, pool
 from tests.support.sim import SimServer
 

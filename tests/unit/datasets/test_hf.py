@@ -54,3 +54,37 @@ def test_every_file_loads_with_its_columns(tmp_path: Path, monkeypatch: pytest.M
                     assert isinstance(first["label"], bool)
                 if kind == "sft":
                     assert first["messages"][-1]["role"] == "assistant"
+
+
+def test_the_card_loads_each_kind_by_name_and_leaves_out_empty_splits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    events = [
+        completion("r1", unit="u1", text="old"),
+        feedback("r1", "edit", edited_text="new"),
+        completion("r2", unit="u2", prompt="p2", text="fine"),
+        feedback("r2", "thumbs_up"),
+    ]
+    out = tmp_path / "ds"
+    # Every unit in train: every test split is empty, and no answer was accepted but r1's
+    # edit gives one SFT row.
+    doc = export([to_json(e) for e in events], BuildConfig(test_fraction=0.0), out, sources=["t"])
+    assert doc["empty_splits"] == ["dpo/test", "kto/test", "sft/test"]
+    card = (out / "README.md").read_text()
+    assert doc["content_hash"] in card
+    assert "sources:\n  - `t`" in card
+    for kind, rows in (("dpo", 1), ("kto", 1), ("sft", 1)):
+        loaded = hf.load_dataset(str(out), kind, cache_dir=str(tmp_path / "cache"))
+        assert list(loaded) == ["train"]
+        assert loaded["train"].num_rows == rows
+        assert loaded["train"].column_names == list(columns(kind))
+    default = hf.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
+    assert default["train"].column_names == list(columns("dpo"))
+    # A kind with no rows at all is not a config: loading it names the ones there are.
+    only_kto = tmp_path / "kto-only"
+    export([to_json(e) for e in events[2:]], BuildConfig(test_fraction=0.0), only_kto, sources=[])
+    assert "config_name: kto" in (only_kto / "README.md").read_text()
+    assert "config_name: dpo" not in (only_kto / "README.md").read_text()
+    with pytest.raises(ValueError, match="kto"):
+        hf.load_dataset(str(only_kto), "dpo", cache_dir=str(tmp_path / "cache"))

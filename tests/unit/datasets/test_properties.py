@@ -10,9 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feedback.datasets.build import SPLITS, BuildConfig, Built, build
+from feedback.datasets.external import build_external
+from feedback.datasets.join import JoinStats
 from feedback.datasets.rules import KINDS
 from feedback.redact import Redactor
-from feedback.schema import Event
+from feedback.schema import Event, to_json
 from feedback.scrub import scrub
 from tests.unit.datasets.events import completion, feedback
 
@@ -27,6 +29,7 @@ KINDS_FB = [
     "reject",
     "regenerate",
     "report",
+    "preference",
 ]
 
 feedback_st = st.fixed_dictionaries(
@@ -35,6 +38,10 @@ feedback_st = st.fixed_dictionaries(
         "at": st.integers(0, 50),
         "value": st.integers(1, 5),
         "edited": st.sampled_from(TEXTS),
+        "source": st.sampled_from(["user", "user", "reviewer"]),
+        "reviewer": st.sampled_from(["rita", "sam"]),
+        "other": st.integers(0, 13),
+        "winner": st.sampled_from(["a", "b", "tie", "both_bad"]),
     }
 )
 answer_st = st.fixed_dictionaries(
@@ -66,6 +73,10 @@ def events_of(answers: list[dict[str, Any]]) -> list[Event]:
                 extra["value"] = fb["value"]
             if fb["kind"] == "edit":
                 extra["edited_text"] = fb["edited"]
+            if fb["kind"] == "preference":
+                extra.update(other_response_id=f"r{fb['other']}", winner=fb["winner"])
+            if fb["source"] == "reviewer":
+                extra.update(source="reviewer", reviewer=fb["reviewer"])
             made.append(feedback(rid, fb["kind"], at=spec["at"] + fb["at"], **extra))
         if spec["scrubbed"]:
             made = [scrub(event, redactor)[0] for event in made]
@@ -127,3 +138,20 @@ def test_a_planted_secret_never_reaches_the_outputs(answers: list[dict[str, Any]
     text = orjson.dumps(all_rows(built)).decode()
     assert SECRET not in text
     assert "sk-proj-" not in text
+
+
+@fast
+@given(scenarios, st.integers(1, 5), st.randoms(use_true_random=False))
+def test_the_partitioned_build_gives_the_in_memory_rows(
+    answers: list[dict[str, Any]], parts: int, rnd: random.Random
+) -> None:
+    events = events_of(answers)
+    expected = build(events, CONFIG)
+    lines = [to_json(e) for e in events]
+    rnd.shuffle(lines)
+    stats = JoinStats()
+    got = build_external(lines, CONFIG, stats=stats, parts=parts)
+    assert got.rows == expected.rows
+    assert got.content_hash == expected.content_hash
+    assert stats.completions == expected.join.completions
+    assert stats.unjudged == expected.join.unjudged

@@ -8,7 +8,9 @@ signed response id (thumbs, edits, regenerations) through the same SDK client.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
+import string
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,16 +18,55 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PROMPTS = (
-    "Where is my parcel? It was due on Monday.",
-    "How do I reset my password?",
-    "Can I change the delivery address after ordering?",
-    "My invoice shows the wrong VAT number, what do I do?",
-    "How long do refunds take to reach my card?",
-    "The app crashes when I open my order history.",
-    "Do you ship to Norway, and what does it cost?",
-    "I was charged twice for one order.",
+# Support questions as templates x fillers: several hundred distinct prompts, drawn with a
+# Zipf-like skew (a few are asked often, most rarely), as real traffic is; see prompts().
+TEMPLATES = (
+    "Where is my parcel {order}? It was due on {day}.",
+    "How do I reset my password on the {device}?",
+    "Can I change the delivery address of order {order}?",
+    "My invoice for {month} shows the wrong VAT number, what do I do?",
+    "How long do refunds take to reach my {payment}?",
+    "The app crashes on my {device} when I open my order history.",
+    "Do you ship to {country}, and what does it cost?",
+    "I was charged twice for order {order}.",
+    "How do I cancel my {plan} subscription?",
+    "Can I upgrade from {plan} to the next plan in {month}?",
+    "Why was my {payment} declined?",
+    "Is there a student discount for {plan}?",
+    "How do I export my data from the {device} app?",
+    "My order {order} arrived damaged, can I get a replacement?",
+    "What are your support hours on {day}?",
+    "Can I pay with {payment} when ordering to {country}?",
+    "How do I turn on two-factor authentication on the {device}?",
+    "I never got the confirmation email for order {order}.",
 )
+FILLERS: dict[str, tuple[str, ...]] = {
+    "opener": ("", "Hi! ", "Hello. ", "Quick question. "),
+    "order": tuple(f"#{n}" for n in (10482, 20931, 31207, 44518, 57302, 68120)),
+    "day": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"),
+    "device": ("iPhone", "Android phone", "iPad", "laptop", "web", "smart TV"),
+    "month": ("January", "March", "May", "July", "September", "November"),
+    "payment": ("credit card", "debit card", "PayPal account", "bank account", "gift card"),
+    "country": ("Norway", "Canada", "Japan", "Brazil", "Ireland", "Kenya", "Chile"),
+    "plan": ("Basic", "Plus", "Pro", "Family", "Business"),
+}
+
+
+def prompts() -> tuple[str, ...]:
+    """Every distinct demo prompt, in a fixed order (hundreds, from TEMPLATES x FILLERS)."""
+    out: list[str] = []
+    for template in TEMPLATES:
+        slots = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+        slots.insert(0, "opener")
+        for values in itertools.product(*(FILLERS[slot] for slot in slots)):
+            filled = dict(zip(slots, values, strict=True))
+            out.append(filled.pop("opener") + template.format(**filled))
+    return tuple(out)
+
+
+def prompt_weights(count: int, skew: float) -> list[float]:
+    """Zipf-like weights 1 / rank^skew: popular prompts repeat, so users' votes meet."""
+    return [1.0 / (rank**skew) for rank in range(1, count + 1)]
 
 
 class PopulationConfig(BaseModel):
@@ -46,6 +87,8 @@ class PopulationConfig(BaseModel):
     regenerate_rate: float = Field(0.25, ge=0.0, le=1.0)
     concurrency: int = Field(12, ge=1)
     max_tokens: int = Field(24, ge=1)
+    # Zipf exponent of prompt popularity: 0 is uniform; about 1 is typical of search queries.
+    prompt_skew: float = Field(0.9, ge=0.0)
 
 
 Judgement = tuple[str, dict[str, Any]]
@@ -91,12 +134,18 @@ class Population:
             base_url=base_url.rstrip("/") + "/v1", api_key=api_key, max_retries=0, timeout=30
         )
         self.stats = PopulationStats()
+        # Shuffled once per seed, so which prompts are popular differs between seeds.
+        self.prompts = list(prompts())
+        random.Random(f"{cfg.seed}:prompts").shuffle(self.prompts)
+        self.weights = list(
+            itertools.accumulate(prompt_weights(len(self.prompts), cfg.prompt_skew))
+        )
 
     async def _one(self, rng: random.Random) -> None:
         import openai
 
         user = f"user-{rng.randrange(self.cfg.users):05d}"
-        prompt = rng.choice(PROMPTS)
+        prompt = rng.choices(self.prompts, cum_weights=self.weights)[0]
         try:
             raw = await self.client.chat.completions.with_raw_response.create(
                 model=self.cfg.model,
