@@ -12,7 +12,14 @@ from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 from uuid import UUID
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 COMPLETIONS_TOPIC = "loopgate.completions.v1"
@@ -22,6 +29,9 @@ TOPICS = (COMPLETIONS_TOPIC, FEEDBACK_TOPIC, AUDIT_TOPIC)
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 
 Consent = Literal["full", "none"]
+# Who judged: an app's end user (/v1/feedback), a reviewer (the console), or a judge model.
+Source = Literal["user", "reviewer", "judge"]
+Winner = Literal["a", "b", "tie", "both_bad"]
 Status = Literal["ok", "error", "cancelled"]
 FeedbackKind = Literal[
     "thumbs_up",
@@ -33,6 +43,7 @@ FeedbackKind = Literal[
     "regenerate",
     "report",
     "comment",
+    "preference",
 ]
 FEEDBACK_KINDS: tuple[str, ...] = get_args(FeedbackKind)
 Findings = dict[str, Annotated[int, Field(ge=0)]]
@@ -138,6 +149,19 @@ class FeedbackBody(_Model):
     idempotency_key: Label | None = None
     safety: Findings = Field(default_factory=dict)
     consent: Consent = "full"
+    source: Source = "user"
+    reviewer: Label | None = None
+    queue: Label | None = None
+    time_spent_ms: int | None = Field(None, ge=0)
+    # kind `preference`: response_id is answer A, other_response_id answer B.
+    other_response_id: str | None = None
+    winner: Winner | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if self.kind == "preference" and (self.other_response_id is None or self.winner is None):
+            raise ValueError("a preference names other_response_id (answer B) and the winner")
+        return self
 
 
 class AuditBody(_Model):

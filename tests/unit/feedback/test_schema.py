@@ -103,8 +103,26 @@ def test_keys_and_topics() -> None:
 def test_feedback_kinds_are_the_design_list() -> None:
     assert set(FEEDBACK_KINDS) == {
         "thumbs_up", "thumbs_down", "rating", "edit", "accept", "reject",
-        "regenerate", "report", "comment",
+        "regenerate", "report", "comment", "preference",
     }  # fmt: skip
+
+
+def test_preference_names_both_answers_and_the_winner() -> None:
+    body = FeedbackBody(
+        response_id="lg1.a.x", other_response_id="lg1.b.y", winner="b", app="console",
+        kind="preference", source="reviewer", reviewer="ana", queue="side_by_side",
+        time_spent_ms=4200,
+    )  # fmt: skip
+    assert (body.source, body.winner, body.other_response_id) == ("reviewer", "b", "lg1.b.y")
+    assert FeedbackBody(response_id="r", app="a", kind="thumbs_up").source == "user"
+    with pytest.raises(ValidationError):
+        FeedbackBody(response_id="r", app="a", kind="preference", winner="a")
+    with pytest.raises(ValidationError):
+        FeedbackBody(response_id="r", app="a", kind="preference", other_response_id="s")
+    with pytest.raises(ValidationError):
+        FeedbackBody(response_id="r", app="a", kind="preference", other_response_id="s", winner="c")
+    with pytest.raises(ValidationError):
+        FeedbackBody(response_id="r", app="a", kind="thumbs_up", source="bot")
 
 
 def test_metadata_is_bounded() -> None:
