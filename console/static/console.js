@@ -17,7 +17,9 @@
       if (save) { form.requestSubmit(save); }
       return;
     }
-    if (tag === "input" || tag === "textarea" || tag === "select" || event.ctrlKey || event.metaKey || event.altKey) {
+    var typing = tag === "textarea" || tag === "select" ||
+      (tag === "input" && event.target.type !== "radio" && event.target.type !== "checkbox");
+    if (typing || event.ctrlKey || event.metaKey || event.altKey) {
       if (event.key === "Escape") { event.target.blur(); }
       return;
     }

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from gateway.auth import AdminPrincipal
 from gateway.errors import Conflict, NotFound, UnprocessableEntity
-from gateway.routes.admin_flags import change_reason_header, require_role
+from gateway.routes.admin_flags import EditorDep, change_reason_header, require_role
 from rollout.plan import ActionKind, RolloutAction, RolloutPlan
 from rollout.service import Experiments, view
 from router.errors import ConflictError
@@ -48,8 +48,7 @@ def admin_experiments_router() -> APIRouter:
         tags=["admin"],
         dependencies=[Depends(require_role("viewer")), Depends(change_reason_header)],
     )
-    editor_role = require_role("flag_editor")
-    editor = [Depends(editor_role)]
+    editor = [Depends(require_role("flag_editor"))]
 
     @router.get("")
     async def list_experiments(request: Request, exp: ExperimentsDep) -> dict[str, Any]:
@@ -125,7 +124,9 @@ def admin_experiments_router() -> APIRouter:
 
     @router.post("/{key:path}/rollout/pause")
     async def pause(
-        key: str, exp: ExperimentsDep, who: Annotated[AdminPrincipal, Depends(editor_role)]
+        key: str,
+        exp: ExperimentsDep,
+        who: EditorDep,
     ) -> dict[str, Any]:
         """Stop the controller on this flag; the weights stay as they are until resumed."""
         state = await exp.plans.state(key)
@@ -142,7 +143,7 @@ def admin_experiments_router() -> APIRouter:
         key: str,
         request: Request,
         exp: ExperimentsDep,
-        who: Annotated[AdminPrincipal, Depends(editor_role)],
+        who: EditorDep,
     ) -> dict[str, Any]:
         """Roll the canary back to 0% now and stop the rollout (the plan's rollback)."""
         plan, state = await exp.plans.plan(key), await exp.plans.state(key)
