@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,8 @@ async def open_console(
 def install_console(app: FastAPI) -> None:
     """Add the console's routes, assets and error pages to `app` (state set in its lifespan)."""
     templates = Jinja2Templates(directory=TEMPLATES)
+    templates.env.filters["ts"] = format_time
+    templates.env.filters["short_id"] = short_id
     app.include_router(console_router(templates, PREFIX))
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
 
@@ -132,6 +135,19 @@ def install_console(app: FastAPI) -> None:
     app.add_exception_handler(NeedSignIn, need_sign_in)
     app.add_exception_handler(Refused, refused)
     app.add_exception_handler(AdminError, admin_error)
+
+
+def format_time(unix: float | None) -> str:
+    """Unix seconds as UTC date and time."""
+    if unix is None:
+        return "-"
+    return datetime.fromtimestamp(float(unix), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def short_id(response_id: str | None) -> str:
+    """A response id short enough to read (the full one is in the title attribute)."""
+    text = response_id or ""
+    return text if len(text) <= 20 else f"{text[:10]}…{text[-8:]}"
 
 
 def in_process_client(app: Any) -> httpx.AsyncClient:

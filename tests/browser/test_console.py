@@ -3,15 +3,19 @@
 One gateway (console embedded, events to a spool, a writable flag file, the rollout
 controller in process) in front of two `loopgate sim` versions serves every scenario. The
 screenshots of every page at 1280 and 375 px land in the pytest temp folder
-(`console-screenshots/`).
+(`screenshots/`), or in $LOOPGATE_CONSOLE_SCREENSHOTS.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -23,7 +27,7 @@ import yaml
 
 from feedback.sinks.spool import SEGMENT_SUFFIX
 from tests.support.gateway import GatewayServer, pool, start_gateway
-from tests.support.ports import wait_until
+from tests.support.ports import free_port, wait_until
 from tests.support.sim import SimServer, start_sim
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -97,7 +101,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     }
     gateway = start_gateway(config, folder)
     try:
-        yield {"gateway": gateway, "spool": folder / "spool", "shots": folder / "screenshots"}
+        # LOOPGATE_CONSOLE_SCREENSHOTS keeps them somewhere pytest's temp rotation won't reach.
+        shots = Path(os.environ.get("LOOPGATE_CONSOLE_SCREENSHOTS") or folder / "screenshots")
+        yield {"gateway": gateway, "spool": folder / "spool", "shots": shots}
     finally:
         gateway.stop()
         for sim in sims:
@@ -138,7 +144,7 @@ def signed_in(browser: Any, stack: dict[str, Any]) -> Iterator[Callable[..., Any
 
 def _shot(stack: dict[str, Any], page: Any, name: str) -> None:
     folder: Path = stack["shots"]
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     width = page.viewport_size["width"]
     page.screenshot(path=str(folder / f"{name}-{width}.png"), full_page=True)
 
@@ -564,3 +570,59 @@ def test_every_page_renders_at_both_widths(
             assert overflow <= width, (name, width, overflow)
             _shot(stack, page, f"page-{name}")
     assert len(list(stack["shots"].glob("page-*.png"))) == 2 * len(paths)
+
+
+def test_loopgate_console_alone_acts_through_the_gateway_admin_api(
+    browser: Any, stack: dict[str, Any], tmp_path: Path
+) -> None:
+    gateway = stack["gateway"]
+    config = tmp_path / "console.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"events": {"spool": {"dir": str(tmp_path / "spool")}}, "ids": {"keys": ["c" * 40]}}
+        )
+    )
+    port = free_port()
+    log = (tmp_path / "console.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "console", "--gateway", gateway.base_url,
+         "--config", str(config), "--port", str(port), "--log-level", "warning"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    context = browser.new_context()
+    try:
+
+        def up() -> bool:
+            assert proc.poll() is None, (tmp_path / "console.log").read_text()
+            try:
+                with urllib.request.urlopen(base + "/healthz", timeout=2) as answer:
+                    return answer.status == 200
+            except OSError:
+                return False
+
+        wait_until(up, 20, "loopgate console")
+        page = context.new_page()
+        page.goto(base + "/")
+        page.get_by_label("Admin token").fill(TOKENS["flag_editor"])
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url("**/console/flags")
+        page.goto(base + "/console/flags/rollout-bot")
+        page.get_by_label("Weight of canary").fill("7")
+        page.get_by_label("Reason for the change").fill("from the standalone console")
+        page.get_by_role("button", name="Save weights").click()
+        assert "weights: saved" in page.get_by_role("status").inner_text()
+        assert _weights(gateway, "rollout-bot")["canary"] == 7.0
+        change = _wait_events(
+            stack["spool"],
+            lambda e: (
+                e["type"] == "flag_change"
+                and e["body"].get("reason") == "from the standalone console"
+            ),
+        )[0]["body"]
+        assert change["who"] == "edda"  # the gateway checked the token and wrote the audit
+    finally:
+        context.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        log.close()
