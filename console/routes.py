@@ -455,8 +455,13 @@ def _overview_row(
             if g.get("status") == "breach":
                 alerts.append(f"guardrail breached: {g['name']}")
         for v in report["variants"]:
+            share = v.get("share")  # an interval {estimate, low, high} once there is feedback
             feedback.append(
-                {"name": v["name"], "share": v.get("share"), "n": v["positive"] + v["negative"]}
+                {
+                    "name": v["name"],
+                    "share": share.get("estimate") if isinstance(share, dict) else share,
+                    "n": v["positive"] + v["negative"],
+                }
             )
         rollout = (experiment.get("state") or {}).get("status")
     if flag.get("killed"):

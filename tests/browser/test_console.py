@@ -162,6 +162,21 @@ def _chat(gateway: GatewayServer, user: str, text: str = "How do I reset my pass
         return str(answer.headers["X-Loopgate-Variant"])
 
 
+def _post(gateway: GatewayServer, path: str, body: Any) -> Any:
+    request = urllib.request.Request(
+        gateway.base_url + path,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def _chat_answer(gateway: GatewayServer, user: str, text: str) -> Any:
+    body = {"model": "support-bot", "user": user, "messages": [{"role": "user", "content": text}]}
+    return _post(gateway, "/v1/chat/completions", body)
+
+
 def _admin(gateway: GatewayServer, method: str, path: str, body: Any = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
@@ -551,6 +566,18 @@ def test_a_viewer_cannot_change_anything_even_by_posting_directly(
 def test_every_page_renders_at_both_widths(
     signed_in: Callable[..., Any], stack: dict[str, Any]
 ) -> None:
+    # Feedback on a few answers, so the statistics on the pages are not all empty.
+    gateway = stack["gateway"]
+    for i in range(12):
+        answer = _chat_answer(gateway, f"page-user-{i}", "Is there a student discount?")
+        kind = "thumbs_up" if i % 3 else "thumbs_down"
+        _post(gateway, "/v1/feedback", {"response_id": answer["id"], "kind": kind})
+
+    def counted() -> bool:
+        doc = _admin(gateway, "GET", "/admin/experiments/support-bot")
+        return sum(v["positive"] + v["negative"] for v in doc["report"]["variants"]) >= 12
+
+    wait_until(counted, 15, "feedback in the experiment counts")
     paths = {
         "overview": "/console/flags",
         "flag": "/console/flags/support-bot",
