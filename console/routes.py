@@ -7,6 +7,7 @@ again and writes the audit event) or, for reviews, writes feedback events.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from console.charts import difference_chart
 from console.queues import Claim
 from console.session import COOKIE, Session, csrf_ok
 from console.state import ConsoleState
-from console.stats import preview_weights, win_rates
+from console.stats import exact_moves, preview_weights, win_rates
 from feedback.schema import FeedbackBody, FeedbackEvent
 from router.model import parse_flag
 
@@ -185,8 +186,12 @@ def console_router(templates: Jinja2Templates, prefix: str = "/console") -> APIR
                 return HTMLResponse(f"<p class=error>weight of {v.name} is not a number</p>")
         if all(w <= 0 for w in weights.values()):
             return HTMLResponse("<p class=error>at least one weight must be above 0</p>")
-        moves = preview_weights(flag, weights)
-        return page(request, "preview.html", session, moves=moves)
+        moves = exact_moves(flag, weights)
+        exact = moves is not None
+        if moves is None:
+            # CPU work: off the event loop that serves the gateway's requests.
+            moves = await asyncio.to_thread(preview_weights, flag, weights)
+        return page(request, "preview.html", session, moves=moves, exact=exact)
 
     @router.post("/flags/{key:path}/weights")
     async def set_weights(

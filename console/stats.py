@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from router.bucketing import split
 from router.model import Flag
 
-PREVIEW_UNITS = 20_000
+PREVIEW_UNITS = 4_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +22,42 @@ class Move:
     share: float
 
 
+def exact_moves(flag: Flag, weights: Mapping[str, float]) -> list[Move] | None:
+    """The moves when one variant's weight changes relative to the others; else None.
+
+    The weighted rendezvous split is an exponential race: shares are weight / total, and
+    scaling every weight alike moves nobody. When one variant's weight rises relative to
+    the rest, units only move into it (each other variant gives up what its share falls);
+    when it falls, units only leave it, to the others in proportion to their weights. When
+    several change relative to each other, units also move between the others: sample.
+    """
+    after = flag.with_weights(weights)
+    old = {v.name: v.weight for v in flag.variants}
+    new = {v.name: v.weight for v in after.variants}
+    old_total, new_total = sum(old.values()), sum(new.values())
+    if old_total <= 0 or new_total <= 0:
+        return None
+    old_share = {n: w / old_total for n, w in old.items()}
+    new_share = {n: w / new_total for n, w in new.items()}
+    for x in old:
+        others = [n for n in old if n != x]
+        if any(old[n] == 0 and new[n] > 0 for n in others):
+            continue
+        ratios = [new[n] / old[n] for n in others if old[n] > 0]
+        if ratios and max(ratios) - min(ratios) > 1e-9 * max(1.0, max(ratios)):
+            continue
+        if new_share[x] >= old_share[x]:
+            moves = [Move(n, x, old_share[n] - new_share[n]) for n in others]
+        else:
+            moves = [Move(x, n, new_share[n] - old_share[n]) for n in others]
+        return sorted((m for m in moves if m.share > 1e-12), key=lambda m: (m.source, m.target))
+    return None
+
+
 def preview_weights(
     flag: Flag, weights: Mapping[str, float], units: int = PREVIEW_UNITS
 ) -> list[Move]:
-    """Where units move if `flag` took `weights`: bucket sample units under both splits."""
+    """Where units move if `flag` took `weights`: sample units bucketed under both splits."""
     after = flag.with_weights(weights)
     moves: Counter[tuple[str, str]] = Counter()
     for i in range(units):

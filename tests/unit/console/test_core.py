@@ -11,7 +11,7 @@ from console.config import ConsoleConfig, QueueConfig
 from console.feed import Feed, signals_of
 from console.queues import MemoryQueues
 from console.session import Sessions, csrf_ok
-from console.stats import cohen_kappa, preview_weights, wilson, win_rates
+from console.stats import cohen_kappa, exact_moves, preview_weights, wilson, win_rates
 from router.model import parse_flag
 
 
@@ -138,3 +138,27 @@ def test_feed_pairs_same_prompt_from_two_variants_and_selects_reports() -> None:
     canary = feed.events(None, "canary", "completion", 10)
     assert [e["body"]["response_id"] for e in canary] == ["r4", "r3"]  # newest first
     assert len(list(feed.events("support-bot", None, None, 2))) == 2
+
+
+def test_exact_moves_agree_with_bucketing_sample_units() -> None:
+    flag = _flag()  # a 90, b 10, c 0
+    cases = [{"a": 60, "b": 40}, {"c": 20}, {"a": 30}, {"a": 45, "b": 5}]
+    for weights in cases:
+        exact = exact_moves(flag, weights)  # type: ignore[arg-type]
+        sampled = preview_weights(flag, weights, units=8000)  # type: ignore[arg-type]
+        assert exact is not None, weights
+        assert [(m.source, m.target) for m in exact] == [(m.source, m.target) for m in sampled]
+        for e, s in zip(exact, sampled, strict=True):
+            assert e.share == pytest.approx(s.share, abs=0.02), weights
+    # {"c": 20}: c rises, everyone else gives up a share; {"a": 45, "b": 5}: nobody moves.
+    assert [(m.source, m.target) for m in exact_moves(flag, {"c": 20}) or []] == [  # type: ignore[arg-type]
+        ("a", "c"),
+        ("b", "c"),
+    ]
+    assert exact_moves(flag, {"a": 45, "b": 5}) == []  # type: ignore[arg-type]
+    # Several change relative to each other: units also move between them.
+    four = parse_flag(
+        {"key": "g", "control": "a", "variants": [
+            {"name": n, "pool": "p", "weight": 25} for n in "abcd"]}
+    )  # fmt: skip
+    assert exact_moves(four, {"a": 40, "b": 40, "c": 10, "d": 10}) is None
