@@ -162,3 +162,12 @@ def test_exact_moves_agree_with_bucketing_sample_units() -> None:
             {"name": n, "pool": "p", "weight": 25} for n in "abcd"]}
     )  # fmt: skip
     assert exact_moves(four, {"a": 40, "b": 40, "c": 10, "d": 10}) is None
+
+
+def test_v1_feedback_refuses_a_preference_cleanly_until_it_takes_pairs() -> None:
+    from pydantic import ValidationError
+
+    from gateway.routes.feedback import FeedbackIn
+
+    with pytest.raises(ValidationError, match="preferences are not accepted"):
+        FeedbackIn(response_id="lg1.a.b", kind="preference")
