@@ -241,6 +241,15 @@ def test_session_cookie_is_httponly_strict_and_logout_ends_it(
     assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (True, "Strict", "/console")
     assert cookie["expires"] > time.time() + 3600
     assert TOKENS["viewer"] not in cookie["value"]  # sealed, not merely signed
+    # The overview polls its rows (htmx, every 5 s) and swaps them in place.
+    with page.expect_response(
+        lambda r: r.url.endswith("/console/flags") and r.request.headers.get("hx-request"),
+        timeout=10_000,
+    ) as polled:
+        pass
+    assert polled.value.status == 200
+    assert "<html" not in polled.value.text()  # just the rows
+    expect(page.locator("#flag-rows tr")).to_have_count(2)
     _shot(stack, page, "overview")
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url("**/console/login")
