@@ -8,7 +8,9 @@ again and writes the audit event) or, for reviews, writes feedback events.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import random
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +31,7 @@ from feedback.schema import FeedbackBody, FeedbackEvent
 from router.model import parse_flag
 
 TEMPLATES = Path(__file__).with_name("templates")
+LOGIN_COOKIE = "loopgate_console_login"
 ROLE_LABEL = {
     "viewer": "reads",
     "reviewer": "reads and reviews",
@@ -121,23 +124,40 @@ def console_router(templates: Jinja2Templates, prefix: str = "/console") -> APIR
         """Overview when signed in, else sign-in."""
         return RedirectResponse(f"{prefix}/flags", status_code=303)
 
+    def login_form(request: Request, status: int = 200, error: str | None = None) -> Response:
+        # Login CSRF: the form's nonce must match a SameSite=Strict cookie set with it, so
+        # another site cannot sign a browser in with the attacker's token.
+        nonce = secrets.token_urlsafe(16)
+        answer = page(request, "login.html", None, status=status, error=error, nonce=nonce)
+        answer.set_cookie(
+            LOGIN_COOKIE, nonce, max_age=3600, path=prefix, httponly=True, samesite="strict",
+            secure=request.url.scheme == "https",
+        )  # fmt: skip
+        return answer
+
     @router.get("/login", response_class=HTMLResponse)
     async def login_page(request: Request) -> Response:
         """The sign-in form."""
-        return page(request, "login.html", None)
+        return login_form(request)
 
     @router.post("/login")
     async def login(
-        request: Request, state: StateDep, token: Annotated[str, Form(max_length=512)] = ""
+        request: Request,
+        state: StateDep,
+        token: Annotated[str, Form(max_length=512)] = "",
+        nonce: Annotated[str, Form(max_length=64)] = "",
     ) -> Response:
         """Check the token with the gateway, then set the session cookie."""
+        expected = request.cookies.get(LOGIN_COOKIE, "")
+        if not nonce or not hmac.compare_digest(nonce.encode(), expected.encode()):
+            return login_form(request, 403, "the sign-in form expired: sign in again")
         token = token.strip()
         try:
             who = await state.admin.whoami(token) if token else None
         except AdminError as exc:
-            return page(request, "login.html", None, status=401, error=exc.message)
+            return login_form(request, 401, exc.message)
         if who is None:
-            return page(request, "login.html", None, status=401, error="paste an admin token")
+            return login_form(request, 401, "paste an admin token")
         _, cookie = state.sessions.new(who["name"], who["role"], token, time.time())
         answer = RedirectResponse(f"{prefix}/flags", status_code=303)
         answer.set_cookie(
@@ -149,6 +169,7 @@ def console_router(templates: Jinja2Templates, prefix: str = "/console") -> APIR
             samesite="strict",
             secure=request.url.scheme == "https",
         )
+        answer.delete_cookie(LOGIN_COOKIE, path=prefix)
         return answer
 
     @router.post("/logout")
