@@ -2,9 +2,10 @@
 
 The gateway's event pipeline hands each record to `Feed.listen` after redaction, so
 everything here is already redacted. `listen` only appends to a bounded buffer (it runs in
-the pipeline); `Feed.drain`, a background task, parses the records, keeps recent events
-for the events page, selects review items into the queues and pairs answers to the same
-prompt from two variants for side-by-side review.
+the pipeline); `Feed.drain`, a background task, keeps the recent records as they are and
+parses only what selects review items (feedback, sampled or flagged completions): parsing
+every completion cost ~14 us an event on the gateway's loop. The events page and the
+side-by-side pairs parse the recent records when someone looks.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import orjson
 
 from console.config import ConsoleConfig, QueueConfig
 from console.queues import QueueStore
+from feedback.schema import AUDIT_TOPIC, COMPLETIONS_TOPIC
 from feedback.sinks.base import Record
 
 log = logging.getLogger(__name__)
@@ -50,12 +52,6 @@ class Pair:
     flag: str
     first: Answer
     second: Answer
-
-
-def record_is_audit(event: dict[str, Any]) -> bool:
-    """An audit event (flag_change and other changes): it has who/what, not a response id."""
-    body = event.get("body") or {}
-    return "who" in body and "what" in body
 
 
 def prompt_text(request: dict[str, Any] | None) -> str:
@@ -92,8 +88,11 @@ def answer_of(event: dict[str, Any]) -> Answer:
     )
 
 
-def signals_of(event: dict[str, Any], queue: QueueConfig, rng: random.Random) -> list[str]:
-    """Why this event selects its answer into `queue` (empty: it does not)."""
+def signals_of(event: dict[str, Any], queue: QueueConfig, sampled: bool = False) -> list[str]:
+    """Why this event selects its answer into `queue` (empty: it does not).
+
+    `sampled`: this completion was drawn for the queue's audit sample.
+    """
     body = event.get("body") or {}
     kind = event.get("type")
     found: list[str] = []
@@ -101,7 +100,7 @@ def signals_of(event: dict[str, Any], queue: QueueConfig, rng: random.Random) ->
         if "safety" in queue.signals and body.get("safety"):
             cats = ", ".join(sorted(body["safety"]))
             found.append(f"safety findings: {cats}")
-        if "audit_sample" in queue.signals and rng.random() < queue.sample_rate:
+        if "audit_sample" in queue.signals and sampled:
             found.append(f"audit sample ({queue.sample_rate:.0%} of {body.get('variant')})")
     elif kind == "feedback" and body.get("source", "user") == "user":
         fb = body.get("kind")
@@ -127,14 +126,17 @@ class Feed:
     def __init__(self, config: ConsoleConfig, queues: QueueStore) -> None:
         self.config = config
         self.queues = queues
-        self.recent: deque[dict[str, Any]] = deque(maxlen=config.recent_events)
+        # Completions and feedback as they came (raw JSON); answers by response id.
+        self.recent: deque[Record] = deque(maxlen=config.recent_events)
+        self.answers: OrderedDict[str, bytes] = OrderedDict()
         self.audit: deque[dict[str, Any]] = deque(maxlen=config.recent_events)
-        self.answers: OrderedDict[str, Answer] = OrderedDict()
-        self.pairs: OrderedDict[str, Pair] = OrderedDict()
-        self._by_prompt: OrderedDict[str, dict[str, Answer]] = OrderedDict()
         self._backlog: deque[Record] = deque()
         self._wake = asyncio.Event()
         self._rng = random.Random(config.sample_seed)
+        self._seen = 0  # records taken so far: the pairs cache key
+        self._pairs: tuple[int, OrderedDict[str, Pair]] = (-1, OrderedDict())
+        self._sampling = [q for q in config.queues if "audit_sample" in q.signals]
+        self._safety = any("safety" in q.signals for q in config.queues)
         self.dropped = 0
         self.selected = 0
 
@@ -158,49 +160,73 @@ class Feed:
         while self._backlog:
             record = self._backlog.popleft()
             try:
-                event = orjson.loads(record.value)
-                await self.take(event)
+                await self.take_record(record)
             except Exception:
                 log.exception("console: cannot use a %s record", record.topic)
 
-    async def take(self, event: dict[str, Any]) -> None:
-        """One parsed event: keep it, pair it, select it."""
-        if event.get("type") in ("completion", "feedback"):
-            self.recent.append(event)
-        elif record_is_audit(event):
-            self.audit.append(event)
+    async def take_record(self, record: Record) -> None:
+        """Keep a record; parse it only when it may select a review item."""
+        self._seen += 1
+        if record.topic == AUDIT_TOPIC:
+            self.audit.append(orjson.loads(record.value))
             return
+        self.recent.append(record)
+        if record.topic == COMPLETIONS_TOPIC:
+            self.answers[record.key] = record.value
+            while len(self.answers) > self.config.recent_events:
+                self.answers.popitem(last=False)
+            # Cheap tests first: only a sampled or flagged completion is parsed.
+            sampled = frozenset(
+                q.name for q in self._sampling if self._rng.random() < q.sample_rate
+            )
+            flagged = self._safety and b'"safety":{}' not in record.value
+            if not (flagged or sampled):
+                return
+            await self.take(orjson.loads(record.value), sampled)
+            return
+        await self.take(orjson.loads(record.value))
+
+    async def take(self, event: dict[str, Any], sampled: frozenset[str] = frozenset()) -> None:
+        """One parsed completion, feedback or evaluation event: select it into queues."""
         answer: Answer | None = None
         if event.get("type") == "completion":
             answer = answer_of(event)
-            if (event.get("body") or {}).get("status", "ok") == "ok":
-                self._remember(answer)
         else:
             rid = str((event.get("body") or {}).get("response_id", ""))
-            answer = self.answers.get(rid)
+            raw = self.answers.get(rid)
+            answer = answer_of(orjson.loads(raw)) if raw is not None else None
         for queue in self.config.queues:
-            found = signals_of(event, queue, self._rng)
+            found = signals_of(event, queue, queue.name in sampled)
             if found:
                 await self._select(queue, event, answer, found)
 
-    def _remember(self, answer: Answer) -> None:
-        self.answers[answer.response_id] = answer
-        while len(self.answers) > self.config.recent_events:
-            self.answers.popitem(last=False)
-        if not answer.flag or not answer.variant or not answer.prompt:
-            return
-        digest = hashlib.sha256(f"{answer.flag}\0{answer.prompt}".encode()).hexdigest()[:16]
-        seen = self._by_prompt.setdefault(digest, {})
-        self._by_prompt.move_to_end(digest)
-        for variant, other in seen.items():
-            if variant != answer.variant:
-                pair_id = f"{digest}:{other.response_id[-12:]}:{answer.response_id[-12:]}"
-                self.pairs[pair_id] = Pair(pair_id, answer.flag, other, answer)
-                while len(self.pairs) > self.config.max_pairs:
-                    self.pairs.popitem(last=False)
-        seen[answer.variant] = answer
-        while len(self._by_prompt) > self.config.recent_events:
-            self._by_prompt.popitem(last=False)
+    @property
+    def pairs(self) -> OrderedDict[str, Pair]:
+        """Two variants' answers to the same prompt, from the recent completions (cached)."""
+        if self._pairs[0] == self._seen:
+            return self._pairs[1]
+        pairs: OrderedDict[str, Pair] = OrderedDict()
+        by_prompt: dict[str, dict[str, Answer]] = {}
+        for record in self.recent:
+            if record.topic != COMPLETIONS_TOPIC:
+                continue
+            event = orjson.loads(record.value)
+            if (event.get("body") or {}).get("status", "ok") != "ok":
+                continue
+            answer = answer_of(event)
+            if not answer.flag or not answer.variant or not answer.prompt:
+                continue
+            digest = hashlib.sha256(f"{answer.flag}\0{answer.prompt}".encode()).hexdigest()[:16]
+            seen = by_prompt.setdefault(digest, {})
+            for variant, other in seen.items():
+                if variant != answer.variant:
+                    pair_id = f"{digest}:{other.response_id[-12:]}:{answer.response_id[-12:]}"
+                    pairs[pair_id] = Pair(pair_id, answer.flag, other, answer)
+            seen[answer.variant] = answer
+        while len(pairs) > self.config.max_pairs:
+            pairs.popitem(last=False)
+        self._pairs = (self._seen, pairs)
+        return pairs
 
     async def _select(
         self, queue: QueueConfig, event: dict[str, Any], answer: Answer | None, found: list[str]
@@ -232,9 +258,10 @@ class Feed:
     def events(
         self, flag: str | None, variant: str | None, kind: str | None, limit: int
     ) -> Iterator[dict[str, Any]]:
-        """Newest first, filtered."""
+        """Newest first, filtered (parsed as they are shown)."""
         shown = 0
-        for event in reversed(self.recent):
+        for record in reversed(self.recent):
+            event = orjson.loads(record.value)
             body = event.get("body") or {}
             if flag and body.get("flag") != flag:
                 continue

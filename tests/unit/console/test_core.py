@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import random
 
+import orjson
 import pytest
 
 from console.config import ConsoleConfig, QueueConfig
@@ -12,6 +12,8 @@ from console.feed import Feed, signals_of
 from console.queues import MemoryQueues
 from console.session import Sessions, csrf_ok
 from console.stats import cohen_kappa, exact_moves, preview_weights, wilson, win_rates
+from feedback.schema import COMPLETIONS_TOPIC, FEEDBACK_TOPIC
+from feedback.sinks.base import Record
 from router.model import parse_flag
 
 
@@ -94,43 +96,63 @@ def _completion(rid: str, variant: str, prompt: str, safety: dict[str, int] | No
 
 
 def test_selection_signals() -> None:
-    rng = random.Random(1)
     reports = QueueConfig(name="reports", signals=["report", "safety", "thumbs_down_edit"])
-    assert signals_of(_completion("r1", "a", "hi", {"email": 1}), reports, rng) == [
+    assert signals_of(_completion("r1", "a", "hi", {"email": 1}), reports) == [
         "safety findings: email"
     ]
     edit = {"type": "feedback", "body": {"kind": "thumbs_down", "edited_text": "better"}}
-    assert signals_of(edit, reports, rng) == ["thumbs_down with an edit"]
+    assert signals_of(edit, reports) == ["thumbs_down with an edit"]
     plain_down = {"type": "feedback", "body": {"kind": "thumbs_down"}}
-    assert signals_of(plain_down, reports, rng) == []
+    assert signals_of(plain_down, reports) == []
     # Reviewer labels never select themselves back into a queue.
     reviewer = {"type": "feedback", "body": {"kind": "report", "source": "reviewer"}}
-    assert signals_of(reviewer, reports, rng) == []
+    assert signals_of(reviewer, reports) == []
     low = QueueConfig(name="low", signals=["low_score"], score_below=0.4)
     scored = {"type": "evaluation", "body": {"score": 0.2, "evaluator": "judge-v1"}}
-    assert signals_of(scored, low, rng) == ["low score 0.20 from judge-v1"]
+    assert signals_of(scored, low) == ["low score 0.20 from judge-v1"]
+    audit = QueueConfig(name="audit", signals=["audit_sample"], sample_rate=0.5)
+    assert signals_of(_completion("r2", "b", "hi"), audit, sampled=True) == [
+        "audit sample (50% of b)"
+    ]
+    assert signals_of(_completion("r2", "b", "hi"), audit, sampled=False) == []
+
+
+def _record(event: dict) -> Record:
+    topic = COMPLETIONS_TOPIC if event["type"] == "completion" else FEEDBACK_TOPIC
+    return Record(topic, event["body"]["response_id"], orjson.dumps(event))
 
 
 def test_feed_pairs_same_prompt_from_two_variants_and_selects_reports() -> None:
-    config = ConsoleConfig(queues=[QueueConfig(name="reports", signals=["report"])])
+    config = ConsoleConfig(queues=[QueueConfig(name="reports", signals=["report", "safety"])])
     queues = MemoryQueues(60, 100)
     feed = Feed(config, queues)
 
     async def main() -> None:
-        await feed.take(_completion("r1", "control", "refunds?"))
-        await feed.take(_completion("r2", "control", "refunds?"))
+        for event in (
+            _completion("r1", "control", "refunds?"),
+            _completion("r2", "control", "refunds?"),
+        ):
+            feed.listen(_record(event))
+        await feed.drain()
         assert not feed.pairs  # same variant: no pair
-        await feed.take(_completion("r3", "canary", "refunds?"))
-        await feed.take(_completion("r4", "canary", "something else"))
+        feed.listen(_record(_completion("r3", "canary", "refunds?")))
+        feed.listen(_record(_completion("r4", "canary", "call 555", {"phone": 1})))
         report = {"type": "feedback", "event_id": "f1",
                   "body": {"response_id": "r3", "kind": "report", "category": "wrong",
                            "flag": "support-bot", "variant": "canary"}}  # fmt: skip
-        await feed.take(report)
-        claim = await queues.claim("reports", "ana", 0.0)
-        assert claim is not None
-        assert claim.item["answer"] == "answer r3"
-        assert claim.item["prompt"] == "user: refunds?"
-        assert claim.item["signals"] == ["reported: wrong"]
+        feed.listen(_record(report))
+        await feed.drain()
+        unsafe = await queues.claim("reports", "ana", 0.0)
+        assert unsafe is not None
+        assert (unsafe.item["response_id"], unsafe.item["signals"]) == (
+            "r4", ["safety findings: phone"]
+        )  # fmt: skip
+        reported = await queues.claim("reports", "ben", 0.0)
+        assert reported is not None
+        assert reported.item["answer"] == "answer r3"
+        assert reported.item["prompt"] == "user: refunds?"
+        assert reported.item["signals"] == ["reported: wrong"]
+        assert await queues.claim("reports", "cy", 0.0) is None  # nothing else selected
 
     asyncio.run(main())
     ((_, pair),) = feed.pairs.items()
