@@ -87,6 +87,20 @@ async def _form_checked(request: Request, session: Session, role: str) -> dict[s
     return fields
 
 
+def _required(fields: dict[str, str], name: str) -> str:
+    value = fields.get(name, "").strip()
+    if not value:
+        raise Refused(422, f"the form lacks {name}: reload the page")
+    return value
+
+
+def _number(fields: dict[str, str], name: str, kind: type[float] | type[int] = float) -> float:
+    try:
+        return kind(_required(fields, name))
+    except ValueError:
+        raise Refused(422, f"{name} must be a number") from None
+
+
 def _reason(fields: dict[str, str]) -> str:
     reason = fields.get("reason", "").strip()
     if not reason:
@@ -222,11 +236,16 @@ def console_router(templates: Jinja2Templates, prefix: str = "/console") -> APIR
         fields = await _form_checked(request, session, "flag_editor")
         reason = _reason(fields)
         weights = {
-            name[len("weight_") :]: float(value)
+            name[len("weight_") :]: _number(fields, name)
             for name, value in fields.items()
             if name.startswith("weight_") and value.strip()
         }
-        body = {"weights": weights, "expected_version": int(fields["expected_version"])}
+        if not weights:
+            raise Refused(422, "no weights in the form")
+        body = {
+            "weights": weights,
+            "expected_version": int(_number(fields, "expected_version", int)),
+        }
         return await _change(state, session, key, "weights", body, reason, back)
 
     @router.post("/flags/{key:path}/kill")
@@ -236,14 +255,14 @@ def console_router(templates: Jinja2Templates, prefix: str = "/console") -> APIR
         reason = _reason(fields)
         if fields.get("confirm") != key:
             raise Refused(422, f"type the flag key ({key}) to confirm the kill switch")
-        body = {"expected_version": int(fields["expected_version"])}
+        body = {"expected_version": int(_number(fields, "expected_version", int))}
         return await _change(state, session, key, "kill", body, reason, back)
 
     @router.post("/flags/{key:path}/unkill")
     async def unkill(request: Request, key: str, state: StateDep, session: SessionDep) -> Response:
         """Lift the kill switch."""
         fields = await _form_checked(request, session, "flag_editor")
-        body = {"expected_version": int(fields["expected_version"])}
+        body = {"expected_version": int(_number(fields, "expected_version", int))}
         return await _change(state, session, key, "unkill", body, _reason(fields), back)
 
     @router.post("/experiments/{key:path}/rollout/{action}")
@@ -381,8 +400,8 @@ def console_router(templates: Jinja2Templates, prefix: str = "/console") -> APIR
         if state.emit is None:
             return back(f"{prefix}/compare", error="events are disabled here")
         body = FeedbackBody(
-            response_id=fields["response_a"],
-            other_response_id=fields["response_b"],
+            response_id=_required(fields, "response_a"),
+            other_response_id=_required(fields, "response_b"),
             winner=winner,
             flag=fields.get("flag") or None,
             variant=fields.get("variant_a") or None,
@@ -526,7 +545,7 @@ def _label_events(
 ) -> list[FeedbackEvent]:
     """The feedback events a label form makes: the verdict (or rating, or comment), an edit."""
     common: dict[str, Any] = {
-        "response_id": fields["response_id"],
+        "response_id": _required(fields, "response_id"),
         "flag": fields.get("flag") or None,
         "variant": fields.get("variant") or None,
         "app": "console",

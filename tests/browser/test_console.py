@@ -540,6 +540,17 @@ def test_a_form_without_its_csrf_token_is_refused(
               "expected_version": str(before["version"])},
     )  # fmt: skip
     assert answer.status == 403
+    # With the token but a broken form: a clear 422, nothing changed, no server error.
+    csrf = page.locator("input[name=csrf]").first.input_value()
+    for form in (
+        {"weight_canary": "lots", "expected_version": str(before["version"])},
+        {"weight_canary": "5"},
+    ):
+        answer = page.request.post(
+            gateway.base_url + "/console/flags/support-bot/weights",
+            form={"csrf": csrf, "reason": "r", **form},
+        )
+        assert answer.status == 422, answer.text()
     assert _admin(gateway, "GET", "/admin/flags/support-bot") == before
 
 
