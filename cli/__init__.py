@@ -51,9 +51,33 @@ def _root(
 def _register() -> None:
     if app.registered_groups:  # once per process (tests call it again)
         return
-    from cli import datasets, demo, drift, events, experiments, flags, keys, rollout, serve, sim
+    from cli import (
+        console,
+        datasets,
+        demo,
+        drift,
+        events,
+        experiments,
+        flags,
+        keys,
+        rollout,
+        serve,
+        sim,
+    )
 
-    for module in (serve, sim, flags, experiments, rollout, drift, events, datasets, demo, keys):
+    for module in (
+        serve,
+        sim,
+        flags,
+        experiments,
+        rollout,
+        drift,
+        events,
+        datasets,
+        demo,
+        keys,
+        console,
+    ):
         module.register(app)
 
 

@@ -176,7 +176,12 @@ def _header(scenario: str, like: dict[str, float], elapsed: float, duration: flo
 
 
 async def _demo(
-    scenario: str, duration: float, interval: float, seed: int, keep: Path | None
+    scenario: str,
+    duration: float,
+    interval: float,
+    seed: int,
+    keep: Path | None,
+    stay: bool = False,
 ) -> int:
     import asyncio
 
@@ -249,6 +254,8 @@ async def _demo(
         stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, timeout=35)
+        if stay:
+            await _stay_up(gateway.url, token)
         await asyncio.to_thread(gateway.stop)
     state = (ro or {}).get("state") or {}
     status = state.get("status", "not started")
@@ -280,6 +287,16 @@ async def _demo(
     return 0 if status in ("promoted", "rolled_back") else 1
 
 
+async def _stay_up(url: str, token: str) -> None:
+    """Leave the gateway and its console up on the demo's data until Ctrl-C."""
+    console.print(
+        f"\n[bold]console:[/] {url}/console  [bold]sign in with:[/] {token}\n"
+        "[dim]the gateway and the console stay up on the demo's data; Ctrl-C stops them[/]"
+    )
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.Event().wait()
+
+
 def register(app: typer.Typer) -> None:
     """Add `loopgate demo`."""
 
@@ -294,6 +311,10 @@ def register(app: typer.Typer) -> None:
         folder: Annotated[
             Path | None, typer.Option(help="Keep config, spool and logs here (default: a temp dir)")
         ] = None,
+        stay: Annotated[
+            bool,
+            typer.Option(help="Afterwards, keep the gateway and console up until Ctrl-C"),
+        ] = False,
     ) -> None:
         """The feedback loop end to end: gateway, two policy versions, users, controller."""
         import asyncio
@@ -301,7 +322,7 @@ def register(app: typer.Typer) -> None:
         if scenario not in SCENARIOS:
             raise fail(CliError(f"scenario must be one of {', '.join(SCENARIOS)}", code=2))
         try:
-            code = asyncio.run(_demo(scenario, duration, interval, seed, folder))
+            code = asyncio.run(_demo(scenario, duration, interval, seed, folder, stay))
         except CliError as exc:
             raise fail(exc) from exc
         except KeyboardInterrupt:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine, Sized
+from collections.abc import AsyncIterator, Callable, Coroutine, Sized
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -117,6 +117,8 @@ class EventPipeline:
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_log: dict[str, float] = {}
+        # Called with each record once redacted and serialised (the console's review queues).
+        self.listeners: list[Callable[[Record], None]] = []
 
     @property
     def mode(self) -> Mode:
@@ -223,6 +225,11 @@ class EventPipeline:
                 log.exception("events: cannot serialise a %s event; dropped", item.type)
                 self._drop(1, "unserialisable event")
                 continue
+            for listen in self.listeners:
+                try:
+                    listen(records[-1])
+                except Exception:
+                    log.exception("events: a listener failed on a %s event", item.type)
             for category, count in found.items():
                 self.stats.findings[category] = self.stats.findings.get(category, 0) + count
         return records

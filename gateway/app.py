@@ -17,6 +17,7 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace.export import SpanExporter
 from starlette.routing import Route
 
+from console.app import install_console, open_embedded
 from feedback.emitter import open_pipeline
 from gateway.auth import Authenticator, keys_from_redis
 from gateway.errors import install_error_handlers
@@ -33,6 +34,7 @@ from gateway.routes import feedback, health, models
 from gateway.routes.admin_drift import admin_drift_router
 from gateway.routes.admin_experiments import admin_experiments_router
 from gateway.routes.admin_flags import admin_flags_router
+from gateway.routes.admin_whoami import admin_whoami_router
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
 from gateway.tracing import open_tracing
@@ -94,6 +96,8 @@ def create_app(
                 runtime.experiments = app.state.experiments.counters
             app.state.runtime = runtime
             app.state.flags = store
+            if settings.console.enabled:
+                await stack.enter_async_context(open_embedded(app, settings, events))
             app_metrics.bind(runtime)
             await stack.enter_async_context(app_metrics.mirroring())
             runtime.tracing = open_tracing(
@@ -120,6 +124,10 @@ def create_app(
         version="0.1.0",
         description="OpenAI-compatible gateway with A/B routing and feedback capture.",
         lifespan=lifespan,
+        # /docs would load Swagger UI from a CDN (air-gapped clusters cannot): off; the schema
+        # stays at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
         # Proxy routes are traced by gateway.tracing (HotPath bypasses FastAPI); FastAPI's own
         # telemetry would use the global providers, which Loopgate never sets: keep it off.
         telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
@@ -137,6 +145,9 @@ def create_app(
     app.include_router(admin_flags_router())
     app.include_router(admin_experiments_router())
     app.include_router(admin_drift_router())
+    app.include_router(admin_whoami_router())
+    if settings.console.enabled:
+        install_console(app)
     document_proxy_routes(app)
     return app
 

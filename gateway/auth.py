@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Role = Literal["viewer", "flag_editor", "admin"]
-ROLE_RANK: dict[str, int] = {"viewer": 0, "flag_editor": 1, "admin": 2}
+Role = Literal["viewer", "reviewer", "flag_editor", "admin"]
+# reviewer: reads, and labels answers in the console's review queues.
+ROLE_RANK: dict[str, int] = {"viewer": 0, "reviewer": 1, "flag_editor": 2, "admin": 3}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _PREFIXES = ("sha256:", "hmac-sha256:")
 

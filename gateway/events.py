@@ -83,5 +83,6 @@ def audit_event(record: AuditRecord, *, instance: str) -> AuditEvent:
         version=record.after.version if record.after else None,
         before=record.before.model_dump(mode="json") if record.before else None,
         after=record.after.model_dump(mode="json") if record.after else None,
+        reason=record.reason,
     )
     return AuditEvent.create(body, gateway=instance, now=record.time.timestamp())

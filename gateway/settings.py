@@ -18,6 +18,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from console.config import ConsoleConfig
 from feedback.config import EventsConfig, IdsConfig
 from gateway.auth import AuthConfig
 from gateway.balancer import BalancerConfig
@@ -159,6 +160,7 @@ class Settings(BaseSettings):
     auth: AuthConfig = AuthConfig()
     ratelimit: RateLimitConfig = RateLimitConfig()
     balancer: BalancerConfig = BalancerConfig()
+    console: ConsoleConfig = ConsoleConfig()
 
     @classmethod
     def settings_customise_sources(

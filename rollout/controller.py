@@ -181,6 +181,10 @@ class Controller:
         if report.decision == "promote":
             last = len(plan.steps) - 1
             return await self._set_share(plan, state, flag, last, "promote", report)
+        # A person may have paused or aborted while this tick decided: keep their state.
+        now_stored = await self.plans.state(plan.flag)
+        if now_stored is not None and now_stored.status != "running":
+            return None
         await self.plans.put_state(state)
         return None
 

@@ -5,17 +5,20 @@ Reads need the viewer role, plan changes flag_editor (the roles of /admin/flags)
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request, Response
 from pydantic import ValidationError
 
+from gateway.auth import AdminPrincipal
 from gateway.errors import Conflict, NotFound, UnprocessableEntity
-from gateway.routes.admin_flags import require_role
-from rollout.plan import RolloutPlan
+from gateway.routes.admin_flags import EditorDep, change_reason_header, require_role
+from rollout.plan import ActionKind, RolloutAction, RolloutPlan
 from rollout.service import Experiments, view
+from router.errors import ConflictError
 from router.model import Flag
-from router.stores.base import FlagStore
+from router.stores.base import FlagStore, change_reason
 
 
 def _experiments(request: Request) -> Experiments:
@@ -41,7 +44,9 @@ async def _flag(request: Request, key: str) -> Flag:
 def admin_experiments_router() -> APIRouter:
     """The `/admin/experiments` routes."""
     router = APIRouter(
-        prefix="/admin/experiments", tags=["admin"], dependencies=[Depends(require_role("viewer"))]
+        prefix="/admin/experiments",
+        tags=["admin"],
+        dependencies=[Depends(require_role("viewer")), Depends(change_reason_header)],
     )
     editor = [Depends(require_role("flag_editor"))]
 
@@ -117,6 +122,48 @@ def admin_experiments_router() -> APIRouter:
         await exp.plans.put_state(resumed)
         return {"object": "rollout", "flag": key, "state": resumed.model_dump(mode="json")}
 
+    @router.post("/{key:path}/rollout/pause")
+    async def pause(
+        key: str,
+        exp: ExperimentsDep,
+        who: EditorDep,
+    ) -> dict[str, Any]:
+        """Stop the controller on this flag; the weights stay as they are until resumed."""
+        state = await exp.plans.state(key)
+        if state is None:
+            raise NotFound(f"flag {key!r} has no started rollout", param="key")
+        paused = state.model_copy(update={"status": "paused"}).with_action(
+            _manual("hold", who, state.share, state.share, state.flag_version)
+        )
+        await exp.plans.put_state(paused)
+        return {"object": "rollout", "flag": key, "state": paused.model_dump(mode="json")}
+
+    @router.post("/{key:path}/rollout/abort")
+    async def abort(
+        key: str,
+        request: Request,
+        exp: ExperimentsDep,
+        who: EditorDep,
+    ) -> dict[str, Any]:
+        """Roll the canary back to 0% now and stop the rollout (the plan's rollback)."""
+        plan, state = await exp.plans.plan(key), await exp.plans.state(key)
+        if plan is None or state is None:
+            raise NotFound(f"flag {key!r} has no started rollout", param="key")
+        store: FlagStore = request.app.state.flags
+        flag = await _flag(request, key)
+        weights = {v.name: 0.0 for v in flag.variants} | plan.weights(0.0)
+        try:
+            stored = await store.put(
+                flag.with_weights(weights), flag.version, who=who.name, action="set_weights"
+            )
+        except ConflictError as exc:
+            raise Conflict(str(exc), param="expected_version") from exc
+        aborted = state.model_copy(
+            update={"status": "rolled_back", "share": 0.0, "flag_version": stored.version}
+        ).with_action(_manual("rollback", who, state.share, 0.0, stored.version))
+        await exp.plans.put_state(aborted)
+        return {"object": "rollout", "flag": key, "state": aborted.model_dump(mode="json")}
+
     @router.delete("/{key:path}/rollout", dependencies=editor, status_code=204)
     async def delete_rollout(key: str, exp: ExperimentsDep) -> Response:
         """Remove the plan; the flag keeps its weights."""
@@ -129,6 +176,25 @@ def admin_experiments_router() -> APIRouter:
         return await view(exp, await _flag(request, key))
 
     return router
+
+
+def _manual(
+    kind: ActionKind,
+    who: AdminPrincipal,
+    before: float | None,
+    after: float | None,
+    version: int | None,
+) -> RolloutAction:
+    reason = change_reason.get()
+    text = f"{kind} by {who.name}" + (f": {reason}" if reason else "")
+    return RolloutAction(
+        time=time.time(),
+        action=kind,
+        from_share=before,
+        to_share=after,
+        flag_version=version,
+        reasons=(text,),
+    )
 
 
 def _first(exc: ValidationError) -> str:

@@ -32,7 +32,7 @@ from router.errors import (
     StoreUnavailable,
 )
 from router.model import EvalContext, Flag, parse_flag
-from router.stores.base import FlagStore
+from router.stores.base import FlagStore, change_reason
 from router.stores.flagfile import flag_body
 
 
@@ -68,6 +68,14 @@ def require_role(role: Role) -> Callable[..., AdminPrincipal]:
 
     check.__name__ = f"require_{role}"
     return check
+
+
+async def change_reason_header(
+    reason: Annotated[str | None, Header(alias="X-Loopgate-Reason", max_length=1000)] = None,
+) -> None:
+    """The person's reason for a change (X-Loopgate-Reason), for the audit event it writes."""
+    # async, so it runs in the request's task: the store reads it there when it audits.
+    change_reason.set(reason.strip() or None if reason else None)
 
 
 def _who(admin: AdminPrincipal, actor: str | None) -> str:
@@ -139,7 +147,9 @@ def _flag_input(body: dict[str, Any], **fixed: Any) -> Flag:
 def admin_flags_router() -> APIRouter:
     """The `/admin/flags` routes; mount on an app whose state has `flags` and `settings`."""
     router = APIRouter(
-        prefix="/admin/flags", tags=["admin"], dependencies=[Depends(require_role("viewer"))]
+        prefix="/admin/flags",
+        tags=["admin"],
+        dependencies=[Depends(require_role("viewer")), Depends(change_reason_header)],
     )
 
     @router.get("")

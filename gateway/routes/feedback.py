@@ -52,6 +52,8 @@ class FeedbackIn(BaseModel):
             raise ValueError("a report needs a category")
         if self.kind == "comment" and not self.comment:
             raise ValueError("a comment needs comment text")
+        if self.kind == "preference":  # a pair (other_response_id, winner): the console's
+            raise ValueError("preferences are not accepted on /v1/feedback yet")
         return self
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -13,6 +14,10 @@ from router.model import Flag
 from router.snapshot import FlagSnapshot
 
 log = logging.getLogger("loopgate.flags.audit")
+
+# The reason a person gave for the change being made in this request (X-Loopgate-Reason):
+# set by the admin API around a write, copied into the audit record the store emits.
+change_reason: ContextVar[str | None] = ContextVar("loopgate_change_reason", default=None)
 
 AuditAction = Literal["create", "update", "delete", "set_weights", "kill", "unkill", "seed"]
 
@@ -29,6 +34,7 @@ class AuditRecord(BaseModel):
     after: Flag | None
     time: datetime
     store_version: int
+    reason: str | None = None
 
 
 AuditSink = Callable[[AuditRecord], None]
@@ -85,6 +91,9 @@ def log_audit(record: AuditRecord) -> None:
 
 def emit_audit(on_audit: AuditSink, record: AuditRecord) -> None:
     """Hand `record` to the sink; the write has happened, so a failing sink is only logged."""
+    reason = change_reason.get()
+    if record.reason is None and reason:
+        record = record.model_copy(update={"reason": reason})
     try:
         on_audit(record)
     except Exception:

@@ -146,6 +146,7 @@ app.kubernetes.io/component: {{ .component }}
   "ids" $ids
 -}}
 {{- with .Values.limits -}}{{- $_ := set $config "limits" . -}}{{- end -}}
+{{- with .Values.redis.url -}}{{- $_ := set $config "console" (dict "redis_url" .) -}}{{- end -}}
 {{- $merged := mustMergeOverwrite $config (deepCopy .Values.gateway.config) -}}
 {{- toYaml $merged -}}
 {{- end -}}

@@ -181,6 +181,28 @@ def test_a_hand_edit_pauses_the_rollout(tmp_path: Path) -> None:
     _with_controller(tmp_path, _plan(), scenario)
 
 
+def test_a_pause_made_while_a_tick_decides_is_not_overwritten(tmp_path: Path) -> None:
+    async def scenario(ctl: Controller, clock: Clock, audits: list[AuditRecord]) -> None:
+        await ctl.tick()  # start
+        decide = ctl.report
+
+        async def report_then_someone_pauses(plan: RolloutPlan, state: Any) -> Any:
+            found = await decide(plan, state)
+            stored = await ctl.plans.state("bot")
+            assert stored is not None
+            await ctl.plans.put_state(stored.model_copy(update={"status": "paused"}))
+            return found
+
+        ctl.report = report_then_someone_pauses  # type: ignore[method-assign]
+        clock.now += 5
+        await ctl.tick()  # too early to act: a hold, written back unless paused meanwhile
+        state = await ctl.plans.state("bot")
+        assert state is not None
+        assert state.status == "paused"
+
+    _with_controller(tmp_path, _plan(), scenario)
+
+
 def test_bandit_moves_traffic_toward_the_better_arm_above_the_floor(tmp_path: Path) -> None:
     async def scenario(ctl: Controller, clock: Clock, audits: list[AuditRecord]) -> None:
         await _run(ctl, clock, {"a": 0.5, "b": 0.8}, ticks=6)

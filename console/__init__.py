@@ -1,0 +1,1 @@
+"""Loopgate Console: server-rendered pages for product teams and reviewers."""
