@@ -289,7 +289,9 @@ async def _demo(
 
 async def _stay_up(url: str, token: str) -> None:
     """Leave the gateway and its console up on the demo's data until Ctrl-C."""
-    console.print(
+    import asyncio
+
+    console().print(
         f"\n[bold]console:[/] {url}/console  [bold]sign in with:[/] {token}\n"
         "[dim]the gateway and the console stay up on the demo's data; Ctrl-C stops them[/]"
     )
