@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from feedback.config import EventsConfig
+from feedback.privacy.sealer import Sealer
+from feedback.privacy.stores import key_store
 from feedback.redact import Redactor
 from feedback.schema import Event, PlainEvent
 from feedback.scrub import scrub_json
@@ -80,8 +82,10 @@ class EventPipeline:
         spool: SpoolSink,
         primary: EventSink | None,
         redactor: Redactor | None,
+        sealer: Sealer | None = None,
     ) -> None:
         self.config = config
+        self.sealer = sealer  # content sealed per unit after redaction (feedback.privacy)
         self.gateway = gateway
         self.stats = PipelineStats()
         self._spool = spool
@@ -194,6 +198,7 @@ class EventPipeline:
         self, items: list[Event | PlainEvent | Record], waiting: Sized
     ) -> list[Record]:
         records: list[Record] = []
+        seal = await self.sealer.prepare(items) if self.sealer is not None else None
         in_slice = 0
         for index, item in enumerate(items):
             if in_slice >= max(_MIN_SLICE, (len(items) - index + len(waiting)) // 4):
@@ -204,7 +209,7 @@ class EventPipeline:
                 records.append(item)
                 continue
             try:
-                data, found = scrub_json(item, self._redactor)
+                data, found = scrub_json(item, self._redactor, seal)
                 records.append(Record(item.topic, item.key, data))
             except Exception:
                 log.exception("events: cannot serialise a %s event; dropped", item.type)
@@ -372,9 +377,15 @@ async def open_pipeline(
     if primary is None and config.kafka is not None:
         primary = KafkaSink(config.kafka)
     redactor = Redactor.from_config(config.redaction) if config.redaction.enabled else None
-    pipeline = EventPipeline(config, instance, spool, primary, redactor)
+    store = key_store(config.privacy, config.spool.dir) if config.privacy.seal else None
+    sealer = Sealer(store, config.privacy.retry_after_s) if store is not None else None
+    pipeline = EventPipeline(config, instance, spool, primary, redactor, sealer)
     pipeline.start()
     try:
+        if store is not None and hasattr(store, "listen"):
+            store.listen()  # forgets made on other replicas reach this one's key cache
         yield pipeline
     finally:
         await pipeline.aclose()
+        if store is not None:
+            await store.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -135,10 +136,15 @@ def _feedback_dict(body: dict[str, Any], redactor: Redactor | None, found: Findi
         body["metadata"] = redactor.redact_value(body["metadata"], found)
 
 
-def scrub_json(event: Event | PlainEvent, redactor: Redactor | None) -> tuple[bytes, Findings]:
+def scrub_json(
+    event: Event | PlainEvent,
+    redactor: Redactor | None,
+    seal: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[bytes, Findings]:
     """What to_json(scrub(event)[0]) gives, without rebuilding models: the worker's fast path.
 
     A PlainEvent's dict is redacted in place: it belongs to the pipeline once emitted.
+    `seal` then encrypts its content (feedback.privacy), after redaction has seen it.
     """
     data = event.data if isinstance(event, PlainEvent) else event.model_dump()
     found: Findings = {}
@@ -148,4 +154,6 @@ def scrub_json(event: Event | PlainEvent, redactor: Redactor | None) -> tuple[by
         _feedback_dict(data["body"], redactor, found)
     if found:
         data["body"]["safety"] = _merge(data["body"]["safety"], found)
+    if seal is not None:
+        seal(data)
     return orjson.dumps(data, option=orjson.OPT_UTC_Z), found
