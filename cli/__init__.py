@@ -31,6 +31,7 @@ def _register() -> None:
     __import__("cli.keys", fromlist=["register"]).register(app)
     __import__("cli.drift", fromlist=["register"]).register(app)
     __import__("cli.events", fromlist=["register"]).register(app)
+    __import__("cli.privacy", fromlist=["register"]).register(app)
 
 
 def main() -> None:

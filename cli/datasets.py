@@ -65,6 +65,7 @@ def register(app: typer.Typer) -> None:
             list[str] | None, typer.Option("--format", help="jsonl and/or parquet (default both).")
         ] = None,
         overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset.")] = False,
+        keys: Annotated[str | None, typer.Option(help="Key store of sealed content.")] = None,
     ) -> None:
         """Join events, apply the pairing and labelling rules, write files and a manifest."""
         import yaml
@@ -119,6 +120,11 @@ def register(app: typer.Typer) -> None:
             streams.append(log.lines())
             sources.append(f"kafka:{','.join(kafka)}#{group}")
         lines: Iterator[bytes] = itertools.chain.from_iterable(streams)
+        from cli.privacy import key_reader_for
+        from feedback.privacy.reading import ErasureCounts, open_lines
+
+        erasure = ErasureCounts()  # sealed content opened; forgotten units left out
+        lines = open_lines(lines, key_reader_for(keys, spool[0] if spool else None), erasure)
         try:
             doc = export(
                 lines,
@@ -134,6 +140,11 @@ def register(app: typer.Typer) -> None:
         for table in tables(doc)[:2]:
             console.print(table)
         console.print(f"wrote {out} ({doc['content_hash']})")
+        if erasure.erased_events or erasure.unreadable:
+            console.print(
+                f"left out {erasure.erased_events} events of {len(erasure.erased_units)} "
+                f"forgotten units; {erasure.unreadable} sealed events did not verify"
+            )
 
     @datasets.command()
     def stats(

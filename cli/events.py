@@ -218,7 +218,13 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _show(raw: bytes, event: dict[str, Any], as_json: bool) -> None:
+def _show(raw: bytes, event: dict[str, Any], as_json: bool, keys: Any = None) -> None:
+    from feedback.privacy import SealError, is_sealed, open_event
+
+    if keys is not None and is_sealed(event):  # content shown opened, or "[erased]"
+        with contextlib.suppress(SealError):  # tampered: shown sealed, as it is
+            event = open_event(event, keys)
+            raw = orjson.dumps(event)
     if as_json:
         print(raw.decode(), flush=True)
     else:
@@ -289,7 +295,7 @@ def end_offsets(consumer: Any, parts: list[Any]) -> dict[Any, int]:
 
 def _tail_kafka(
     servers: list[str], topics: list[str], types: set[str] | None, last: int, follow: bool,
-    as_json: bool,
+    as_json: bool, keys: Any = None,
 ) -> None:  # fmt: skip
     consumer = _consumer(servers)
     try:
@@ -314,13 +320,13 @@ def _tail_kafka(
         shown = [(raw, ev) for *_, raw in sorted(backlog)
                  if (ev := _parse(raw)) is not None and _matches(ev, None, types)]  # fmt: skip
         for raw, event in shown[-last:] if last else []:
-            _show(raw, event, as_json)
+            _show(raw, event, as_json, keys)
         while follow:
             for batch in consumer.poll(timeout_ms=500).values():
                 for record in batch:
                     new = _parse(record.value)
                     if new is not None and _matches(new, None, types):
-                        _show(record.value, new, as_json)
+                        _show(record.value, new, as_json, keys)
     finally:
         consumer.close()
 
@@ -351,7 +357,7 @@ def kafka_stats(servers: list[str], topics: list[str] | None) -> list[dict[str, 
 
 def _tail_spool(
     root: Path, topics: set[str] | None, types: set[str] | None, last: int, follow: bool,
-    as_json: bool,
+    as_json: bool, keys: Any = None,
 ) -> None:  # fmt: skip
     readers = [SpoolReader(folder) for folder in spool_folders(root)]
     backlog: list[tuple[str, bytes, dict[str, Any]]] = []
@@ -373,7 +379,7 @@ def _tail_spool(
             for raw in reader.read():
                 event = _parse(raw)
                 if event is not None and _matches(event, topics, types):
-                    _show(raw, event, as_json)
+                    _show(raw, event, as_json, keys)
 
 
 @dataclass
@@ -511,18 +517,27 @@ def register(app: typer.Typer) -> None:
         last: Annotated[int, typer.Option("--last", "-n", help="Events shown first")] = 10,
         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Raw JSON lines")] = False,
+        keys: Annotated[
+            str | None, typer.Option("--keys", help="Key store (dir, redis://)")
+        ] = None,
     ) -> None:
         """The last events (pending ones, for a spool), then new ones with --follow."""
+        from cli.privacy import key_reader_for
+        from feedback.privacy import KeyStoreError
+
         types = set(type_) if type_ else None
         try:
             source = _source(kafka, spool, config)
+            reader = key_reader_for(keys, source.spool)
             with contextlib.suppress(KeyboardInterrupt):
                 if source.kafka is not None:
                     topics = _topics_for(topic, type_)
-                    _tail_kafka(source.kafka, topics, types, last, follow, as_json)
+                    _tail_kafka(source.kafka, topics, types, last, follow, as_json, reader)
                 elif source.spool is not None:
                     wanted = set(topic) if topic else None
-                    _tail_spool(source.spool, wanted, types, last, follow, as_json)
+                    _tail_spool(source.spool, wanted, types, last, follow, as_json, reader)
+        except KeyStoreError as exc:
+            raise _fail(CliError(str(exc))) from exc
         except CliError as exc:
             raise _fail(exc) from exc
 

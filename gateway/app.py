@@ -31,6 +31,7 @@ from gateway.routes import feedback, health, models
 from gateway.routes.admin_drift import admin_drift_router
 from gateway.routes.admin_experiments import admin_experiments_router
 from gateway.routes.admin_flags import admin_flags_router
+from gateway.routes.admin_privacy import admin_privacy_router
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
 from gateway.tracing import open_tracing
@@ -131,6 +132,7 @@ def create_app(
     app.include_router(admin_flags_router())
     app.include_router(admin_experiments_router())
     app.include_router(admin_drift_router())
+    app.include_router(admin_privacy_router())
     document_proxy_routes(app)
     return app
 
