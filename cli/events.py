@@ -369,7 +369,7 @@ def _tail_spool(
     # Merged by time across folders; stable, so one folder's order holds for equal times.
     backlog.sort(key=lambda item: item[0])
     for _, raw, event in backlog[-last:] if last else []:
-        _show(raw, event, as_json)
+        _show(raw, event, as_json, keys)
     while follow:
         time.sleep(_POLL_S)
         known = {reader.folder for reader in readers}
