@@ -64,6 +64,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Delete the unit's key: its content in every spool, topic and event log is unreadable."""
+        from feedback.privacy.config import key_dir
         from feedback.privacy.file_store import check_unit_hash
         from feedback.privacy.stores import forget_unit
         from gateway.ids import ResponseIdSigner
@@ -91,14 +92,24 @@ def register(app: typer.Typer) -> None:
             unit_key = ids.unit_key.get_secret_value().encode() if ids.unit_key else None
             unit_hash = ResponseIdSigner(signing, unit_key).unit_hash(unit)
         assert unit_hash is not None
+        privacy: PrivacyConfig = settings.events.privacy
+        directory = key_dir(privacy, settings.events.spool.dir)
+        where = (
+            f"{privacy.redis_url} ({privacy.namespace})"
+            if privacy.store == "redis"
+            else (str(directory))
+        )
         try:
             check_unit_hash(unit_hash)
-            privacy: PrivacyConfig = settings.events.privacy
+            if privacy.store == "file" and not directory.is_dir():
+                raise KeyStoreError(f"no key directory at {directory}: give the gateway's --config")
             existed = forget_unit(privacy, settings.events.spool.dir, unit_hash)
         except (ValueError, KeyStoreError, OSError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
         if existed:
-            typer.echo(f"forgot unit {unit_hash}: its sealed event content can no longer be read")
+            typer.echo(f"forgot unit {unit_hash}: its sealed content can no longer be read")
+            typer.echo(f"  key deleted from {where}")
         else:
-            typer.echo(f"unit {unit_hash} has no key (already forgotten, or nothing sealed)")
+            typer.echo(f"unit {unit_hash} has no key: already forgotten, or nothing sealed")
+            typer.echo(f"  looked in {where}")
