@@ -121,6 +121,7 @@ def register(app: typer.Typer) -> None:
             sources.append(f"kafka:{','.join(kafka)}#{group}")
         lines: Iterator[bytes] = itertools.chain.from_iterable(streams)
         from cli.privacy import key_reader_for
+        from feedback.privacy import KeyStoreError
         from feedback.privacy.reading import ErasureCounts, open_lines
 
         erasure = ErasureCounts()  # sealed content opened; forgotten units left out
@@ -134,7 +135,7 @@ def register(app: typer.Typer) -> None:
                 formats=formats,
                 overwrite=overwrite,
             )
-        except OutputExists as exc:
+        except (OutputExists, KeyStoreError) as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from exc
         for table in tables(doc)[:2]:
