@@ -9,11 +9,13 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from feedback.privacy import ERASED, KeyRing, SealError, UnitKey, open_event
 from feedback.privacy.keys import KeyCache
 from feedback.privacy.seal import seal_event, sealable
-from feedback.schema import SCHEMA_DIR, from_json, to_json
+from feedback.schema import SCHEMA_DIR, RequestContent, ResponseContent, from_json, to_json
 from tests.unit.feedback.events import completion, failed_completion, feedback
 
 UNIT = "0" * 32
@@ -119,3 +121,31 @@ def test_key_cache_is_bounded_and_entries_expire() -> None:
     assert cache.lookup("u2") == (False, None)
     cache.put("gone", None)
     assert cache.lookup("gone") == (True, None)  # "no key" is remembered too
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    messages=st.lists(st.dictionaries(st.text(max_size=8), JSON, max_size=4), max_size=4),
+    text=st.text(max_size=200),
+    edited=st.one_of(st.none(), st.text(min_size=1, max_size=100)),
+)
+def test_any_content_opens_back_to_itself(
+    messages: list[dict[str, Any]], text: str, edited: str | None
+) -> None:
+    key = UnitKey.new()
+    keys = KeyRing({UNIT: key})
+    for event in (
+        completion(request=RequestContent(messages=messages), response=ResponseContent(text=text)),
+        feedback(unit_hash=UNIT, edited_text=edited, comment=text or None),
+    ):
+        data = _dict(event)
+        seal_event(data, key, os.urandom(12))
+        wire = orjson.loads(orjson.dumps(data))
+        assert open_event(wire, keys) == _dict(event)
