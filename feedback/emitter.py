@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -194,11 +195,21 @@ class EventPipeline:
         if self.config.linger_s and not closing and len(waiting) < self.config.batch_max:
             await asyncio.sleep(self.config.linger_s)
 
+    async def _keys_ready(self, waiting: deque[Any], size: int) -> None:
+        """Fetch the content keys of the next batch while it still waits in the deque (so
+        a switch to the spool meanwhile moves it, in order); taking it is then immediate."""
+        sealer = self.sealer
+        for _ in range(3):  # units may arrive while it fetches; a few rounds, not forever
+            missing = sealer.missing(itertools.islice(waiting, size)) if sealer else None
+            if sealer is None or not missing:
+                return
+            await sealer.fetch(missing)
+
     async def _prepare(
         self, items: list[Event | PlainEvent | Record], waiting: Sized
     ) -> list[Record]:
         records: list[Record] = []
-        seal = await self.sealer.prepare(items) if self.sealer is not None else None
+        seal = self.sealer.hook(items) if self.sealer is not None else None
         in_slice = 0
         for index, item in enumerate(items):
             if in_slice >= max(_MIN_SLICE, (len(items) - index + len(waiting)) // 4):
@@ -229,6 +240,9 @@ class EventPipeline:
                 await self._queue_ready.wait()
                 continue
             await self._linger(self._queue, self._closing)
+            await self._keys_ready(self._queue, self.config.batch_max)
+            if not self._queue:
+                continue  # moved to the spool while the keys were fetched
             batch: list[Event | PlainEvent | Record] = [
                 self._queue.popleft() for _ in range(min(len(self._queue), self.config.batch_max))
             ]
@@ -259,10 +273,12 @@ class EventPipeline:
                 await self._spool_ready.wait()
                 continue
             await self._linger(self._spool_buf, self._spool_closing)
+            await self._keys_ready(self._spool_buf, self.config.batch_max * 4)
             size = min(len(self._spool_buf), self.config.batch_max * 4)
             batch = [self._spool_buf.popleft() for _ in range(size)]
-            records = await self._prepare(batch, self._spool_buf)
+            # In hand from here on: the replayer must not take the spool for idle meanwhile.
             self._spool_writing = True
+            records = await self._prepare(batch, self._spool_buf)
             try:
                 await self._spool.emit(records)
                 self.stats.spooled += len(records)

@@ -99,12 +99,12 @@ class KeyCache:
     def __len__(self) -> int:
         return len(self._items)
 
-    def lookup(self, unit_hash: str) -> tuple[bool, UnitKey | None]:
-        """(hit, value): a miss when absent or expired."""
+    def lookup(self, unit_hash: str, margin_s: float = 0.0) -> tuple[bool, UnitKey | None]:
+        """(hit, value): a miss when absent, expired, or expiring within `margin_s`."""
         item = self._items.get(unit_hash)
         if item is None:
             return False, None
-        if item[0] <= self._clock():
+        if item[0] <= self._clock() + margin_s:
             del self._items[unit_hash]
             return False, None
         self._items.move_to_end(unit_hash)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from feedback.privacy.file_store import FileKeyStore
-from feedback.privacy.keys import KeyStoreError, UnitKey
+from feedback.privacy.keys import UnitKey
 from feedback.privacy.redis_store import RedisKeyStore
 from feedback.privacy.seal import CONTENT_FIELDS, NONCE_BYTES, seal_event, sealable
 from feedback.schema import Event, PlainEvent
@@ -69,26 +69,46 @@ class Sealer:
         self._down_until = 0.0
         self._last_log = -_LOG_EVERY_S
 
-    async def prepare(self, items: Iterable[Event | PlainEvent | Record]) -> SealHook:
-        """Fetch (or make) the keys of the units in `items`; the hook that seals them."""
+    def missing(self, items: Iterable[Event | PlainEvent | Record]) -> set[str]:
+        """Units of `items` whose keys are not cached (or expire within a second); none
+        while the key store is failing (their content will be withheld)."""
+        if self._clock() < self._down_until:
+            return set()
+        cache = self.store.cache
         units = {unit for item in items if (unit := _unit_of(item)) is not None}
+        return {unit for unit in units if cache.lookup(unit, margin_s=1.0)[1] is None}
+
+    async def fetch(self, units: set[str]) -> None:
+        """Get (or make) these units' keys into the cache; on failure, rest the store."""
+        try:
+            await self.store.keys_for(units)
+        except Exception as exc:  # the worker's edge: a failing store must not stop events
+            self.stats.store_errors += 1
+            self._down_until = self._clock() + self._retry_after_s
+            self._warn(
+                "privacy: key store failed (%s); content of units without a "
+                "cached key is withheld for %.0fs",
+                exc,
+                self._retry_after_s,
+            )
+
+    async def prepare(self, items: Iterable[Event | PlainEvent | Record]) -> SealHook:
+        """Fetch what is missing, then the hook (for callers that hold `items` already)."""
+        items = list(items)
+        missing = self.missing(items)
+        if missing:
+            await self.fetch(missing)
+        return self.hook(items)
+
+    def hook(self, items: Iterable[Event | PlainEvent | Record]) -> SealHook:
+        """The hook that seals these items with the cached keys, without waiting."""
         keys: dict[str, UnitKey] = {}
-        if units and self._clock() >= self._down_until:
-            try:
-                keys = await self.store.keys_for(units)
-            except KeyStoreError as exc:
-                self.stats.store_errors += 1
-                self._down_until = self._clock() + self._retry_after_s
-                self._warn(
-                    "privacy: key store failed (%s); content of units without a "
-                    "cached key is withheld for %.0fs",
-                    exc,
-                    self._retry_after_s,
-                )
-        for unit in units - keys.keys():
-            hit, key = self.store.cache.lookup(unit)
-            if hit and key is not None:
-                keys[unit] = key
+        for item in items:
+            unit = _unit_of(item)
+            if unit is not None and unit not in keys:
+                key = self.store.cache.lookup(unit)[1]
+                if key is not None:
+                    keys[unit] = key
         return lambda data: self._seal(data, keys)
 
     def _seal(self, data: dict[str, Any], keys: dict[str, UnitKey]) -> None:
