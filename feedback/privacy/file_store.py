@@ -60,10 +60,12 @@ class FileKeyStore:
         hit, key = self.cache.lookup(unit_hash)
         if hit:
             return key
+        if not _UNIT_HASH.fullmatch(unit_hash):
+            return None  # not a hash this store could have made a key for
         try:
             key = self._read(unit_hash)
-        except ValueError:
-            return None
+        except (OSError, ValueError) as exc:  # a damaged key file is not an erased unit
+            raise KeyStoreError(f"key of unit {unit_hash} in {self.directory}: {exc}") from exc
         self.cache.put(unit_hash, key)
         return key
 

@@ -16,7 +16,7 @@ from feedback.emitter import open_pipeline
 from feedback.privacy import ERASED, open_event
 from feedback.privacy.config import PrivacyConfig
 from feedback.privacy.file_store import FileKeyStore
-from feedback.privacy.keys import KeyCache
+from feedback.privacy.keys import KeyCache, KeyStoreError
 from feedback.privacy.redis_store import RedisKeyReader, RedisKeyStore
 from feedback.privacy.sealer import Sealer
 from feedback.privacy.stores import forget_unit, key_reader
@@ -158,3 +158,11 @@ def test_sealing_can_be_turned_off(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert b"plain-text" in orjson.dumps(_spooled(tmp_path / "spool"))
+
+
+def test_a_damaged_key_file_is_an_error_not_an_erased_unit(tmp_path: Path) -> None:
+    FileKeyStore(tmp_path, cache()).get_or_create(ALICE)
+    (tmp_path / "aa" / f"{ALICE}.key").write_bytes(b"short")
+    with pytest.raises(KeyStoreError, match="40 bytes"):
+        FileKeyStore(tmp_path, cache()).unit_key(ALICE)
+    assert FileKeyStore(tmp_path, cache()).unit_key("not-a-hash") is None
