@@ -23,8 +23,8 @@ class PrivacyConfig(BaseModel):
     namespace: str = "loopgate"
     # Keys held in memory by a writer or reader: bounded, and each entry expires, so a
     # forget that missed the Redis broadcast (or a file store's other workers) takes
-    # effect within cache_ttl_s.
-    cache_size: int = Field(100_000, ge=1)
+    # effect within cache_ttl_s. It must hold a batch's units (4 x events.batch_max).
+    cache_size: int = Field(100_000, ge=4096)
     cache_ttl_s: float = Field(60.0, gt=0)
     # A key store that failed is not asked again for this long: meanwhile the content of
     # units whose keys are not cached is withheld (metadata still goes out).
