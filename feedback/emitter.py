@@ -393,7 +393,8 @@ async def open_pipeline(
     if primary is None and config.kafka is not None:
         primary = KafkaSink(config.kafka)
     redactor = Redactor.from_config(config.redaction) if config.redaction.enabled else None
-    store = key_store(config.privacy, config.spool.dir) if config.privacy.seal else None
+    shared = config.kafka is not None or primary is not None
+    store = key_store(config.privacy, config.spool.dir, shared) if config.privacy.seal else None
     sealer = Sealer(store, config.privacy.retry_after_s) if store is not None else None
     pipeline = EventPipeline(config, instance, spool, primary, redactor, sealer)
     pipeline.start()
