@@ -10,7 +10,7 @@ import orjson
 from feedback.privacy.keys import KeyReader
 from feedback.privacy.seal import SealError, open_event
 
-_SEALED = b'"sealed":{'  # how orjson writes a sealed body: unsealed lines skip the parse
+_UNSEALED = b'"sealed":null'  # how compact JSON (orjson) writes a body never sealed
 
 
 @dataclass
@@ -25,8 +25,8 @@ class ErasureCounts:
 def open_lines(lines: Iterable[bytes], keys: KeyReader, counts: ErasureCounts) -> Iterator[bytes]:
     """The lines with sealed content restored; events of forgotten units are skipped."""
     for line in lines:
-        if _SEALED not in line:
-            yield line
+        if b'"sealed"' not in line or _UNSEALED in line:
+            yield line  # never sealed: no need to parse it here
             continue
         try:
             event = orjson.loads(line)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from feedback.privacy import ERASED, KeyRing, SealError, UnitKey, open_event
 from feedback.privacy.keys import KeyCache
+from feedback.privacy.reading import ErasureCounts, open_lines
 from feedback.privacy.seal import seal_event, sealable
 from feedback.schema import SCHEMA_DIR, RequestContent, ResponseContent, from_json, to_json
 from tests.unit.feedback.events import completion, failed_completion, feedback
@@ -149,3 +150,18 @@ def test_any_content_opens_back_to_itself(
         seal_event(data, key, os.urandom(12))
         wire = orjson.loads(orjson.dumps(data))
         assert open_event(wire, keys) == _dict(event)
+
+
+def test_open_lines_restores_skips_forgotten_units_and_counts_them() -> None:
+    kept, gone = UnitKey.new(), UnitKey.new()
+    other = "f" * 32
+    alive = _sealed(SAMPLES["completion"], kept)
+    erased = _dict(completion(text="gone-text", unit_hash=other))
+    seal_event(erased, gone, os.urandom(12))
+    pretty = json.dumps(alive, indent=1).replace("\n", " ").encode()  # spaces after colons
+    plain = _dict(feedback())
+    lines = [orjson.dumps(alive), pretty, orjson.dumps(erased), orjson.dumps(plain)]
+    counts = ErasureCounts()
+    out = [orjson.loads(line) for line in open_lines(lines, KeyRing({UNIT: kept}), counts)]
+    assert out == [_dict(SAMPLES["completion"])] * 2 + [plain]
+    assert (counts.erased_events, counts.erased_units) == (1, {other})
