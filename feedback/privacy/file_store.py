@@ -113,7 +113,7 @@ class FileKeyStore:
         out: dict[str, UnitKey] = {}
         missing = []
         for unit in unit_hashes:
-            hit, key = self.cache.lookup(unit)
+            hit, key = self.cache.lookup(unit, margin_s=1.0)  # as Sealer.missing asks
             if hit and key is not None:
                 out[unit] = key
             else:

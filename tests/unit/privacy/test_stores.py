@@ -166,3 +166,21 @@ def test_a_damaged_key_file_is_an_error_not_an_erased_unit(tmp_path: Path) -> No
     with pytest.raises(KeyStoreError, match="40 bytes"):
         FileKeyStore(tmp_path, cache()).unit_key(ALICE)
     assert FileKeyStore(tmp_path, cache()).unit_key("not-a-hash") is None
+
+
+def test_a_key_about_to_expire_is_fetched_again_not_left_to_lapse(tmp_path: Path) -> None:
+    now = [0.0]
+    store = FileKeyStore(tmp_path, KeyCache(10_000, 60, clock=lambda: now[0]))
+    sealer = Sealer(store)
+    event = completion(unit_hash=ALICE)
+
+    async def main() -> None:
+        assert sealer.missing([event]) == {ALICE}
+        await sealer.fetch({ALICE})
+        assert sealer.missing([event]) == set()
+        now[0] = 59.5  # half a second left: fetched again, and good for another minute
+        assert sealer.missing([event]) == {ALICE}
+        await sealer.fetch({ALICE})
+        assert sealer.missing([event]) == set()
+
+    asyncio.run(main())
