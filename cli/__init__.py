@@ -60,6 +60,7 @@ def _register() -> None:
         experiments,
         flags,
         keys,
+        privacy,
         rollout,
         serve,
         sim,
@@ -77,6 +78,7 @@ def _register() -> None:
         demo,
         keys,
         console,
+        privacy,
     ):
         module.register(app)
 

@@ -82,18 +82,22 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="spaCy NER pipeline for the Presidio pass (package or directory)."),
         ] = None,
+        keys: Annotated[str | None, typer.Option(help="Key store of sealed content.")] = None,
     ) -> None:
         """Join events, apply the pairing and labelling rules, write files and a manifest."""
         import orjson
         import yaml
         from rich.console import Console
 
+        from cli.privacy import key_reader_for
         from feedback.datasets.build import BuildConfig
         from feedback.datasets.export import OutputExists, export
         from feedback.datasets.report import summary
         from feedback.datasets.sources import EventLog, KafkaSource, read_jsonl, read_spool
         from feedback.datasets.thorough import ThoroughUnavailable
         from feedback.datasets.writers import FORMATS
+        from feedback.privacy import KeyStoreError
+        from feedback.privacy.reading import ErasureCounts, open_lines
 
         if not (jsonl or spool or kafka):
             raise typer.BadParameter("give at least one source: --jsonl, --spool or --kafka")
@@ -147,6 +151,8 @@ def register(app: typer.Typer) -> None:
             streams.append(log.lines())
             sources.append(f"kafka:{','.join(kafka)}#{group}")
         lines: Iterator[bytes] = itertools.chain.from_iterable(streams)
+        erasure = ErasureCounts()  # sealed content opened; forgotten units left out
+        lines = open_lines(lines, key_reader_for(keys, spool[0] if spool else None), erasure)
         phases = {"read": "read {n:,} event lines", "join": "joined part {n}/" + str(parts),
                   "rules": "rules on part {n}/" + str(parts)}  # fmt: skip
         try:
@@ -171,12 +177,27 @@ def register(app: typer.Typer) -> None:
                 f"[red]{out} already holds a dataset[/red]: pass --overwrite to replace it"
             )
             raise typer.Exit(1) from exc
+        except KeyStoreError as exc:
+            errors.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
         except ThoroughUnavailable as exc:
             errors.print(f"[red]the thorough redaction pass cannot run[/red]: {exc}")
             raise typer.Exit(1) from exc
+        erased = {
+            "erased_events": erasure.erased_events,
+            "erased_units": len(erasure.erased_units),
+            "unreadable": erasure.unreadable,
+        }
         if as_json:
-            typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+            typer.echo(
+                orjson.dumps({**doc, "erasure": erased}, option=orjson.OPT_INDENT_2).decode()
+            )
             return
+        if erasure.erased_events or erasure.unreadable:
+            console.print(
+                f"left out {erasure.erased_events} events of {len(erasure.erased_units)} "
+                f"forgotten units; {erasure.unreadable} sealed events did not verify"
+            )
         for part in summary(doc, out):
             console.print(part)
 

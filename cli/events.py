@@ -160,7 +160,15 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _show(raw: bytes, event: dict[str, Any], as_json: bool) -> None:
+def _show(raw: bytes, event: dict[str, Any], as_json: bool, keys: Any = None) -> None:
+    import orjson
+
+    from feedback.privacy import SealError, is_sealed, open_event
+
+    if keys is not None and is_sealed(event):  # content shown opened, or "[erased]"
+        with contextlib.suppress(SealError):  # tampered: shown sealed, as it is
+            event = open_event(event, keys)
+            raw = orjson.dumps(event)
     if as_json:
         print(raw.decode(), flush=True)
     else:
@@ -194,7 +202,7 @@ def _kafka_errors() -> Any:
 
 def _tail_kafka(
     servers: list[str], topics: list[str], wanted: Filter, last: int | None, follow: bool,
-    as_json: bool,
+    as_json: bool, keys: Any = None,
 ) -> None:  # fmt: skip
     from feedback.sinks.kafka_reader import TopicReader
 
@@ -202,12 +210,12 @@ def _tail_kafka(
         shown = [(raw, ev) for raw in reader.backlog(last)
                  if (ev := _parse(raw)) is not None and wanted.matches(ev)]  # fmt: skip
         for raw, event in _last(shown, last):
-            _show(raw, event, as_json)
+            _show(raw, event, as_json, keys)
         while follow:
             for raw in reader.poll():
                 new = _parse(raw)
                 if new is not None and wanted.matches(new):
-                    _show(raw, new, as_json)
+                    _show(raw, new, as_json, keys)
 
 
 def _last(items: list[Any], last: int | None) -> list[Any]:
@@ -219,7 +227,9 @@ def _last(items: list[Any], last: int | None) -> list[Any]:
 # --- the spool: tail, stats, replay ------------------------------------------------------
 
 
-def _tail_spool(root: Path, wanted: Filter, last: int | None, follow: bool, as_json: bool) -> None:
+def _tail_spool(
+    root: Path, wanted: Filter, last: int | None, follow: bool, as_json: bool, keys: Any = None
+) -> None:
     from feedback.sinks.spool import SpoolPosition
     from feedback.sinks.spool_reader import SpoolReader, spool_folders
 
@@ -233,7 +243,7 @@ def _tail_spool(root: Path, wanted: Filter, last: int | None, follow: bool, as_j
     # Merged by time across folders; stable, so one folder's order holds for equal times.
     backlog.sort(key=lambda item: item[0])
     for _, raw, event in _last(backlog, last):
-        _show(raw, event, as_json)
+        _show(raw, event, as_json, keys)
     while follow:
         time.sleep(_POLL_S)
         known = {reader.folder for reader in readers}
@@ -243,7 +253,7 @@ def _tail_spool(root: Path, wanted: Filter, last: int | None, follow: bool, as_j
             for raw in reader.read():
                 event = _parse(raw)
                 if event is not None and wanted.matches(event):
-                    _show(raw, event, as_json)
+                    _show(raw, event, as_json, keys)
 
 
 def _stats_table(rows: list[FolderStats]) -> None:
@@ -329,19 +339,28 @@ def register(app: typer.Typer) -> None:
         ] = None,
         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Raw JSON lines")] = False,
+        keys: Annotated[
+            str | None, typer.Option("--keys", help="Key store (dir, redis://)")
+        ] = None,
     ) -> None:
         """The last events (pending ones, for a spool), then new ones with --follow."""
+        from cli.privacy import key_reader_for
+        from feedback.privacy import KeyStoreError
+
         start = parse_time(since, datetime.now(UTC)) if since is not None else None
         count = last if last is not None else (None if start is not None else 10)
         wanted = Filter(set(topic) if topic else None, set(type_) if type_ else None, start)
         try:
             source = _source(kafka, spool, config)
+            reader = key_reader_for(keys, source.spool)
             with contextlib.suppress(KeyboardInterrupt), _spool_errors():
                 if source.kafka is not None:
                     topics = _topics_for(topic, type_)
-                    _tail_kafka(source.kafka, topics, wanted, count, follow, as_json)
+                    _tail_kafka(source.kafka, topics, wanted, count, follow, as_json, reader)
                 elif source.spool is not None:
-                    _tail_spool(source.spool, wanted, count, follow, as_json)
+                    _tail_spool(source.spool, wanted, count, follow, as_json, reader)
+        except KeyStoreError as exc:
+            raise fail(CliError(str(exc))) from exc
         except CliError as exc:
             raise fail(exc) from exc
 

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from feedback.privacy.config import PrivacyConfig
+
 
 class _Strict(BaseModel):
     """Config sections refuse unknown keys so a typo is an error, not a silent default."""
@@ -83,6 +85,8 @@ class EventsConfig(_Strict):
     kafka: KafkaConfig | None = None
     spool: SpoolConfig = SpoolConfig()
     redaction: RedactionConfig = RedactionConfig()
+    # Content sealed per unit so a unit can be forgotten (docs/privacy.md).
+    privacy: PrivacyConfig = PrivacyConfig()
     queue_size: int = Field(10_000, ge=1)
     # Events waiting for the spool writer once the queue overflowed or Kafka failed.
     spool_buffer: int = Field(20_000, ge=1)

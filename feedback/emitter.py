@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from feedback.config import EventsConfig
+from feedback.privacy.sealer import Sealer
+from feedback.privacy.stores import key_store
 from feedback.redact import Redactor
 from feedback.schema import Event, PlainEvent
 from feedback.scrub import scrub_json
@@ -92,8 +95,10 @@ class EventPipeline:
         primary: EventSink | None,
         redactor: Redactor | None,
         dead_letter: SpoolSink | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         self.config = config
+        self.sealer = sealer  # content sealed per unit after redaction (feedback.privacy)
         self.gateway = gateway
         self.stats = PipelineStats()
         self._spool = spool
@@ -205,10 +210,21 @@ class EventPipeline:
         if self.config.linger_s and not closing and len(waiting) < self.config.batch_max:
             await asyncio.sleep(self.config.linger_s)
 
+    async def _keys_ready(self, waiting: deque[Any], size: int) -> None:
+        """Fetch the content keys of the next batch while it still waits in the deque (so
+        a switch to the spool meanwhile moves it, in order); taking it is then immediate."""
+        sealer = self.sealer
+        for _ in range(3):  # units may arrive while it fetches; a few rounds, not forever
+            missing = sealer.missing(itertools.islice(waiting, size)) if sealer else None
+            if sealer is None or not missing:
+                return
+            await sealer.fetch(missing)
+
     async def _prepare(
         self, items: list[Event | PlainEvent | Record], waiting: Sized
     ) -> list[Record]:
         records: list[Record] = []
+        seal = self.sealer.hook(items) if self.sealer is not None else None
         in_slice = 0
         for index, item in enumerate(items):
             if in_slice >= max(_MIN_SLICE, (len(items) - index + len(waiting)) // 4):
@@ -219,7 +235,7 @@ class EventPipeline:
                 records.append(item)
                 continue
             try:
-                data, found = scrub_json(item, self._redactor)
+                data, found = scrub_json(item, self._redactor, seal)
                 records.append(Record(item.topic, item.key, data))
             except Exception:
                 log.exception("events: cannot serialise a %s event; dropped", item.type)
@@ -244,6 +260,9 @@ class EventPipeline:
                 await self._queue_ready.wait()
                 continue
             await self._linger(self._queue, self._closing)
+            await self._keys_ready(self._queue, self.config.batch_max)
+            if not self._queue:
+                continue  # moved to the spool while the keys were fetched
             batch: list[Event | PlainEvent | Record] = [
                 self._queue.popleft() for _ in range(min(len(self._queue), self.config.batch_max))
             ]
@@ -273,6 +292,7 @@ class EventPipeline:
                 await self._spool_ready.wait()
                 continue
             await self._linger(self._spool_buf, self._spool_closing)
+            await self._keys_ready(self._spool_buf, self.config.batch_max * 4)
             size = min(len(self._spool_buf), self.config.batch_max * 4)
             # Busy from the moment the batch leaves the buffer: while it is being prepared
             # the buffer can look empty, and the replayer must not go back to direct mode
@@ -457,9 +477,18 @@ async def open_pipeline(
             config.spool.dead_letter_max_bytes,
         )
     redactor = Redactor.from_config(config.redaction) if config.redaction.enabled else None
-    pipeline = EventPipeline(config, instance, spool, primary, redactor, dead_letter)
+    shared = config.kafka is not None or primary is not None
+    store = key_store(config.privacy, config.spool.dir, shared) if config.privacy.seal else None
+    sealer = Sealer(store, config.privacy.retry_after_s) if store is not None else None
+    pipeline = EventPipeline(
+        config, instance, spool, primary, redactor, dead_letter=dead_letter, sealer=sealer
+    )
     pipeline.start()
     try:
+        if store is not None and hasattr(store, "listen"):
+            store.listen()  # forgets made on other replicas reach this one's key cache
         yield pipeline
     finally:
         await pipeline.aclose()
+        if store is not None:
+            await store.aclose()

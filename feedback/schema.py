@@ -104,6 +104,17 @@ class ErrorInfo(_Model):
     status: int | None = None
 
 
+class Sealed(_Model):
+    """Content fields encrypted with the unit's key (feedback.privacy); they read null (or
+    "") in the body until opened with that key."""
+
+    alg: Literal["A256GCM"] = "A256GCM"
+    kid: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
+    nonce: str
+    ciphertext: str
+    fields: list[str] = Field(min_length=1)
+
+
 class CompletionBody(_Model):
     """One answer: who asked which variant, what was said, how it went."""
 
@@ -128,6 +139,7 @@ class CompletionBody(_Model):
     safety: Findings = Field(default_factory=dict)
     consent: Consent = "full"
     fallback: bool = False
+    sealed: Sealed | None = None
 
 
 class FeedbackBody(_Model):
@@ -156,6 +168,7 @@ class FeedbackBody(_Model):
     # kind `preference`: response_id is answer A, other_response_id answer B.
     other_response_id: str | None = None
     winner: Winner | None = None
+    sealed: Sealed | None = None
 
     @model_validator(mode="after")
     def _pair(self) -> Self:

@@ -12,6 +12,7 @@ is walked whole (strings, dictionary keys and PII-shaped numbers).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -159,13 +160,20 @@ def scrub_data(data: dict[str, Any], redactor: Redactor | None) -> Findings:
     return found
 
 
-def scrub_json(event: Event | PlainEvent, redactor: Redactor | None) -> tuple[bytes, Findings]:
+def scrub_json(
+    event: Event | PlainEvent,
+    redactor: Redactor | None,
+    seal: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[bytes, Findings]:
     """The event redacted (content dropped under consent "none") as JSON bytes: the worker's path.
 
     A PlainEvent's dict is redacted in place: it belongs to the pipeline once emitted.
+    `seal` then encrypts its content (feedback.privacy), after redaction has seen it.
     """
     data = event.data if isinstance(event, PlainEvent) else event.model_dump()
     found = scrub_data(data, redactor)
+    if seal is not None:
+        seal(data)
     return orjson.dumps(data, option=orjson.OPT_UTC_Z), found
 
 

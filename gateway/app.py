@@ -34,6 +34,7 @@ from gateway.routes import feedback, health, models
 from gateway.routes.admin_drift import admin_drift_router
 from gateway.routes.admin_experiments import admin_experiments_router
 from gateway.routes.admin_flags import admin_flags_router
+from gateway.routes.admin_privacy import admin_privacy_router
 from gateway.routes.admin_whoami import admin_whoami_router
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
@@ -148,6 +149,7 @@ def create_app(
     app.include_router(admin_whoami_router())
     if settings.console.enabled:
         install_console(app)
+    app.include_router(admin_privacy_router())
     document_proxy_routes(app)
     return app
 

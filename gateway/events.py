@@ -70,6 +70,7 @@ def completion_event(
         "safety": dict(safety) if safety else {},  # safety check findings; redaction adds its own
         "consent": "none" if ex.consent == "none" else "full",
         "fallback": ex.fallback,
+        "sealed": None,  # the pipeline seals content per unit (feedback.privacy)
     }
     return PlainEvent("completion", COMPLETIONS_TOPIC, response_id, data)
 

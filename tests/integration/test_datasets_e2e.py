@@ -127,6 +127,7 @@ def test_seeded_feedback_becomes_exactly_the_expected_datasets(
         [
             "datasets", "build", "--kafka", kafka_broker.bootstrap, "--group", "e2e",
             "--state", str(tmp_path / "state"), "--out", str(out), "--test-fraction", "0",
+            "--keys", str(tmp_path / "keys"),  # the gateway's content keys, beside its spool
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output

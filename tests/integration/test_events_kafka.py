@@ -23,6 +23,9 @@ import jsonschema
 import pytest
 import yaml
 
+from feedback.privacy import KeyReader, open_event
+from feedback.privacy.file_store import FileKeyStore
+from feedback.privacy.keys import KeyCache
 from feedback.schema import AUDIT_TOPIC, COMPLETIONS_TOPIC, FEEDBACK_TOPIC, SCHEMA_DIR
 from feedback.sinks.kafka_reader import end_offsets
 from tests.support.gateway import GatewayServer, pool
@@ -139,6 +142,12 @@ def _event(record: Any) -> dict[str, Any]:
     return event
 
 
+def _keys(gateway: GatewayServer) -> KeyReader:
+    """The gateway's content keys: the file store beside its spool (the default)."""
+    spool = yaml.safe_load(gateway.config_path.read_text())["events"]["spool"]["dir"]
+    return FileKeyStore(Path(spool).parent / "keys", KeyCache(1000, 60))
+
+
 # -- one gateway, one broker, two policy versions for the content tests -------------------
 
 
@@ -214,9 +223,11 @@ def test_answer_and_feedback_reach_their_topics_keyed_with_flag_and_variant(
     ours = [r for r in records if r.key.decode() in answers]
     completions = [r for r in ours if r.topic == COMPLETIONS_TOPIC]
     assert sorted(r.key.decode() for r in completions) == sorted(answers)  # one per answer
+    keys = _keys(gateway)
     for record in ours:
         event = _event(record)
-        jsonschema.validate(event, SCHEMAS[event["type"]])
+        jsonschema.validate(event, SCHEMAS[event["type"]])  # as sealed on the wire
+        event = open_event(event, keys)
         body = event["body"]
         variant, text = answers[body["response_id"]]
         assert record.key.decode() == body["response_id"]
@@ -261,7 +272,7 @@ def test_streamed_answer_event_carries_the_streamed_text_and_usage(
     (record,) = [r for r in records if r.key.decode() == response_id]
     event = _event(record)
     jsonschema.validate(event, SCHEMAS["completion"])
-    body = event["body"]
+    body = open_event(event, _keys(gateway))["body"]
     assert body["stream"] is True
     assert body["response"]["text"] == "".join(parts)
     assert body["usage"]["prompt_tokens"] == usage.prompt_tokens

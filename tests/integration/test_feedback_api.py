@@ -16,6 +16,9 @@ import httpx
 import jsonschema
 import pytest
 
+from feedback.privacy import open_event
+from feedback.privacy.file_store import FileKeyStore
+from feedback.privacy.keys import KeyCache
 from feedback.schema import SCHEMA_DIR
 from feedback.sinks.spool import SEGMENT_SUFFIX
 from gateway.auth import hash_secret
@@ -47,10 +50,12 @@ def setup(
 
 
 def _events(spool: Path) -> list[dict[str, Any]]:
+    """The spooled events, content opened with the keys beside the spool (sealed on disk)."""
     lines = []
     for path in sorted(spool.rglob(f"*{SEGMENT_SUFFIX}")):
         lines.extend(line for line in path.read_bytes().splitlines() if line.strip())
-    return [json.loads(line) for line in lines]
+    keys = FileKeyStore(spool.parent / "keys", KeyCache(1000, 60))
+    return [open_event(json.loads(line), keys) for line in lines]
 
 
 def _schema(kind: str) -> dict[str, Any]:
