@@ -105,7 +105,9 @@ def test_recall_on_the_synthetic_set(tiny_ner: str) -> None:
     for category in first:
         assert both[category] >= first[category], category
     for category in ("address", "date_of_birth", "passport", "tax_id", "phone"):
-        assert first[category] < 0.9 <= both[category], (category, first, both)
+        assert both[category] >= 0.9, (category, first, both)
+    # Addresses need the thorough pass: no regex of the serving path looks for them.
+    assert first["address"] < 0.9
     # Names rest on the tiny NER: far above the regex pass's nothing, far from a real model.
     assert first["name"] == 0.0
     assert both["name"] >= 0.7, both
