@@ -53,6 +53,13 @@ SAFETY_SOURCES = ("prompt", "answer")
 _CHILD_CACHE_MAX = 4096
 
 
+# The report categories apps may name; any other is counted as `other` (bounded labels).
+REPORT_CATEGORIES = frozenset(
+    {"harmful", "hate", "harassment", "self_harm", "sexual", "violence", "privacy",
+     "misinformation", "jailbreak", "spam", "other"}
+)  # fmt: skip
+
+
 @dataclass(slots=True)
 class RouteMetrics:
     """Collector children for one (flag, variant, model, route), looked up once and reused."""
@@ -251,11 +258,8 @@ class Metrics:
 
     def bind(self, runtime: Runtime) -> None:
         """Export the event pipeline's, flags' and upstreams' state at scrape time."""
-        # Imported here: the route module imports the app's dependencies, which import this.
-        from gateway.routes.feedback import _REPORT_CATEGORIES
-
         self._runtime = runtime
-        self.report_categories = tuple(sorted(_REPORT_CATEGORIES))
+        self.report_categories = tuple(sorted(REPORT_CATEGORIES))
         self.registry.register(_RuntimeCollector(runtime))
         if self.multiprocess_dir is not None:
             self._mirror = _Mirror()

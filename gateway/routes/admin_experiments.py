@@ -7,31 +7,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request, Response
+from fastapi import APIRouter, Body, Depends, Response
 from pydantic import ValidationError
 
-from gateway.errors import Conflict, NotFound, UnprocessableEntity
+from gateway.deps import ExperimentsDep, FlagsDep
+from gateway.errors import NotFound, UnprocessableEntity
 from gateway.routes.admin_flags import require_role
 from rollout.plan import RolloutPlan
-from rollout.service import Experiments, view
+from rollout.service import view
 from router.model import Flag
 from router.stores.base import FlagStore
 
 
-def _experiments(request: Request) -> Experiments:
-    experiments: Experiments | None = getattr(request.app.state, "experiments", None)
-    if experiments is None:
-        raise Conflict("experiments are disabled (experiments.enabled is false)")
-    return experiments
-
-
-ExperimentsDep = Annotated[Experiments, Depends(_experiments)]
-
-
-async def _flag(request: Request, key: str) -> Flag:
-    store: FlagStore | None = getattr(request.app.state, "flags", None)
-    if store is None:
-        raise Conflict("no flag store is configured (flags.source is none)")
+async def _flag(store: FlagStore, key: str) -> Flag:
     flag = store.snapshot().flags.get(key)
     if flag is None:
         raise NotFound(f"no flag {key!r}", param="key")
@@ -46,7 +34,7 @@ def admin_experiments_router() -> APIRouter:
     editor = [Depends(require_role("flag_editor"))]
 
     @router.get("")
-    async def list_experiments(request: Request, exp: ExperimentsDep) -> dict[str, Any]:
+    async def list_experiments(exp: ExperimentsDep) -> dict[str, Any]:
         """Flags with a rollout plan or with counts, and each plan's status."""
         plans = {p.flag: p for p in await exp.plans.plans()}
         keys = sorted(set(plans) | set(await exp.counters.backend.flags()))
@@ -83,12 +71,12 @@ def admin_experiments_router() -> APIRouter:
     @router.put("/{key:path}/rollout", dependencies=editor)
     async def put_rollout(
         key: str,
-        request: Request,
+        store: FlagsDep,
         exp: ExperimentsDep,
         body: Annotated[dict[str, Any], Body()],
     ) -> dict[str, Any]:
         """Put a plan on a flag; the controller starts it at its first step."""
-        flag = await _flag(request, key)
+        flag = await _flag(store, key)
         try:
             plan = RolloutPlan.model_validate({**body, "flag": key})
         except ValidationError as exc:
@@ -105,14 +93,14 @@ def admin_experiments_router() -> APIRouter:
         }
 
     @router.post("/{key:path}/rollout/resume", dependencies=editor)
-    async def resume(key: str, request: Request, exp: ExperimentsDep) -> dict[str, Any]:
+    async def resume(key: str, store: FlagsDep, exp: ExperimentsDep) -> dict[str, Any]:
         """Let a paused rollout go on from the weights the flag has now."""
         from rollout.controller import canary_share
 
         plan, state = await exp.plans.plan(key), await exp.plans.state(key)
         if plan is None or state is None:
             raise NotFound(f"flag {key!r} has no started rollout", param="key")
-        flag = await _flag(request, key)
+        flag = await _flag(store, key)
         resumed = state.model_copy(update={"status": "running", "share": canary_share(flag, plan)})
         await exp.plans.put_state(resumed)
         return {"object": "rollout", "flag": key, "state": resumed.model_dump(mode="json")}
@@ -124,9 +112,9 @@ def admin_experiments_router() -> APIRouter:
         return Response(status_code=204)
 
     @router.get("/{key:path}")
-    async def get_experiment(key: str, request: Request, exp: ExperimentsDep) -> dict[str, Any]:
+    async def get_experiment(key: str, store: FlagsDep, exp: ExperimentsDep) -> dict[str, Any]:
         """Per variant counts, shares with intervals, lift, sequential test, SRM and decision."""
-        return await view(exp, await _flag(request, key))
+        return await view(exp, await _flag(store, key))
 
     return router
 
