@@ -183,7 +183,7 @@ class ProxyRequest:
                 raise InvalidRequest(f"n is {n}; this API key allows {ceiling} tokens", param="n")
             body["max_tokens"] = each = ceiling // n
             return each * n
-        return self.rt.limiter.config.default_max_tokens * n
+        return self.rt.limiter.default_max_tokens * n
 
     # -- route -----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ A new observer (shadow traffic, online evaluators, ...) is added in one place: t
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -28,9 +29,11 @@ from gateway.tracing import RequestTrace, Tracing
 from rollout.counters import ExperimentCounters
 from router.stores.base import AuditRecord, AuditSink, log_audit
 
+log = logging.getLogger(__name__)
+
 
 class RequestObserver(Protocol):
-    """Sees every request and every piece of feedback; must not raise or block."""
+    """Sees every request and every piece of feedback; must not block (failures are logged)."""
 
     def started(self, ex: Exchange) -> None:
         """The request arrived (nothing is known about it yet but its id and kind)."""
@@ -73,7 +76,7 @@ class Recorder:
         self.observer = observer
         self.events = events
         self.counters = counters
-        self.observers = tuple(observers)
+        self.observers = tuple(_Guarded(o) for o in observers)
 
     def begin(self, ex: Exchange, route_label: str, headers: Any) -> Recording:
         """Request started: its Recording, which the request path reports every moment to."""
@@ -315,6 +318,54 @@ class TracedRecording(Recording):
         self.trace.end(ex)
         for o in self.r.observers:
             o.finished(ex)
+
+
+class _Guarded:
+    """An observer whose failures are logged, never raised into the request path."""
+
+    __slots__ = ("_o",)
+
+    def __init__(self, observer: RequestObserver) -> None:
+        self._o = observer
+
+    def _failed(self, moment: str) -> None:
+        log.exception("observer %s failed at %s", type(self._o).__name__, moment)
+
+    def started(self, ex: Exchange) -> None:
+        try:
+            self._o.started(ex)
+        except Exception:
+            self._failed("started")
+
+    def routed(self, ex: Exchange) -> None:
+        try:
+            self._o.routed(ex)
+        except Exception:
+            self._failed("routed")
+
+    def first_byte(self, ex: Exchange) -> None:
+        try:
+            self._o.first_byte(ex)
+        except Exception:
+            self._failed("first_byte")
+
+    def chunk(self, ex: Exchange, data: bytes) -> None:
+        try:
+            self._o.chunk(ex, data)
+        except Exception:
+            self._failed("chunk")
+
+    def finished(self, ex: Exchange) -> None:
+        try:
+            self._o.finished(ex)
+        except Exception:
+            self._failed("finished")
+
+    def feedback_received(self, body: FeedbackBody) -> None:
+        try:
+            self._o.feedback_received(body)
+        except Exception:
+            self._failed("feedback_received")
 
 
 def audit_writer(events: EventPipeline | None, instance: str) -> AuditSink:
