@@ -193,7 +193,7 @@ class ProxyRequest:
         ctx = self._context(inbound.user)
         self.ex.unit_id = ctx.unit_id
         rec.routing(inbound.model)
-        self.route = route = self.rt.resolver.resolve(inbound.model, ctx)
+        self.route = route = self.rt.resolver.resolve(ctx)
         rec.routed(route, ctx.unit_from)
         if inbound.stream and not inbound.include_usage:
             # Ask for usage anyway so tokens are always counted; the extra chunk is
@@ -212,7 +212,13 @@ class ProxyRequest:
         else:
             unit, source = app_id, "app"
         return RequestContext(
-            unit, app_id, source, attributes, headers.qa_variant, self.app.qa_override
+            unit_id=unit,
+            app_id=app_id,
+            model=self.inbound.model,
+            attributes=attributes,
+            qa_variant=headers.qa_variant,
+            qa_allowed=self.app.qa_override,
+            unit_from=source,
         )
 
     # -- send ------------------------------------------------------------------------------
