@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
@@ -12,6 +12,8 @@ from gateway.runtime import Runtime
 from gateway.settings import Settings
 from rollout.service import Experiments
 from router.stores.base import FlagStore
+
+_T = TypeVar("_T")
 
 
 def _runtime(request: Request) -> Runtime:
@@ -31,23 +33,24 @@ def _settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
+def _present(part: _T | None, why_not: str) -> _T:
+    """A part of the runtime that configuration may turn off; 409 saying how when it is off."""
+    if part is None:
+        raise Conflict(why_not)
+    return part
+
+
 def _flags(request: Request) -> FlagStore:
-    """The flag store, or 409 when none is configured."""
-    store: FlagStore | None = _runtime(request).flags
-    if store is None:
-        raise Conflict("no flag store is configured (flags.source is none)")
-    return store
+    return _present(_runtime(request).flags, "no flag store is configured (flags.source is none)")
 
 
 FlagsDep = Annotated[FlagStore, Depends(_flags)]
 
 
 def _experiments(request: Request) -> Experiments:
-    """The experiments service, or 409 when experiments are off."""
-    experiments: Experiments | None = _runtime(request).experiments
-    if experiments is None:
-        raise Conflict("experiments are disabled (experiments.enabled is false)")
-    return experiments
+    return _present(
+        _runtime(request).experiments, "experiments are disabled (experiments.enabled is false)"
+    )
 
 
 ExperimentsDep = Annotated[Experiments, Depends(_experiments)]
