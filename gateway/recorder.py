@@ -163,7 +163,7 @@ class TracedRecorder(Recorder):
 class Recording:
     """The moments of one request, reported by the request path as they happen."""
 
-    __slots__ = ("_last", "ex", "label", "r", "rm")
+    __slots__ = ("_last", "ex", "label", "r", "rm", "watched")
 
     def __init__(self, recorder: Recorder, ex: Exchange, label: str) -> None:
         self.r = recorder
@@ -171,6 +171,8 @@ class Recording:
         self.label = label
         self.rm: RouteMetrics | None = None
         self._last: float | None = None
+        # Whether any observer wants each chunk: the stream relay skips the call when not.
+        self.watched = bool(recorder.observers)
 
     def routing(self, model: str) -> None:
         """Flag evaluation starts (a span when tracing)."""

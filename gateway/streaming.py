@@ -118,12 +118,14 @@ async def _forward_events(req: StreamRelay, call: UpstreamCall) -> None:
         if swap is not None:  # only the `id` field: the same string in text stays
             chunk = chunk.replace(swap[0], swap[1]).replace(swap[2], swap[3])
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        rec.chunk(chunk)
+        if rec.watched:
+            rec.chunk(chunk)
     if pending.strip():
         if event_json(pending) is None and not _harmless(pending):
             raise NotEventStream("its last event is not SSE data")
         await send({"type": "http.response.body", "body": pending, "more_body": True})
-        rec.chunk(pending)
+        if rec.watched:
+            rec.chunk(pending)
 
 
 def _id_swap(upstream_id: str, response_id: str) -> tuple[bytes, bytes, bytes, bytes]:
