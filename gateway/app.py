@@ -7,7 +7,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, MutableMapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from gateway.observer import Observer
 from gateway.openapi import document_proxy_routes
 from gateway.proxy import ProxyEndpoint
 from gateway.ratelimit import RateLimiter
+from gateway.recorder import Recorder, RequestObserver, TracedRecorder, audit_writer
 from gateway.resolver import Resolver
 from gateway.routes import feedback, health, models
 from gateway.routes.admin_drift import admin_drift_router
@@ -36,7 +37,7 @@ from gateway.routes.admin_experiments import admin_experiments_router
 from gateway.routes.admin_flags import admin_flags_router
 from gateway.routes.admin_privacy import admin_privacy_router
 from gateway.routes.admin_whoami import admin_whoami_router
-from gateway.runtime import Runtime
+from gateway.runtime import Readiness, Runtime
 from gateway.settings import Settings, load_settings
 from gateway.tracing import open_tracing
 from gateway.upstream import Upstreams
@@ -53,8 +54,13 @@ def create_app(
     metrics: Metrics | None = None,
     span_exporter: SpanExporter | None = None,
     metric_reader: MetricReader | None = None,
+    observers: Sequence[RequestObserver] = (),
 ) -> FastAPI:
-    """The gateway ASGI app; nothing connects until the lifespan starts."""
+    """The gateway ASGI app; nothing connects until the lifespan starts.
+
+    `observers` see every request and piece of feedback (gateway.recorder.RequestObserver):
+    the one place to add something that watches traffic.
+    """
     app_metrics = metrics or Metrics(multiprocess_dir=settings.telemetry.multiprocess_dir)
 
     @asynccontextmanager
@@ -68,47 +74,72 @@ def create_app(
                 events = await stack.enter_async_context(
                     open_pipeline(settings.events, settings.instance)
                 )
-            runtime = Runtime(
-                settings=settings,
-                upstreams=upstreams,
-                resolver=Resolver(settings, upstreams),
-                metrics=app_metrics,
-                signer=signer_from_config(settings.ids),
-                events=events,
-                settings_loaded_at=time.time(),
-            )
-            runtime.idempotency = _idempotency_keys(settings)
-            stack.push_async_callback(runtime.idempotency.aclose)
-            runtime.auth = Authenticator(settings.auth)
-            await stack.enter_async_context(keys_from_redis(runtime.auth))
-            runtime.limiter = await stack.enter_async_context(RateLimiter.open(settings.ratelimit))
+            idempotency = _idempotency_keys(settings)
+            stack.push_async_callback(idempotency.aclose)
+            auth = Authenticator(settings.auth)
+            await stack.enter_async_context(keys_from_redis(auth))
+            limiter = await stack.enter_async_context(RateLimiter.open(settings.ratelimit))
             store = None
             if settings.flags.source != "none":
                 store = await stack.enter_async_context(
-                    open_store(settings.flags, set(settings.pools), on_audit=runtime.audit)
+                    open_store(
+                        settings.flags,
+                        set(settings.pools),
+                        on_audit=audit_writer(events, settings.instance),
+                    )
                 )
-                runtime.flags = store
-                runtime.resolver = Resolver(settings, upstreams, store)
-            app.state.experiments = None
+            experiments = None
             if settings.experiments.enabled:
-                app.state.experiments = await stack.enter_async_context(
+                experiments = await stack.enter_async_context(
                     open_experiments(settings.experiments, store, app_metrics.registry)
                 )
-                runtime.experiments = app.state.experiments.counters
+            tracing = open_tracing(
+                settings.telemetry.tracing, settings.instance, span_exporter, metric_reader
+            )
+            if tracing is not None:
+                stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
+            observer = Observer(settings.telemetry, app_metrics)
+            observer.start()
+            stack.push_async_callback(observer.aclose)
+            signer = signer_from_config(settings.ids)
+            recording: dict[str, Any] = {
+                "instance": settings.instance,
+                "metrics": app_metrics,
+                "upstream_metrics": upstreams.metrics,
+                "signer": signer,
+                "observer": observer,
+                "events": events,
+                "counters": experiments.counters if experiments is not None else None,
+                "observers": observers,
+            }
+            recorder = (
+                TracedRecorder(tracing, **recording)
+                if tracing is not None
+                else Recorder(**recording)
+            )
+            runtime = Runtime(
+                settings=settings,
+                upstreams=upstreams,
+                resolver=Resolver(settings, upstreams, store),
+                metrics=app_metrics,
+                signer=signer,
+                recorder=recorder,
+                auth=auth,
+                limiter=limiter,
+                idempotency=idempotency,
+                observer=observer,
+                readiness=Readiness(),
+                settings_loaded_at=time.time(),
+                events=events,
+                flags=store,
+                experiments=experiments,
+                tracing=tracing,
+            )
             app.state.runtime = runtime
-            app.state.flags = store
             if settings.console.enabled:
                 await stack.enter_async_context(open_embedded(app, settings, events))
             app_metrics.bind(runtime)
             await stack.enter_async_context(app_metrics.mirroring())
-            runtime.tracing = open_tracing(
-                settings.telemetry.tracing, settings.instance, span_exporter, metric_reader
-            )
-            if runtime.tracing is not None:
-                stack.push_async_callback(asyncio.to_thread, runtime.tracing.shutdown)
-            runtime.observer = Observer(settings.telemetry, app_metrics)
-            runtime.observer.start()
-            stack.push_async_callback(runtime.observer.aclose)
             log.info("loopgate %s ready: pools %s", settings.instance, ", ".join(settings.pools))
             # Every request allocates a few hundred short-lived containers: with CPython's
             # default of a young collection per 700, collecting was ~9% of the request path.
@@ -117,7 +148,7 @@ def create_app(
             try:
                 yield
             finally:
-                runtime.ready = False
+                runtime.readiness.drain()
                 gc.set_threshold(*thresholds)
 
     app = FastAPI(

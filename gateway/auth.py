@@ -15,17 +15,14 @@ import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import Depends, Request
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.errors import Forbidden, GatewayError, Unauthorized
-
-if TYPE_CHECKING:
-    from gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -264,17 +261,10 @@ def admin_principal(settings: Any, authorization: str | None) -> AdminPrincipal:
     raise Unauthorized("a valid admin token is required: Authorization: Bearer <token>")
 
 
-def caller_app(request: Request) -> AppPrincipal:
+def caller_app(auth: Authenticator, request: Request) -> AppPrincipal:
     """The app calling a FastAPI route, from its Authorization header."""
-    runtime: Runtime = request.app.state.runtime
     header = request.headers.get("authorization")
-    auth: Authenticator | None = runtime.auth
-    if auth is None:
-        return AppPrincipal("default")
     return auth.app(header.encode("latin-1") if header is not None else None)
-
-
-AppDep = Annotated[AppPrincipal, Depends(caller_app)]
 
 
 class ModelNotAllowed(GatewayError):

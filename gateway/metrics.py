@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as prometheus_values
@@ -34,10 +34,27 @@ from feedback.schema import TOPICS
 from feedback.sinks.faults import DEAD_LETTER_REASONS
 
 if TYPE_CHECKING:
+    from feedback.emitter import EventPipeline
     from gateway.exchange import Exchange
-    from gateway.runtime import Runtime
+    from gateway.settings import Settings
+    from gateway.upstream import Upstreams
+    from router.stores.base import FlagStore
 
 log = logging.getLogger(__name__)
+
+
+class Scraped(Protocol):
+    """What the scrape-time collectors read (the app's Runtime, which imports this module)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def upstreams(self) -> Upstreams: ...
+    @property
+    def flags(self) -> FlagStore | None: ...
+    @property
+    def events(self) -> EventPipeline | None: ...
+
 
 # Latency buckets sized for LLM calls: tens of ms to minutes.
 _LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
@@ -51,6 +68,13 @@ CLASSIFIER_OUTCOMES = ("ok", "error", "timeout", "dropped")
 SAFETY_SOURCES = ("prompt", "answer")
 # Label sets are bounded by config (flags x variants x models); the cap only guards the cache.
 _CHILD_CACHE_MAX = 4096
+
+
+# The report categories apps may name; any other is counted as `other` (bounded labels).
+REPORT_CATEGORIES = frozenset(
+    {"harmful", "hate", "harassment", "self_harm", "sexual", "violence", "privacy",
+     "misinformation", "jailbreak", "spam", "other"}
+)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -84,7 +108,7 @@ class Metrics:
         self.multiprocess_dir = multiprocess_dir
         self._routes: dict[tuple[str, str, str, str], RouteMetrics] = {}
         self._mirror: _Mirror | None = None
-        self._runtime: Runtime | None = None
+        self._runtime: Scraped | None = None
         # Label values known from the config, made into series at 0 (see label_known).
         self.safety_categories: tuple[str, ...] = ()
         self.report_categories: tuple[str, ...] = ()
@@ -249,13 +273,10 @@ class Metrics:
             overhead_s = ex.latency_s
         self.overhead_by_route[route].observe(overhead_s)
 
-    def bind(self, runtime: Runtime) -> None:
+    def bind(self, runtime: Scraped) -> None:
         """Export the event pipeline's, flags' and upstreams' state at scrape time."""
-        # Imported here: the route module imports the app's dependencies, which import this.
-        from gateway.routes.feedback import _REPORT_CATEGORIES
-
         self._runtime = runtime
-        self.report_categories = tuple(sorted(_REPORT_CATEGORIES))
+        self.report_categories = tuple(sorted(REPORT_CATEGORIES))
         self.registry.register(_RuntimeCollector(runtime))
         if self.multiprocess_dir is not None:
             self._mirror = _Mirror()
@@ -443,7 +464,7 @@ class _Mirror:
 class _RuntimeCollector(Collector):
     """Reads pipeline counters and flag staleness when Prometheus scrapes."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Scraped) -> None:
         self.runtime = runtime
 
     def collect(self) -> Iterator[Metric]:
@@ -536,14 +557,14 @@ class _RuntimeCollector(Collector):
         yield dead
 
 
-def _redaction_categories(rt: Runtime) -> list[str]:
+def _redaction_categories(rt: Scraped) -> list[str]:
     redaction = rt.settings.events.redaction
     if not redaction.enabled:
         return []
     return [*PLACEHOLDERS, *redaction.patterns]
 
 
-def _endpoint_families(rt: Runtime) -> Iterator[Metric]:
+def _endpoint_families(rt: Scraped) -> Iterator[Metric]:
     # Health, breaker state and upstream queue come from gateway.balancer's collector.
     in_flight = GaugeMetricFamily(
         "loopgate_upstream_endpoint_in_flight",

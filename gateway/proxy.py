@@ -1,8 +1,16 @@
 """Chat and completions relay: a raw ASGI endpoint, because this is the hot path.
 
+Each request is one ProxyRequest going through named phases:
+
+    admit   auth, body, limits          (refusals end here, with OpenAI's error JSON)
+    route   flag evaluation -> Route    (the variant, its pool and served model)
+    send    the candidates in turn      (the variant's pool, then the flag's control)
+    relay   the whole answer, or the stream event by event (gateway.streaming)
+    finish  one place: release what is held, and the recorder's `finished`
+
 The body is parsed once with orjson, only `model` (and stream_options, see below) is changed,
-and the answer is relayed as it comes: whole bodies get their id replaced, streams are
-forwarded event by event without being held back.
+and the answer is relayed as it comes. Everything recorded goes through the Recording
+(gateway.recorder), including the signed response id, which is minted there.
 """
 
 from __future__ import annotations
@@ -41,16 +49,16 @@ from gateway.exchange import Exchange
 from gateway.httpclient import ClientError
 from gateway.protocol import Inbound, Kind, TooDeep, choices_asked, encode_forward, parse_inbound
 from gateway.ratelimit import Reservation, estimate_tokens
+from gateway.recorder import Recording
 from gateway.resolver import RequestContext, Route
 from gateway.runtime import Runtime
+from gateway.settings import LimitsConfig
 from gateway.streaming import relay_stream
-from gateway.tracing import RequestTrace
 from gateway.upstream import UpstreamCall
 
 log = logging.getLogger(__name__)
 
 _JSON = (b"content-type", b"application/json")
-_ANONYMOUS = AppPrincipal("default")
 _FALLBACK = (b"x-loopgate-fallback", b"true")
 _NO_ATTRIBUTES: dict[str, str] = {}
 
@@ -68,166 +76,104 @@ class ProxyEndpoint:
         self._id_counter = itertools.count()
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        rt: Runtime = scope["app"].state.runtime
         headers = RequestHeaders(scope["headers"])
         request_id = headers.request_id or f"{self._id_prefix}{next(self._id_counter):012x}"
-        ex = Exchange(request_id=request_id, kind=self.kind, started_at=time.time())
+        await ProxyRequest(self, scope["app"].state.runtime, headers, request_id).run(receive, send)
+
+
+class ProxyRequest:
+    """One request through its phases; what a phase learns, the next one reads here."""
+
+    __slots__ = (
+        "app", "body", "call", "endpoint", "ex", "headers", "inbound", "limits", "raw", "rec",
+        "reply", "reservation", "route", "rt", "started", "strip_usage", "tokens_out", "watch",
+    )  # fmt: skip
+
+    def __init__(
+        self, endpoint: ProxyEndpoint, rt: Runtime, headers: RequestHeaders, request_id: str
+    ) -> None:
+        self.started = time.perf_counter()
+        self.endpoint = endpoint
+        self.rt = rt
+        self.limits: LimitsConfig = rt.settings.limits
+        self.headers = headers
+        self.ex = ex = Exchange(request_id=request_id, kind=endpoint.kind, started_at=time.time())
         if headers.traceparent:  # only a valid one is kept (asgi.RequestHeaders)
             ex.trace_id = trace_id_of(headers.traceparent)
-        trace: RequestTrace | None = None
-        if rt.tracing is not None:  # off: no span is made at all
-            trace = rt.tracing.begin(self.kind, headers.traceparent, headers.tracestate)
-            ex.trace_id = trace.trace_id
-        rt.metrics.in_flight_by_route[self.route_label].inc()
-        watch: DisconnectWatch | None = None
-        call: UpstreamCall | None = None
-        reservation: Reservation | None = None
+        self.rec: Recording = rt.recorder.begin(ex, endpoint.route_label, headers)
+        self.watch: DisconnectWatch | None = None
+        self.call: UpstreamCall | None = None
+        self.reservation: Reservation | None = None
+        self.strip_usage = False
+        self.tokens_out = 0
+        self.raw = b""
+
+    async def run(self, receive: Receive, send: Send) -> None:
+        """Every phase in order; failures become OpenAI errors (or in-band, once streaming)."""
+        self.reply = send
         try:
-            if headers.authorizations > 1:
-                raise DuplicateAuthorization("send one Authorization header, not several")
-            app = rt.auth.app(headers.authorization) if rt.auth is not None else _ANONYMOUS
-            ex.app_id = app.app_id
-            ex.consent = app.consent_for(headers.consent)
-            limits = rt.settings.limits
-            raw = await read_body(receive, limits.max_body_bytes, headers.content_length)
-            inbound = parse_inbound(raw, self.kind)
-            ex.model, ex.stream, ex.request = inbound.model, inbound.stream, inbound.body
-            tokens_out = self._check_limits(rt, app, inbound)
-            ctx = self._context(rt, inbound.user, headers, app)
-            ex.unit_id = ctx.unit_id
-            if trace is not None:
-                trace.routing(inbound.model)
-            route = rt.resolver.resolve(inbound.model, ctx)
-            self._note_route(ex, route)
-            if trace is not None:
-                trace.routed(ex, inbound.body)
-            if route.reason != "static":
-                rt.metrics.assignments.labels(route.flag, route.variant, route.reason).inc()
-                if ctx.unit_from == "app":
-                    rt.metrics.without_unit.labels(route.flag).inc()
-            body = inbound.body
-            body["model"] = route.served_model
-            strip_usage = False
-            if inbound.stream and not inbound.include_usage:
-                # Ask for usage anyway so tokens are always counted; the extra chunk is
-                # not forwarded to a client that did not ask for it.
-                options = body.get("stream_options") or {}
-                body["stream_options"] = {**options, "include_usage": True}
-                strip_usage = True
-            if app.limited and rt.limiter is not None:
-                reservation = await rt.limiter.reserve(app, estimate_tokens(len(raw), tokens_out))
-                ex.headers_out = reservation.headers
-            payload = self._encode(ex, body)
-            watch = DisconnectWatch(receive)
-            forward = self._forward_headers(request_id, headers)
-            if trace is not None:  # the upstream span's context replaces the caller's
-                trace.upstream(route.served_model, route.pool.name, forward)
-            if route.pool.authorization:
-                forward["Authorization"] = route.pool.authorization
-            try:
-                call = await rt.upstreams.send(
-                    route.pool, self.path, payload, forward, inbound.stream
-                )
-            except UpstreamUnavailable:
-                # The variant's whole pool is down: its traffic goes to the flag's control.
-                control = rt.resolver.fallback(route)
-                if control is None:
-                    raise
-                rt.upstreams.metrics.fallbacks.labels(route.flag, route.variant).inc()
-                self._note_route(ex, control)
-                ex.fallback = True
-                route = control
-                body["model"] = route.served_model
-                forward.pop("Authorization", None)
-                if route.pool.authorization:
-                    forward["Authorization"] = route.pool.authorization
-                call = await rt.upstreams.send(
-                    route.pool, self.path, orjson.dumps(body), forward, inbound.stream
-                )
-            ex.endpoint = call.endpoint.url
-            if trace is not None:
-                trace.connected(ex.endpoint)
-            if inbound.stream and call.response.status == 200:
-                await relay_stream(
-                    rt, send, call, route, ex, started, strip_usage,
-                    self._response_headers(ex, time.perf_counter() - started),
-                    rt.metrics.route(ex.flag, ex.variant, ex.model, self.route_label).itl,
-                )  # fmt: skip
-            else:
-                await self._relay_whole(rt, send, call, route, ex, started)
-            call = None
+            await self.admit(receive)
+            self.choose_route()
+            self.watch = DisconnectWatch(receive)
+            await self.send_upstream()
+            await self.relay()
         except ClientGone:
-            ex.status, ex.http_status = "cancelled", 499
+            self.rec.failed("cancelled", 499, None)
         except asyncio.CancelledError:
-            if watch is None or not watch.gone:
+            if self.watch is None or not self.watch.gone:
                 raise
             # Our own cancellation: the client left. Cut the upstream and finish quietly.
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            ex.status, ex.http_status = "cancelled", 499
+            self.rec.failed("cancelled", 499, None)
         except GatewayError as err:
-            ex.status, ex.http_status, ex.error = "error", err.status, err.message
-            if not ex.model or not ex.flag:
-                ex.model = ex.flag = ex.variant = ""  # unknown names must not become labels
-            if not ex.responded:
-                await self._send_error(send, err, request_id)
+            self.rec.failed("error", err.status, err.message)
+            await self._refuse(err)
         except Exception as exc:  # the edge: a bug must not take the process or hang the client
-            log.exception("request %s failed", request_id)
-            ex.status, ex.http_status, ex.error = "error", 500, exc.__class__.__name__
-            if not ex.model or not ex.flag:
-                ex.model = ex.flag = ex.variant = ""
-            if not ex.responded:
-                await self._send_error(send, InternalError("internal error"), request_id)
+            log.exception("request %s failed", self.ex.request_id)
+            self.rec.failed("error", 500, exc.__class__.__name__)
+            await self._refuse(InternalError("internal error"))
         finally:
-            if watch is not None:
-                watch.close()
-            if call is not None:
-                call.abort()
-            if reservation is not None and rt.limiter is not None:
-                rt.limiter.settle(reservation, ex.prompt_tokens + ex.completion_tokens)
-            self._finish(rt, ex, started, trace)
+            self.finish()
 
-    @staticmethod
-    def _encode(ex: Exchange, body: dict[str, Any]) -> bytes:
-        """The upstream payload; a body too deep to record is refused and left out of the event."""
-        try:
-            return encode_forward(body)
-        except TooDeep:
-            ex.request = {}
-            raise
+    # -- admit -----------------------------------------------------------------------------
 
-    def _check_limits(self, rt: Runtime, app: AppPrincipal, inbound: Inbound) -> int:
+    async def admit(self, receive: Receive) -> None:
+        """Who is asking (auth), and what: the body, parsed and checked against the limits."""
+        headers, ex = self.headers, self.ex
+        if headers.authorizations > 1:
+            raise DuplicateAuthorization("send one Authorization header, not several")
+        self.app = app = self.rt.auth.app(headers.authorization)
+        ex.app_id = app.app_id
+        ex.consent = app.consent_for(headers.consent)
+        self.raw = await read_body(receive, self.limits.max_body_bytes, headers.content_length)
+        self.inbound = inbound = parse_inbound(self.raw, self.endpoint.kind)
+        ex.model, ex.stream, ex.request = inbound.model, inbound.stream, inbound.body
+        self.body = inbound.body
+        self.tokens_out = self._check_limits(app, inbound)
+
+    def _check_limits(self, app: AppPrincipal, inbound: Inbound) -> int:
         """Refuse what the app may not ask for; returns the tokens it may generate (estimate)."""
-        body = inbound.body
+        body, limits = inbound.body, self.limits
         if not app.may_use(inbound.model):
             raise ModelNotAllowed(
                 f"this API key may not use the model `{shown(inbound.model)}`", param="model"
             )
-        if self.kind == "chat" and len(body["messages"]) > rt.settings.limits.max_messages:
+        if self.endpoint.kind == "chat" and len(body["messages"]) > limits.max_messages:
             raise InvalidRequest(
                 f"messages has {len(body['messages'])} items; at most "
-                f"{rt.settings.limits.max_messages} are accepted",
+                f"{limits.max_messages} are accepted",
                 param="messages",
             )
         # Each of n (or best_of) answers may be max_tokens long: the ceiling and the
         # estimate count them all.
-        n = choices_asked(body, rt.settings.limits.max_n)
+        n = choices_asked(body, limits.max_n)
         ceiling = app.max_tokens
-        asked = None
-        for name in ("max_tokens", "max_completion_tokens"):
-            value = body.get(name)
-            if value is None:
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidRequest(f"{name} must be a positive integer", param=name)
-            if ceiling is not None and value * n > ceiling:
-                raise InvalidRequest(_over_ceiling(name, value, n, ceiling), param=name)
-            asked = value if asked is None else max(asked, value)
+        asked = _asked_tokens(body, n, ceiling)
         if asked is not None:
             return asked * n
-        if self.kind == "completion":
+        if self.endpoint.kind == "completion":
             if ceiling is not None and 16 * n > ceiling:  # the completions API's default
                 raise InvalidRequest(_over_ceiling("max_tokens", 16, n, ceiling), param="n")
             return 16 * n
@@ -237,13 +183,27 @@ class ProxyEndpoint:
                 raise InvalidRequest(f"n is {n}; this API key allows {ceiling} tokens", param="n")
             body["max_tokens"] = each = ceiling // n
             return each * n
-        default = rt.limiter.config.default_max_tokens if rt.limiter is not None else 1024
-        return default * n
+        return self.rt.limiter.default_max_tokens * n
 
-    def _context(
-        self, rt: Runtime, user: str | None, headers: RequestHeaders, app: AppPrincipal
-    ) -> RequestContext:
-        app_id = app.app_id
+    # -- route -----------------------------------------------------------------------------
+
+    def choose_route(self) -> None:
+        """Flag evaluation: the variant, its pool and served model; the body asks for it."""
+        inbound, rec = self.inbound, self.rec
+        ctx = self._context(inbound.user)
+        self.ex.unit_id = ctx.unit_id
+        rec.routing(inbound.model)
+        self.route = route = self.rt.resolver.resolve(ctx)
+        rec.routed(route, ctx.unit_from)
+        if inbound.stream and not inbound.include_usage:
+            # Ask for usage anyway so tokens are always counted; the extra chunk is
+            # not forwarded to a client that did not ask for it.
+            options = self.body.get("stream_options") or {}
+            self.body["stream_options"] = {**options, "include_usage": True}
+            self.strip_usage = True
+
+    def _context(self, user: str | None) -> RequestContext:
+        headers, app_id = self.headers, self.app.app_id
         attributes = headers.attributes or _NO_ATTRIBUTES
         if user:
             unit, source = user, "user"
@@ -251,25 +211,82 @@ class ProxyEndpoint:
             unit, source = headers.user, "header"
         else:
             unit, source = app_id, "app"
-        return RequestContext(unit, app_id, source, attributes, headers.qa_variant, app.qa_override)
+        return RequestContext(
+            unit_id=unit,
+            app_id=app_id,
+            model=self.inbound.model,
+            attributes=attributes,
+            qa_variant=headers.qa_variant,
+            qa_allowed=self.app.qa_override,
+            unit_from=source,
+        )
 
-    @staticmethod
-    def _note_route(ex: Exchange, route: Route) -> None:
-        ex.flag, ex.variant, ex.flag_version = route.flag, route.variant, route.flag_version
-        ex.reason, ex.served_model = route.reason, route.served_model
+    # -- send ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _forward_headers(request_id: str, headers: RequestHeaders) -> dict[str, str]:
-        out = {"Content-Type": "application/json", "X-Request-Id": request_id}
+    async def send_upstream(self) -> None:
+        """Reserve the app's rate, then try each candidate route until a pool takes the call."""
+        app = self.app
+        if app.limited:
+            self.reservation = reservation = await self.rt.limiter.reserve(
+                app, estimate_tokens(len(self.raw), self.tokens_out)
+            )
+            self.ex.headers_out = reservation.headers
+        upstreams, path, stream = self.rt.upstreams, self.endpoint.path, self.inbound.stream
+        route = self.route
+        while True:  # over the candidates: the chosen route, then the flag's control
+            self.body["model"] = route.served_model
+            payload = self._encode()
+            forward = self._forward_headers(route)
+            self.rec.sending(route, forward)
+            try:
+                self.call = await upstreams.send(route.pool, path, payload, forward, stream)
+            except UpstreamUnavailable:
+                # The route's whole pool is down: its traffic goes to the flag's control
+                # (whose own fallback is None, which ends the loop).
+                control = self.rt.resolver.fallback(route)
+                if control is None:
+                    raise
+                self.rec.fallback(route, control)
+                route = control
+                continue
+            self.route = route
+            self.rec.first_byte(self.call.endpoint.url)
+            return
+
+    def _encode(self) -> bytes:
+        """The upstream payload; a body too deep to record is refused and left out of the event."""
+        try:
+            return encode_forward(self.body)
+        except TooDeep:
+            self.ex.request = {}
+            raise
+
+    def _forward_headers(self, route: Route) -> dict[str, str]:
+        headers = self.headers
+        out = {"Content-Type": "application/json", "X-Request-Id": self.ex.request_id}
         if headers.traceparent:
             out["traceparent"] = headers.traceparent
             if headers.tracestate:
                 out["tracestate"] = headers.tracestate
+        if route.pool.authorization:
+            out["Authorization"] = route.pool.authorization
         return out
 
-    def _response_headers(
-        self, ex: Exchange, overhead_s: float | None
-    ) -> list[tuple[bytes, bytes]]:
+    # -- relay -----------------------------------------------------------------------------
+
+    async def relay(self) -> None:
+        """The answer to the client: the stream as it comes, or the whole body rewritten."""
+        call = self.call
+        assert call is not None
+        if self.inbound.stream and call.response.status == 200:
+            await relay_stream(self)
+        else:
+            await self._relay_whole(call)
+        self.call = None
+
+    def response_headers(self, overhead_s: float | None) -> list[tuple[bytes, bytes]]:
+        """The headers of the answer: ids, flag and variant, overhead, rate limits."""
+        ex = self.ex
         out = [
             (b"x-request-id", ex.request_id.encode()),
             (b"x-loopgate-flag", ex.flag.encode()),
@@ -284,65 +301,52 @@ class ProxyEndpoint:
             out.append(_FALLBACK)
         return out
 
-    async def _relay_whole(
-        self,
-        rt: Runtime,
-        send: Send,
-        call: UpstreamCall,
-        route: Route,
-        ex: Exchange,
-        started: float,
-    ) -> None:
+    async def _relay_whole(self, call: UpstreamCall) -> None:
+        pool = self.route.pool.name
         response = call.response
         try:
             data = await response.read()
         except TimeoutError as exc:
             call.fail()
-            rt.upstreams.metrics.errors.labels(route.pool.name, "timeout").inc()
-            raise UpstreamTimeout(
-                f"upstream {route.pool.name} timed out sending its answer"
-            ) from exc
+            self.rec.upstream_error(pool, "timeout")
+            raise UpstreamTimeout(f"upstream {pool} timed out sending its answer") from exc
         except ClientError as exc:
             call.fail()
-            rt.upstreams.metrics.errors.labels(route.pool.name, "bad_response").inc()
-            raise BadGateway(f"upstream {route.pool.name} broke off its answer") from exc
+            self.rec.upstream_error(pool, "bad_response")
+            raise BadGateway(f"upstream {pool} broke off its answer") from exc
         upstream_s = time.perf_counter() - call.started
         call.release()
         status = response.status
         if status == 200:
-            body = self._rewrite_answer(rt, data, route, ex)
+            body = self._rewrite_answer(data, pool)
         else:
-            body, message = self._upstream_error(rt, data, status, route)
-            ex.status, ex.http_status, ex.error = "error", status, message
-        overhead = time.perf_counter() - started - upstream_s
-        headers = self._response_headers(ex, overhead)
+            body, message = self._upstream_error(data, status, pool)
+            self.rec.failed("error", status, message)
+        headers = self.response_headers(time.perf_counter() - self.started - upstream_s)
         headers.append(_JSON)
         headers.append((b"content-length", str(len(body)).encode()))
-        ex.responded = True
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        self.ex.responded = True
+        await self.reply({"type": "http.response.start", "status": status, "headers": headers})
+        await self.reply({"type": "http.response.body", "body": body})
 
-    def _rewrite_answer(self, rt: Runtime, data: bytes, route: Route, ex: Exchange) -> bytes:
+    def _rewrite_answer(self, data: bytes, pool: str) -> bytes:
         try:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError:
             doc = None
         if not isinstance(doc, dict):
-            rt.upstreams.metrics.errors.labels(route.pool.name, "bad_response").inc()
-            raise BadGateway(f"upstream {route.pool.name} answered with invalid JSON")
-        ex.upstream_id = str(doc.get("id", ""))
-        ex.response_id = rt.response_id(ex)
-        doc["id"] = ex.response_id
+            self.rec.upstream_error(pool, "bad_response")
+            raise BadGateway(f"upstream {pool} answered with invalid JSON")
+        ex = self.ex
+        doc["id"] = self.rec.response_id(str(doc.get("id", "")))
         doc["loopgate"] = {"flag": ex.flag, "variant": ex.variant}
         ex.take_answer(doc)
         return orjson.dumps(doc)
 
-    def _upstream_error(
-        self, rt: Runtime, data: bytes, status: int, route: Route
-    ) -> tuple[bytes, str]:
+    def _upstream_error(self, data: bytes, status: int, pool: str) -> tuple[bytes, str]:
         """The upstream's own error in OpenAI's shape, and the message the event records."""
-        rt.upstreams.metrics.errors.labels(route.pool.name, f"http_{status // 100}xx").inc()
-        prefix = f"upstream {route.pool.name} answered HTTP {status}"
+        self.rec.upstream_error(pool, f"http_{status // 100}xx")
+        prefix = f"upstream {pool} answered HTTP {status}"
         try:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -363,48 +367,52 @@ class ProxyEndpoint:
         error = {"message": message, "type": "upstream_error", "param": None, "code": None}
         return orjson.dumps({"error": error}), message
 
-    async def _send_error(self, send: Send, err: GatewayError, request_id: str) -> None:
+    async def _refuse(self, err: GatewayError) -> None:
+        """The error as OpenAI's JSON, unless the answer has started (then it went in-band)."""
+        if self.ex.responded:
+            return
         body = err.body()
         headers = [
             _JSON,
             (b"content-length", str(len(body)).encode()),
-            (b"x-request-id", request_id.encode()),
+            (b"x-request-id", self.ex.request_id.encode()),
         ]
         headers.extend((k.lower().encode(), v.encode()) for k, v in err.headers.items())
         try:
-            await send({"type": "http.response.start", "status": err.status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await self.reply(
+                {"type": "http.response.start", "status": err.status, "headers": headers}
+            )
+            await self.reply({"type": "http.response.body", "body": body})
         except OSError:  # the client is gone; nothing left to tell it
             pass
 
-    def _finish(
-        self, rt: Runtime, ex: Exchange, started: float, trace: RequestTrace | None = None
-    ) -> None:
-        ex.latency_s = time.perf_counter() - started
-        m = rt.metrics
-        m.in_flight_by_route[self.route_label].dec()
-        key = (ex.flag, ex.variant, ex.model, self.route_label)
-        rm = m.route(*key)
-        m.requests_child(rm, key, ex.http_status).inc()
-        rm.duration.observe(ex.latency_s)
-        m.observe_overhead(self.route_label, ex)
-        if ex.status == "cancelled":
-            rm.cancelled.inc()
-        if ex.ttft_s is not None:
-            rm.ttft.observe(ex.ttft_s)
-        if ex.prompt_tokens:
-            rm.tokens_in.inc(ex.prompt_tokens)
-        if ex.completion_tokens:
-            rm.tokens_out.inc(ex.completion_tokens)
-        if ex.flag:
-            if trace is None:
-                rt.record(ex)
-            else:
-                sink = trace.sink()
-                rt.record(ex)
-                sink.end()
-        if trace is not None:
-            trace.end(ex)
+    # -- finish ----------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """The one end of every request: let go of what is held, then record it."""
+        if self.watch is not None:
+            self.watch.close()
+        if self.call is not None:
+            self.call.abort()
+        if self.reservation is not None:
+            ex = self.ex
+            self.rt.limiter.settle(self.reservation, ex.prompt_tokens + ex.completion_tokens)
+        self.rec.finished(self.started)
+
+
+def _asked_tokens(body: dict[str, Any], n: int, ceiling: int | None) -> int | None:
+    """The larger of max_tokens and max_completion_tokens, checked; None when neither is set."""
+    asked = None
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidRequest(f"{name} must be a positive integer", param=name)
+        if ceiling is not None and value * n > ceiling:
+            raise InvalidRequest(_over_ceiling(name, value, n, ceiling), param=name)
+        asked = value if asked is None else max(asked, value)
+    return asked
 
 
 def _over_ceiling(name: str, value: int, n: int, ceiling: int) -> str:

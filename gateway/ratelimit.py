@@ -165,6 +165,8 @@ class RateLimiter:
         self._last_shared: dict[str, tuple[float, float, float]] = {}
         self._refunds: dict[str, float] = {}
         self.fallbacks = 0  # reservations decided locally because Redis was away
+        # The estimate for a chat request that names no length (nor does its key).
+        self.default_max_tokens = config.default_max_tokens
 
     @classmethod
     @asynccontextmanager

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from gateway.errors import UnknownModel, shown
 from gateway.settings import Settings
 from gateway.upstream import Pool, Upstreams
-from router.evaluate import evaluate
 from router.model import EvalContext
+from router.snapshot import assign
 from router.stores.base import FlagStore
 
 _NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
@@ -29,16 +29,11 @@ class Route:
     served_model: str
 
 
-@dataclass(frozen=True, slots=True)
-class RequestContext:
-    """Who is asking: the unit that assignment is sticky for, the app, request attributes."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestContext(EvalContext):
+    """The router's EvalContext, plus where the unit id came from (user, header or app)."""
 
-    unit_id: str
-    app_id: str
     unit_from: str
-    attributes: Mapping[str, str] = field(default_factory=lambda: _NO_ATTRIBUTES)
-    qa_variant: str | None = None
-    qa_allowed: bool = False
 
 
 class Resolver:
@@ -69,27 +64,18 @@ class Resolver:
             names.update(self._flags.snapshot().flags)
         return sorted(names)
 
-    def resolve(self, model: str, ctx: RequestContext) -> Route:
+    def resolve(self, ctx: RequestContext) -> Route:
         """The route for this request, or UnknownModel."""
+        model = ctx.model
         if self._flags is not None:
-            flag = self._flags.snapshot().flags.get(model)
-            if flag is not None:
-                assignment = evaluate(
-                    flag,
-                    EvalContext(
-                        unit_id=ctx.unit_id,
-                        app_id=ctx.app_id,
-                        model=model,
-                        attributes=ctx.attributes,
-                        qa_variant=ctx.qa_variant,
-                        qa_allowed=ctx.qa_allowed,
-                    ),
-                )
+            # The router's own lookup (router.snapshot.assign): what bench_router measures.
+            assignment = assign(self._flags.snapshot(), model, ctx)
+            if assignment is not None:
                 variant = assignment.variant
                 pool = self._upstreams.pools[variant.pool]
                 return Route(
                     model=model,
-                    flag=flag.key,
+                    flag=assignment.flag_key,
                     variant=variant.name,
                     flag_version=assignment.flag_version,
                     reason=assignment.reason,

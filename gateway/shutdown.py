@@ -24,7 +24,7 @@ def mark_draining(app: Any) -> None:
     for _ in range(8):  # HotPath, uvicorn's proxy-headers middleware, ...: a few layers at most
         runtime = getattr(getattr(app, "state", None), "runtime", None)
         if runtime is not None:
-            runtime.ready = False
+            runtime.readiness.drain()
             return
         app = getattr(app, "app", None)
         if app is None:

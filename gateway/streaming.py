@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -11,8 +11,8 @@ from gateway.asgi import Send
 from gateway.errors import BadGateway, GatewayError, UpstreamTimeout
 from gateway.exchange import Exchange
 from gateway.httpclient import ClientError
+from gateway.recorder import Recording
 from gateway.resolver import Route
-from gateway.runtime import Runtime
 from gateway.upstream import UpstreamCall
 
 _SSE_HEADERS = [
@@ -30,17 +30,23 @@ class NotEventStream(Exception):
     """The upstream answered 200 to a streamed request with something that is not SSE."""
 
 
-async def relay_stream(
-    rt: Runtime,
-    send: Send,
-    call: UpstreamCall,
-    route: Route,
-    ex: Exchange,
-    started: float,
-    strip_usage: bool,
-    headers: list[tuple[bytes, bytes]],
-    itl: Any,
-) -> None:
+class StreamRelay(Protocol):
+    """What the relay reads from the request it serves (gateway.proxy.ProxyRequest)."""
+
+    reply: Send
+    call: UpstreamCall | None
+    route: Route
+    ex: Exchange
+    rec: Recording
+    started: float
+    strip_usage: bool
+
+    def response_headers(self, overhead_s: float | None) -> list[tuple[bytes, bytes]]:
+        """The answer's headers, given the gateway's own time so far."""
+        ...
+
+
+async def relay_stream(req: StreamRelay) -> None:
     """Forward upstream SSE events as they arrive, swapping in the signed id; errors in-band.
 
     Events are forwarded whole (never split, never held back for more); a usage chunk the
@@ -48,72 +54,78 @@ async def relay_stream(
     becomes an error event the SDK raises, and the stream ends. So does a body that is not
     an event stream (checked event by event, at no extra parse).
     """
+    call, ex, send = req.call, req.ex, req.reply
+    assert call is not None
+    headers = req.response_headers(time.perf_counter() - req.started)
     headers.extend(_SSE_HEADERS)
     ex.responded = True
     await send({"type": "http.response.start", "status": 200, "headers": headers})
-    pending = b""
-    swap: tuple[bytes, bytes, bytes, bytes] | None = None
-    last_content: float | None = None
     try:
-        if not _event_stream_type(call.response.headers):
-            raise NotEventStream("its content type is not text/event-stream")
-        async for data in call.response.iter_any():
-            pending += data
-            cut = pending.rfind(b"\n\n")
-            if cut < 0:
-                if len(pending) > MAX_EVENT_BYTES:
-                    raise NotEventStream("no event ended within the size limit")
-                continue
-            events = pending[:cut].split(b"\n\n")
-            pending = pending[cut + 2 :]
-            out: list[bytes] = []
-            for event in events:
-                doc = event_json(event)
-                if doc is not None:
-                    if swap is None and "id" in doc:
-                        ex.upstream_id = str(doc["id"])
-                        ex.response_id = rt.response_id(ex)
-                        swap = _id_swap(ex.upstream_id, ex.response_id)
-                    if ex.take_chunk(doc):
-                        now = time.perf_counter()
-                        if last_content is None:
-                            ex.ttft_s = now - started
-                            call.first_token()
-                        else:
-                            itl.observe(now - last_content)
-                        last_content = now
-                    if strip_usage and not doc.get("choices") and doc.get("usage"):
-                        continue
-                elif not _harmless(event):
-                    raise NotEventStream("an event is not SSE data")
-                out.append(event)
-            if not out:
-                continue
-            chunk = b"\n\n".join(out) + b"\n\n"
-            if swap is not None:  # only the `id` field: the same string in text stays
-                chunk = chunk.replace(swap[0], swap[1]).replace(swap[2], swap[3])
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        if pending.strip():
-            if event_json(pending) is None and not _harmless(pending):
-                raise NotEventStream("its last event is not SSE data")
-            await send({"type": "http.response.body", "body": pending, "more_body": True})
+        await _forward_events(req, call)
         call.release()
     except (ClientError, TimeoutError, NotEventStream) as exc:
         call.fail()
+        pool = req.route.pool.name
         err: GatewayError
         if isinstance(exc, TimeoutError):
-            kind, err = "timeout", UpstreamTimeout(f"upstream {route.pool.name} stalled mid-stream")
+            kind, err = "timeout", UpstreamTimeout(f"upstream {pool} stalled mid-stream")
         elif isinstance(exc, NotEventStream):
             kind = "bad_response"
-            err = BadGateway(f"upstream {route.pool.name} answered with no event stream: {exc}")
+            err = BadGateway(f"upstream {pool} answered with no event stream: {exc}")
         else:
-            kind, err = "midstream", BadGateway(f"upstream {route.pool.name} broke off the stream")
-        rt.upstreams.metrics.errors.labels(route.pool.name, kind).inc()
-        ex.status, ex.http_status, ex.error = "error", err.status, err.message
+            kind, err = "midstream", BadGateway(f"upstream {pool} broke off the stream")
+        req.rec.upstream_error(pool, kind)
+        req.rec.failed("error", err.status, err.message)
         # SSE has started: the error goes in-band and the stream ends (the SDK raises it).
         await send({"type": "http.response.body", "body": b"data: " + err.body() + b"\n\n"})
         return
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _forward_events(req: StreamRelay, call: UpstreamCall) -> None:
+    """The upstream's events to the client, whole, as they come; raises on what is not SSE."""
+    ex, rec, send, started, strip_usage = req.ex, req.rec, req.reply, req.started, req.strip_usage
+    pending = b""
+    swap: tuple[bytes, bytes, bytes, bytes] | None = None
+    if not _event_stream_type(call.response.headers):
+        raise NotEventStream("its content type is not text/event-stream")
+    async for data in call.response.iter_any():
+        pending += data
+        cut = pending.rfind(b"\n\n")
+        if cut < 0:
+            if len(pending) > MAX_EVENT_BYTES:
+                raise NotEventStream("no event ended within the size limit")
+            continue
+        events = pending[:cut].split(b"\n\n")
+        pending = pending[cut + 2 :]
+        out: list[bytes] = []
+        for event in events:
+            doc = event_json(event)
+            if doc is not None:
+                if swap is None and "id" in doc:
+                    upstream_id = str(doc["id"])
+                    swap = _id_swap(upstream_id, rec.response_id(upstream_id))
+                if ex.take_chunk(doc) and rec.content(time.perf_counter(), started):
+                    call.first_token()
+                if strip_usage and not doc.get("choices") and doc.get("usage"):
+                    continue
+            elif not _harmless(event):
+                raise NotEventStream("an event is not SSE data")
+            out.append(event)
+        if not out:
+            continue
+        chunk = b"\n\n".join(out) + b"\n\n"
+        if swap is not None:  # only the `id` field: the same string in text stays
+            chunk = chunk.replace(swap[0], swap[1]).replace(swap[2], swap[3])
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if rec.watched:
+            rec.chunk(chunk)
+    if pending.strip():
+        if event_json(pending) is None and not _harmless(pending):
+            raise NotEventStream("its last event is not SSE data")
+        await send({"type": "http.response.body", "body": pending, "more_body": True})
+        if rec.watched:
+            rec.chunk(pending)
 
 
 def _id_swap(upstream_id: str, response_id: str) -> tuple[bytes, bytes, bytes, bytes]:

@@ -3,8 +3,8 @@
 Off by default. `telemetry.tracing.exporter` (or the standard OTEL_TRACES_EXPORTER: otlp,
 console, none) turns it on; everything else is the SDK's own OTEL_* configuration
 (OTEL_EXPORTER_OTLP_ENDPOINT and _HEADERS, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
-OTEL_TRACES_SAMPLER, OTEL_BSP_*). When off, the app holds no Tracing at all and the request
-path only tests `rt.tracing is None`.
+OTEL_TRACES_SAMPLER, OTEL_BSP_*). When off, the app holds no Tracing at all and the recorder
+(gateway.recorder) is the plain one, which reaches no span code.
 
 Span tree of a request (GenAI semantic conventions, OpenFeature flag attributes):
 
@@ -274,6 +274,9 @@ class RequestTrace:
 
     def upstream(self, served_model: str, pool: str, headers: dict[str, str]) -> None:
         """The upstream call starts: a CLIENT span whose context replaces the traceparent."""
+        if self._upstream is not None:  # the previous candidate's pool was down (fallback)
+            self._upstream.set_status(Status(StatusCode.ERROR, "pool unavailable"))
+            self._upstream.end()
         span = self._child(f"{self.operation} {served_model}", SpanKind.CLIENT)
         span.set_attributes(
             {

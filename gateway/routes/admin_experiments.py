@@ -8,33 +8,21 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request, Response
+from fastapi import APIRouter, Body, Depends, Response
 from pydantic import ValidationError
 
 from gateway.auth import AdminPrincipal
+from gateway.deps import ExperimentsDep, FlagsDep
 from gateway.errors import Conflict, NotFound, UnprocessableEntity
 from gateway.routes.admin_flags import EditorDep, change_reason_header, require_role
 from rollout.plan import ActionKind, RolloutAction, RolloutPlan
-from rollout.service import Experiments, view
+from rollout.service import view
 from router.errors import ConflictError
 from router.model import Flag
 from router.stores.base import FlagStore, change_reason
 
 
-def _experiments(request: Request) -> Experiments:
-    experiments: Experiments | None = getattr(request.app.state, "experiments", None)
-    if experiments is None:
-        raise Conflict("experiments are disabled (experiments.enabled is false)")
-    return experiments
-
-
-ExperimentsDep = Annotated[Experiments, Depends(_experiments)]
-
-
-async def _flag(request: Request, key: str) -> Flag:
-    store: FlagStore | None = getattr(request.app.state, "flags", None)
-    if store is None:
-        raise Conflict("no flag store is configured (flags.source is none)")
+async def _flag(store: FlagStore, key: str) -> Flag:
     flag = store.snapshot().flags.get(key)
     if flag is None:
         raise NotFound(f"no flag {key!r}", param="key")
@@ -51,7 +39,7 @@ def admin_experiments_router() -> APIRouter:
     editor = [Depends(require_role("flag_editor"))]
 
     @router.get("")
-    async def list_experiments(request: Request, exp: ExperimentsDep) -> dict[str, Any]:
+    async def list_experiments(exp: ExperimentsDep) -> dict[str, Any]:
         """Flags with a rollout plan or with counts, and each plan's status."""
         plans = {p.flag: p for p in await exp.plans.plans()}
         keys = sorted(set(plans) | set(await exp.counters.backend.flags()))
@@ -88,12 +76,12 @@ def admin_experiments_router() -> APIRouter:
     @router.put("/{key:path}/rollout", dependencies=editor)
     async def put_rollout(
         key: str,
-        request: Request,
+        store: FlagsDep,
         exp: ExperimentsDep,
         body: Annotated[dict[str, Any], Body()],
     ) -> dict[str, Any]:
         """Put a plan on a flag; the controller starts it at its first step."""
-        flag = await _flag(request, key)
+        flag = await _flag(store, key)
         try:
             plan = RolloutPlan.model_validate({**body, "flag": key})
         except ValidationError as exc:
@@ -110,14 +98,14 @@ def admin_experiments_router() -> APIRouter:
         }
 
     @router.post("/{key:path}/rollout/resume", dependencies=editor)
-    async def resume(key: str, request: Request, exp: ExperimentsDep) -> dict[str, Any]:
+    async def resume(key: str, store: FlagsDep, exp: ExperimentsDep) -> dict[str, Any]:
         """Let a paused rollout go on from the weights the flag has now."""
         from rollout.controller import canary_share
 
         plan, state = await exp.plans.plan(key), await exp.plans.state(key)
         if plan is None or state is None:
             raise NotFound(f"flag {key!r} has no started rollout", param="key")
-        flag = await _flag(request, key)
+        flag = await _flag(store, key)
         resumed = state.model_copy(update={"status": "running", "share": canary_share(flag, plan)})
         await exp.plans.put_state(resumed)
         return {"object": "rollout", "flag": key, "state": resumed.model_dump(mode="json")}
@@ -141,7 +129,7 @@ def admin_experiments_router() -> APIRouter:
     @router.post("/{key:path}/rollout/abort")
     async def abort(
         key: str,
-        request: Request,
+        store: FlagsDep,
         exp: ExperimentsDep,
         who: EditorDep,
     ) -> dict[str, Any]:
@@ -149,8 +137,7 @@ def admin_experiments_router() -> APIRouter:
         plan, state = await exp.plans.plan(key), await exp.plans.state(key)
         if plan is None or state is None:
             raise NotFound(f"flag {key!r} has no started rollout", param="key")
-        store: FlagStore = request.app.state.flags
-        flag = await _flag(request, key)
+        flag = await _flag(store, key)
         weights = {v.name: 0.0 for v in flag.variants} | plan.weights(0.0)
         try:
             stored = await store.put(
@@ -171,9 +158,9 @@ def admin_experiments_router() -> APIRouter:
         return Response(status_code=204)
 
     @router.get("/{key:path}")
-    async def get_experiment(key: str, request: Request, exp: ExperimentsDep) -> dict[str, Any]:
+    async def get_experiment(key: str, store: FlagsDep, exp: ExperimentsDep) -> dict[str, Any]:
         """Per variant counts, shares with intervals, lift, sequential test, SRM and decision."""
-        return await view(exp, await _flag(request, key))
+        return await view(exp, await _flag(store, key))
 
     return router
 

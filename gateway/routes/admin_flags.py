@@ -1,6 +1,6 @@
 """`/admin/flags`: list, read, create, update, weights, kill switch, delete, explain.
 
-The store is `app.state.flags` (a FlagStore). Callers present an admin token
+The store is the Runtime's FlagStore (gateway.deps.FlagsDep). Callers present an admin token
 (`auth.admin_tokens`, hashed, each with a role; or the shared `flags.admin_token`, which is
 an admin): viewer reads and explains, flag_editor also creates, updates, re-weights and
 kills, admin also deletes. No token configured: the API answers 403.
@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth import AdminPrincipal, Role, admin_principal
+from gateway.deps import FlagsDep, SettingsDep
 from gateway.errors import (
     Conflict,
     Forbidden,
@@ -32,7 +33,7 @@ from router.errors import (
     StoreUnavailable,
 )
 from router.model import EvalContext, Flag, parse_flag
-from router.stores.base import FlagStore, change_reason
+from router.stores.base import change_reason
 from router.stores.flagfile import flag_body
 
 
@@ -48,20 +49,13 @@ class FlagStoreReadOnly(GatewayError):
     status, type, code = 403, "permission_error", "flag_store_read_only"
 
 
-def _store(request: Request) -> FlagStore:
-    store: FlagStore | None = getattr(request.app.state, "flags", None)
-    if store is None:
-        raise Conflict("no flag store is configured (flags.source is none)")
-    return store
-
-
 def require_role(role: Role) -> Callable[..., AdminPrincipal]:
     """A dependency accepting admin tokens whose role is at least `role`."""
 
     def check(
-        request: Request, authorization: Annotated[str | None, Header()] = None
+        settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
     ) -> AdminPrincipal:
-        principal = admin_principal(request.app.state.settings, authorization)
+        principal = admin_principal(settings, authorization)
         if not principal.allows(role):
             raise Forbidden(f"{principal.name} has role {principal.role}; this needs {role}")
         return principal
@@ -86,7 +80,7 @@ def _who(admin: AdminPrincipal, actor: str | None) -> str:
     return f"{admin.name} ({actor})" if actor else admin.name
 
 
-StoreDep = Annotated[FlagStore, Depends(_store)]
+StoreDep = FlagsDep
 EditorDep = Annotated[AdminPrincipal, Depends(require_role("flag_editor"))]
 AdminDep = Annotated[AdminPrincipal, Depends(require_role("admin"))]
 ActorHeader = Annotated[str | None, Header(alias="X-Loopgate-Actor")]

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from feedback.schema import FeedbackBody, FeedbackEvent, FeedbackKind, Metadata
+from feedback.schema import FeedbackBody, FeedbackKind, Metadata
 from gateway.deps import CallerDep, RuntimeDep
 from gateway.errors import (
     Conflict,
@@ -150,26 +150,7 @@ async def record_feedback(
         idempotency_key=item.idempotency_key,
         consent="none" if consent == "none" else "full",
     )
-    trace_id = None
-    if rt.tracing is not None:
-        trace_id = rt.tracing.record_feedback(
-            item.response_id,
-            item.kind,
-            value=item.value,
-            flag=claims.flag,
-            variant=claims.variant,
-            category=item.category,
-        )
-    event = FeedbackEvent.create(body, gateway=rt.settings.instance, now=now, trace_id=trace_id)
-    rt.events.emit(event)
-    flag, variant = claims.flag or "", claims.variant or ""
-    rt.metrics.feedback.labels(flag, variant, item.kind).inc()
-    if rt.experiments is not None and flag and variant:
-        rt.experiments.count_feedback(
-            flag, claims.flag_version or 0, variant, item.kind, item.value
-        )
-    if item.kind == "report" and item.category:
-        rt.metrics.reports.labels(flag, variant, _bounded(item.category)).inc()
+    event = rt.recorder.feedback_received(body, rt.events, now)
     return out.model_copy(update={"id": str(event.event_id), "recorded": True})
 
 
@@ -177,16 +158,6 @@ def _fingerprint(item: FeedbackIn) -> str:
     """What makes two uses of one idempotency key the same judgement."""
     return hashlib.sha256(item.model_dump_json().encode()).hexdigest()[:32]
 
-
-def _bounded(category: str) -> str:
-    """Report categories are free text from apps; keep the metric label set bounded."""
-    return category if category in _REPORT_CATEGORIES else "other"
-
-
-_REPORT_CATEGORIES = frozenset(
-    {"harmful", "hate", "harassment", "self_harm", "sexual", "violence", "privacy",
-     "misinformation", "jailbreak", "spam", "other"}
-)  # fmt: skip
 
 ConsentHeader = Annotated[str | None, Header(alias="X-Loopgate-Consent")]
 

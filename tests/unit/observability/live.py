@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from gateway.app import HotPath, create_app
+from gateway.recorder import RequestObserver
 from gateway.settings import Settings
 
 ADMIN_TOKEN = "t" * 32
@@ -63,9 +64,12 @@ async def running(
     settings: Settings,
     exporter: SpanExporter | None = None,
     metric_reader: MetricReader | None = None,
+    observers: Sequence[RequestObserver] = (),
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """The app with its lifespan running, and a client talking to it through HotPath."""
-    app = create_app(settings, span_exporter=exporter, metric_reader=metric_reader)
+    app = create_app(
+        settings, span_exporter=exporter, metric_reader=metric_reader, observers=observers
+    )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=HotPath(app))
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:

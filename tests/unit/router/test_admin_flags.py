@@ -31,7 +31,7 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         app = FastAPI()
         install_error_handlers(app)
         app.include_router(admin_flags_router())
-        app.state.flags = store
+        app.state.runtime = SimpleNamespace(flags=store)
         app.state.settings = SimpleNamespace(flags=FlagsConfig(admin_token=TOKEN))
         app.state.audit = records
         transport = httpx.ASGITransport(app=app)
@@ -143,7 +143,7 @@ async def test_the_embedded_store_refuses_changes(client: httpx.AsyncClient) -> 
     async with FileFlagStore.open(
         FlagsConfig().flags_file(), {"policy-a", "policy-b"}, lambda r: None, read_only=True
     ) as store:
-        client._transport.app.state.flags = store  # type: ignore[attr-defined]
+        client._transport.app.state.runtime = SimpleNamespace(flags=store)  # type: ignore[attr-defined]
         response = await client.post("/admin/flags/support-bot/kill")
         assert response.status_code == 403
         assert _error(response)["code"] == "flag_store_read_only"

@@ -101,7 +101,7 @@ def gateway_url(flag_file: Path) -> Iterator[str]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with FileFlagStore.open(flag_file, POOLS, lambda r: None) as store:
-            app.state.flags = store
+            app.state.runtime = SimpleNamespace(flags=store)
             yield
 
     app = FastAPI(lifespan=lifespan)

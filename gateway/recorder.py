@@ -1,0 +1,386 @@
+"""The recorder: every lifecycle moment of a request and of feedback, and what is made of it.
+
+One place owns metrics, tracing and events. The request path calls named moments on a
+per-request Recording (started, routed, sending, first byte, chunk, failed, finished) and
+the feedback route calls `feedback_received`; nothing else records anything. With tracing
+off the plain classes run and no span code is reached: no `if tracing` at call sites.
+
+A new observer (shadow traffic, online evaluators, ...) is added in one place: the
+`observers` of create_app, which the recorder calls at each moment.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from feedback.emitter import EventPipeline
+from feedback.schema import FeedbackBody, FeedbackEvent
+from gateway.balancer import BalancerMetrics
+from gateway.events import audit_event, completion_event
+from gateway.exchange import Exchange
+from gateway.ids import Claims, ResponseIdSigner, new_nonce
+from gateway.metrics import REPORT_CATEGORIES, Metrics, RouteMetrics
+from gateway.observer import Observer
+from gateway.resolver import Route
+from gateway.tracing import RequestTrace, Tracing
+from rollout.counters import ExperimentCounters
+from router.stores.base import AuditRecord, AuditSink, log_audit
+
+log = logging.getLogger(__name__)
+
+
+class RequestObserver(Protocol):
+    """Sees every request and every piece of feedback; must not block (failures are logged)."""
+
+    def started(self, ex: Exchange) -> None:
+        """The request arrived (nothing is known about it yet but its id and kind)."""
+
+    def routed(self, ex: Exchange) -> None:
+        """Flag evaluation chose the variant: ex.flag, ex.variant, ex.served_model are set."""
+
+    def first_byte(self, ex: Exchange) -> None:
+        """The upstream answered (ex.endpoint is set)."""
+
+    def chunk(self, ex: Exchange, data: bytes) -> None:
+        """A piece of a streamed answer was sent to the client."""
+
+    def finished(self, ex: Exchange) -> None:
+        """The request is over, whatever its status (ex.status, ex.http_status)."""
+
+    def feedback_received(self, body: FeedbackBody) -> None:
+        """A judgement of an answer was accepted."""
+
+
+class Recorder:
+    """Metrics, events and experiment counts of requests and feedback; tracing off."""
+
+    def __init__(
+        self,
+        *,
+        instance: str,
+        metrics: Metrics,
+        upstream_metrics: BalancerMetrics,
+        signer: ResponseIdSigner,
+        observer: Observer,
+        events: EventPipeline | None = None,
+        counters: ExperimentCounters | None = None,
+        observers: Sequence[RequestObserver] = (),
+    ) -> None:
+        self.instance = instance
+        self.metrics = metrics
+        self.upstream_metrics = upstream_metrics
+        self.signer = signer
+        self.observer = observer
+        self.events = events
+        self.counters = counters
+        self.observers = tuple(_Guarded(o) for o in observers)
+
+    def begin(self, ex: Exchange, route_label: str, headers: Any) -> Recording:
+        """Request started: its Recording, which the request path reports every moment to."""
+        rec = Recording(self, ex, route_label)
+        self.metrics.in_flight_by_route[route_label].inc()
+        for o in self.observers:
+            o.started(ex)
+        return rec
+
+    def unit_hash(self, ex: Exchange) -> str:
+        """The keyed hash of the request's unit id, computed once."""
+        if not ex.unit_hash:
+            ex.unit_hash = self.signer.unit_hash(ex.unit_id)
+        return ex.unit_hash
+
+    def emit_completion(self, ex: Exchange) -> None:
+        """The completion event and the experiment exposure; never blocks the request."""
+        # After the answer was sent: the checks cost CPU, not the client's latency.
+        safety = self.observer.observe(ex)
+        if self.events is not None:
+            event = completion_event(
+                ex, instance=self.instance, unit_hash=self.unit_hash(ex), safety=safety
+            )
+            self.events.emit(event)
+        if self.counters is not None and ex.reason == "split":
+            # Only the weighted split is an exposure: QA, forced and allow-listed traffic
+            # would bias the comparison and the sample ratio check.
+            self.counters.count_exchange(
+                ex.flag, ex.flag_version, ex.variant, self.unit_hash(ex),
+                ex.status, ex.latency_s, ex.ttft_s,
+                safety_findings=sum(safety.values()) if safety else 0,
+            )  # fmt: skip
+
+    def feedback_received(
+        self, body: FeedbackBody, events: EventPipeline, now: float
+    ) -> FeedbackEvent:
+        """A judgement accepted: its event, metrics, experiment counts and observers."""
+        event = FeedbackEvent.create(
+            body, gateway=self.instance, now=now, trace_id=self._feedback_trace(body)
+        )
+        events.emit(event)
+        flag, variant, kind = body.flag or "", body.variant or "", body.kind
+        self.metrics.feedback.labels(flag, variant, kind).inc()
+        if self.counters is not None and flag and variant:
+            self.counters.count_feedback(flag, body.flag_version or 0, variant, kind, body.value)
+        if kind == "report" and body.category:
+            self.metrics.reports.labels(flag, variant, _bounded(body.category)).inc()
+        for o in self.observers:
+            o.feedback_received(body)
+        return event
+
+    def _feedback_trace(self, body: FeedbackBody) -> str | None:
+        return None
+
+
+class TracedRecorder(Recorder):
+    """The recorder with tracing on: the same moments, plus spans and GenAI metrics."""
+
+    def __init__(self, tracing: Tracing, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tracing = tracing
+
+    def begin(self, ex: Exchange, route_label: str, headers: Any) -> Recording:
+        """Request started: a Recording with the request's server span."""
+        trace = self.tracing.begin(ex.kind, headers.traceparent, headers.tracestate)
+        ex.trace_id = trace.trace_id
+        rec = TracedRecording(self, ex, route_label, trace)
+        self.metrics.in_flight_by_route[route_label].inc()
+        for o in self.observers:
+            o.started(ex)
+        return rec
+
+    def _feedback_trace(self, body: FeedbackBody) -> str | None:
+        return self.tracing.record_feedback(
+            body.response_id,
+            body.kind,
+            value=body.value,
+            flag=body.flag,
+            variant=body.variant,
+            category=body.category,
+        )
+
+
+class Recording:
+    """The moments of one request, reported by the request path as they happen."""
+
+    __slots__ = ("_last", "ex", "label", "r", "rm", "watched")
+
+    def __init__(self, recorder: Recorder, ex: Exchange, label: str) -> None:
+        self.r = recorder
+        self.ex = ex
+        self.label = label
+        self.rm: RouteMetrics | None = None
+        self._last: float | None = None
+        # Whether any observer wants each chunk: the stream relay skips the call when not.
+        self.watched = bool(recorder.observers)
+
+    def routing(self, model: str) -> None:
+        """Flag evaluation starts (a span when tracing)."""
+
+    def routed(self, route: Route, unit_from: str) -> None:
+        """The route is chosen and noted on the exchange."""
+        ex = self.ex
+        ex.flag, ex.variant, ex.flag_version = route.flag, route.variant, route.flag_version
+        ex.reason, ex.served_model = route.reason, route.served_model
+        if route.reason != "static":
+            metrics = self.r.metrics
+            metrics.assignments.labels(route.flag, route.variant, route.reason).inc()
+            if unit_from == "app":
+                metrics.without_unit.labels(route.flag).inc()
+        for o in self.r.observers:
+            o.routed(ex)
+
+    def fallback(self, failed: Route, control: Route) -> None:
+        """`failed`'s pool is down: the request goes to the flag's control instead."""
+        self.r.upstream_metrics.fallbacks.labels(failed.flag, failed.variant).inc()
+        ex = self.ex
+        ex.flag, ex.variant, ex.flag_version = control.flag, control.variant, control.flag_version
+        ex.reason, ex.served_model = control.reason, control.served_model
+        ex.fallback = True
+
+    def sending(self, route: Route, headers: dict[str, str]) -> None:
+        """The upstream call starts (tracing puts its span's context in `headers`)."""
+
+    def first_byte(self, url: str) -> None:
+        """The upstream at `url` answered."""
+        self.ex.endpoint = url
+        for o in self.r.observers:
+            o.first_byte(self.ex)
+
+    def upstream_error(self, pool: str, kind: str) -> None:
+        """The upstream failed in this way (timeout, bad_response, midstream, http_5xx, ...)."""
+        self.r.upstream_metrics.errors.labels(pool, kind).inc()
+
+    def response_id(self, upstream_id: str) -> str:
+        """The signed id that replaces the upstream's `id`: minted here and only here."""
+        ex = self.ex
+        ex.upstream_id = upstream_id
+        claims = Claims(
+            flag=ex.flag or None,
+            variant=ex.variant or None,
+            flag_version=ex.flag_version,
+            app=ex.app_id,
+            unit=self.r.unit_hash(ex),
+            time=int(ex.started_at),
+            nonce=new_nonce(upstream_id),
+        )
+        ex.response_id = self.r.signer.sign(claims)
+        return ex.response_id
+
+    def content(self, now: float, started: float) -> bool:
+        """A chunk carried content: time to first token, then inter-token latency."""
+        last = self._last
+        self._last = now
+        if last is None:
+            self.ex.ttft_s = now - started
+            return True
+        rm = self.rm
+        if rm is None:
+            ex = self.ex
+            rm = self.rm = self.r.metrics.route(ex.flag, ex.variant, ex.model, self.label)
+        rm.itl.observe(now - last)
+        return False
+
+    def chunk(self, data: bytes) -> None:
+        """A piece of the stream went to the client."""
+        for o in self.r.observers:
+            o.chunk(self.ex, data)
+
+    def failed(self, status: str, http_status: int, error: str | None) -> None:
+        """The request ends in an error or was cancelled; unknown names never become labels."""
+        ex = self.ex
+        ex.status, ex.http_status, ex.error = status, http_status, error
+        if status == "error" and (not ex.model or not ex.flag):
+            ex.model = ex.flag = ex.variant = ""
+
+    def finished(self, started: float) -> None:
+        """The request is over: metrics, the completion event, observers."""
+        ex = self.ex
+        ex.latency_s = time.perf_counter() - started
+        self._metrics()
+        if ex.flag:
+            self.r.emit_completion(ex)
+        for o in self.r.observers:
+            o.finished(ex)
+
+    def _metrics(self) -> None:
+        ex, m = self.ex, self.r.metrics
+        m.in_flight_by_route[self.label].dec()
+        key = (ex.flag, ex.variant, ex.model, self.label)
+        rm = m.route(*key)
+        m.requests_child(rm, key, ex.http_status).inc()
+        rm.duration.observe(ex.latency_s)
+        m.observe_overhead(self.label, ex)
+        if ex.status == "cancelled":
+            rm.cancelled.inc()
+        if ex.ttft_s is not None:
+            rm.ttft.observe(ex.ttft_s)
+        if ex.prompt_tokens:
+            rm.tokens_in.inc(ex.prompt_tokens)
+        if ex.completion_tokens:
+            rm.tokens_out.inc(ex.completion_tokens)
+
+
+class TracedRecording(Recording):
+    """A Recording that also keeps the request's spans."""
+
+    __slots__ = ("trace",)
+
+    def __init__(self, recorder: Recorder, ex: Exchange, label: str, trace: RequestTrace) -> None:
+        super().__init__(recorder, ex, label)
+        self.trace = trace
+
+    def routing(self, model: str) -> None:
+        """Flag evaluation starts: its span."""
+        self.trace.routing(model)
+
+    def routed(self, route: Route, unit_from: str) -> None:
+        """The route is chosen: flag attributes on the spans."""
+        super().routed(route, unit_from)
+        self.trace.routed(self.ex, self.ex.request)
+
+    def sending(self, route: Route, headers: dict[str, str]) -> None:
+        """The upstream span; its context replaces the caller's in `headers`."""
+        self.trace.upstream(route.served_model, route.pool.name, headers)
+
+    def first_byte(self, url: str) -> None:
+        """The endpoint that answered, on the upstream span."""
+        super().first_byte(url)
+        self.trace.connected(url)
+
+    def finished(self, started: float) -> None:
+        """Metrics and event as without tracing, the hand-off in its own span, then the end."""
+        ex = self.ex
+        ex.latency_s = time.perf_counter() - started
+        self._metrics()
+        if ex.flag:
+            sink = self.trace.sink()
+            self.r.emit_completion(ex)
+            sink.end()
+        self.trace.end(ex)
+        for o in self.r.observers:
+            o.finished(ex)
+
+
+class _Guarded:
+    """An observer whose failures are logged, never raised into the request path."""
+
+    __slots__ = ("_o",)
+
+    def __init__(self, observer: RequestObserver) -> None:
+        self._o = observer
+
+    def _failed(self, moment: str) -> None:
+        log.exception("observer %s failed at %s", type(self._o).__name__, moment)
+
+    def started(self, ex: Exchange) -> None:
+        try:
+            self._o.started(ex)
+        except Exception:
+            self._failed("started")
+
+    def routed(self, ex: Exchange) -> None:
+        try:
+            self._o.routed(ex)
+        except Exception:
+            self._failed("routed")
+
+    def first_byte(self, ex: Exchange) -> None:
+        try:
+            self._o.first_byte(ex)
+        except Exception:
+            self._failed("first_byte")
+
+    def chunk(self, ex: Exchange, data: bytes) -> None:
+        try:
+            self._o.chunk(ex, data)
+        except Exception:
+            self._failed("chunk")
+
+    def finished(self, ex: Exchange) -> None:
+        try:
+            self._o.finished(ex)
+        except Exception:
+            self._failed("finished")
+
+    def feedback_received(self, body: FeedbackBody) -> None:
+        try:
+            self._o.feedback_received(body)
+        except Exception:
+            self._failed("feedback_received")
+
+
+def audit_writer(events: EventPipeline | None, instance: str) -> AuditSink:
+    """The flag store's audit sink: logged, and written as an audit event when events are on."""
+
+    def audit(record: AuditRecord) -> None:
+        log_audit(record)
+        if events is not None:
+            events.emit(audit_event(record, instance=instance))
+
+    return audit
+
+
+def _bounded(category: str) -> str:
+    """Report categories are free text from apps; keep the metric label set bounded."""
+    return category if category in REPORT_CATEGORIES else "other"
