@@ -20,6 +20,7 @@ from starlette.routing import Route
 from feedback.emitter import open_pipeline
 from gateway.auth import Authenticator, keys_from_redis
 from gateway.errors import install_error_handlers
+from gateway.evaluators import open_evaluators
 from gateway.guard import RequestGuard
 from gateway.idempotency import IdempotencyKeys, LocalIdempotencyKeys, RedisIdempotencyKeys
 from gateway.ids import signer_from_config
@@ -101,6 +102,16 @@ def create_app(
             )
             if runtime.tracing is not None:
                 stack.push_async_callback(asyncio.to_thread, runtime.tracing.shutdown)
+            if settings.evaluators:
+                runtime.evaluators = await stack.enter_async_context(
+                    open_evaluators(
+                        settings.evaluators,
+                        upstreams,
+                        events.emit if events else None,
+                        app_metrics.registry,
+                        settings.instance,
+                    )
+                )
             runtime.observer = Observer(settings.telemetry, app_metrics)
             runtime.observer.start()
             stack.push_async_callback(runtime.observer.aclose)

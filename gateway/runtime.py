@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from feedback.emitter import EventPipeline
 from gateway.auth import Authenticator
+from gateway.evaluators import Evaluators
 from gateway.events import audit_event, completion_event
 from gateway.exchange import Exchange
 from gateway.idempotency import IdempotencyKeys, LocalIdempotencyKeys
@@ -45,6 +46,8 @@ class Runtime:
     limiter: RateLimiter | None = None
     # Experiment counters (batched in memory, flushed off the request path); None: off.
     experiments: ExperimentCounters | None = None
+    # Online evaluators (reward model, judge), scoring finished answers off the path; None: off.
+    evaluators: Evaluators | None = None
 
     def unit_hash(self, ex: Exchange) -> str:
         """The keyed hash of the request's unit id, computed once."""
@@ -74,6 +77,8 @@ class Runtime:
                 ex, instance=self.settings.instance, unit_hash=self.unit_hash(ex), safety=safety
             )
             self.events.emit(event)
+        if self.evaluators is not None:
+            self.evaluators.offer(ex)
         counters = self.experiments
         if counters is not None and ex.reason == "split":
             # Only the weighted split is an exposure: QA, forced and allow-listed traffic

@@ -6,11 +6,14 @@ Bradley-Terry reward model is trained to output), the default squashes it with a
 as vLLM's one-label classify pooler does. The simulator answers in that shape. Its score is
 noise drawn from a hash of the seed and the text, plus weighted counts of configured terms,
 so a test or a demo can make one policy's style score better (`--reward-term '!=0.5'`).
+A chat request with `response_format: {"type": "json_object"}` is answered as a judge would,
+with a 1-5 verdict derived from the same reward.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import time
@@ -28,6 +31,12 @@ def reward(text: str, seed: int, terms: Mapping[str, float], noise: float = 1.0)
     lowered = text.lower()
     bonus = sum(weight * lowered.count(term.lower()) for term, weight in terms.items() if term)
     return (2.0 * unit - 1.0) * noise + bonus
+
+
+def verdict(text: str, seed: int, terms: Mapping[str, float]) -> str:
+    """A simulated judge's answer to a rubric: {"score": 1-5, "reason": ...}, from reward()."""
+    score = min(5, max(1, round(3.0 + reward(text, seed, terms))))
+    return json.dumps({"score": score, "reason": f"simulated judge: {score} of 5"})
 
 
 def _text_of(content: Any) -> str:
