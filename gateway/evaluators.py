@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -126,6 +127,7 @@ class _Scorer:
         self.wake = asyncio.Event()
         self.budget = Budget(config.per_minute, now)
         self.busy = 0
+        self.warned: dict[str, float] = {}
 
     def wants(self, ex: Exchange) -> bool:
         c = self.config
@@ -209,6 +211,14 @@ class Evaluators:
                 self._count(scorer, "dropped", "shutdown")
             scorer.queue.clear()
 
+    def _warn(self, scorer: _Scorer, reason: str, message: str) -> None:
+        # A dead pool fails every call: one line a minute per reason, the counter has the rest.
+        now = self.clock()
+        if now - scorer.warned.get(reason, -math.inf) >= 60.0:
+            scorer.warned[reason] = now
+            log.warning("evaluator %s: %s (more counted in loopgate_evaluations_total)",
+                        scorer.name, message)  # fmt: skip
+
     def _count(self, scorer: _Scorer, outcome: str, reason: str) -> None:
         self.metrics.outcomes.labels(scorer.name, outcome, reason).inc()
 
@@ -253,11 +263,11 @@ class Evaluators:
             self._count(scorer, "failed", "timeout")
             return
         except _BadStatus as exc:
-            log.warning("evaluator %s: pool %s answered %s", scorer.name, config.pool, exc)
+            self._warn(scorer, "bad_status", f"pool {config.pool} answered {exc}")
             self._count(scorer, "failed", "bad_status")
             return
         except BadVerdict as exc:
-            log.warning("evaluator %s: %s", scorer.name, exc)
+            self._warn(scorer, "bad_verdict", str(exc))
             self._count(scorer, "failed", "bad_verdict")
             return
         except UpstreamTimeout:
@@ -266,7 +276,7 @@ class Evaluators:
         except (GatewayError, ClientError, OSError, ValueError) as exc:
             # No endpoint reachable, a broken connection, a body that is not JSON.
             self._count(scorer, "failed", "unavailable")
-            log.warning("evaluator %s: pool %s: %s", scorer.name, config.pool, exc)
+            self._warn(scorer, "unavailable", f"pool {config.pool}: {exc}")
             return
         latency_ms = (time.perf_counter() - started) * 1000.0
         self.metrics.score.labels(job.flag, job.variant, scorer.name).observe(score)

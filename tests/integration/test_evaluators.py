@@ -186,3 +186,35 @@ def test_a_dead_or_stalled_evaluator_changes_nothing_for_requests(
     completions = [e for e in _events(spool) if e["type"] == "completion"]
     assert len(completions) == 14
     assert all(e["body"]["status"] == "ok" for e in completions)
+
+
+def test_pending_scores_finish_at_shutdown(
+    gateway_factory: Callable[..., GatewayServer],
+    sim_factory: Callable[..., SimServer],
+    tmp_path: Path,
+) -> None:
+    policy = sim_factory(model="policy-a", ttft=0.0, itl=0.0)
+    slow = sim_factory(model="rm", ttft=0.6, jitter=0.0)  # each score takes 0.6 s
+    spool = tmp_path / "spool"
+    config = {
+        "pools": {
+            "a": pool(policy.base_url, served_model="policy-a"),
+            "rm": pool(slow.base_url, served_model="rm"),
+        },
+        "models": {"assistant": {"pool": "a"}},
+        "events": {"spool": {"dir": str(spool)}},
+        "evaluators": {
+            "reward": {
+                "kind": "reward_model",
+                "pool": "rm",
+                "sample_rate": 1.0,
+                "concurrency": 1,
+                "timeout_s": 5.0,
+            },
+        },
+    }
+    gw = gateway_factory(config)
+    scorable, _ = _ask(gw, 3)
+    assert gw.stop() == 0  # at once: the three scores are still queued or running
+    scored = [e["body"]["response_id"] for e in _events(spool) if e["type"] == "evaluation"]
+    assert sorted(scored) == sorted(scorable)
