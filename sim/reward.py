@@ -82,7 +82,7 @@ def pooling_body(
         data.append({"index": index, "object": "pooling", "data": [score]})
     tokens = sum(count_tokens(t) for t in texts)
     return {
-        "id": "pool-" + os.urandom(8).hex(),
+        "id": "pooling-" + os.urandom(8).hex(),
         "object": "list",
         "created": int(time.time()),
         "model": model,

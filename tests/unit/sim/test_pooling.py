@@ -22,7 +22,7 @@ def test_pooling_returns_one_raw_reward_in_vllms_shape(sim_factory: SimFactory) 
     assert status == 200, raw
     body = orjson.loads(raw)
     assert body["object"] == "list"
-    assert body["id"].startswith("pool-")
+    assert body["id"].startswith("pooling-")
     assert body["model"] == "rm"
     assert [d["index"] for d in body["data"]] == [0]
     assert body["data"][0]["object"] == "pooling"
