@@ -23,7 +23,9 @@ from tests.support.gateway import GatewayServer, pool
 from tests.support.ports import wait_until
 from tests.support.sim import SimServer
 
-MESSAGES: list[Any] = [{"role": "user", "content": "How do I rotate API keys safely?"}]
+MESSAGES: list[Any] = [
+    {"role": "user", "content": "How do I rotate API keys safely? Mail ops@example.com"}
+]
 SCHEMA = json.loads((SCHEMA_DIR / "evaluation.json").read_text())
 
 
@@ -122,6 +124,12 @@ def test_sampled_answers_get_exactly_one_evaluation_each(
     assert all(b["flag"] == "assistant" and b["evaluator_kind"] == "judge" for b in judged)
     judge_cfg = EvaluatorConfig.model_validate(evaluators["helpfulness"])
     assert {b["version"] for b in judged} == {version(judge_cfg, "judge-model")}
+    # The judge saw the conversation as the policy did (events are redacted on their own
+    # copy), and each verdict's reason reached the event.
+    for entry in judge.requests():
+        content = entry["body"]["messages"][0]["content"]
+        assert "user: How do I rotate API keys safely? Mail ops@example.com" in content
+    assert all(b["reason"].startswith("simulated judge") for b in judged)
     rewards = [e["body"] for e in scored if e["body"]["evaluator"] == "reward"]
     # Friendly answers carry "!": the reward terms lift them above the bare noise in [-1, 1].
     assert sum(b["score"] for b in rewards) / len(rewards) > 0.5
