@@ -112,6 +112,8 @@ def create_app(
                         settings.instance,
                     )
                 )
+                # Entered after tracing, so drained before it shuts down (LIFO).
+                runtime.evaluators.tracing = runtime.tracing
             runtime.observer = Observer(settings.telemetry, app_metrics)
             runtime.observer.start()
             stack.push_async_callback(runtime.observer.aclose)

@@ -37,6 +37,7 @@ from gateway.rubric import (
     sampled,
     version,
 )
+from gateway.tracing import Tracing
 from gateway.upstream import Upstreams
 
 log = logging.getLogger("loopgate.evaluators")
@@ -162,6 +163,8 @@ class Evaluators:
             for name, cfg in configs.items()
         ]
         self._tasks: set[asyncio.Task[None]] = set()
+        # Set once tracing is open: each score becomes a gen_ai.evaluation.result event.
+        self.tracing: Tracing | None = None
         metrics.label_known([s.name for s in self.scorers])
 
     def start(self) -> None:
@@ -299,6 +302,11 @@ class Evaluators:
                 body, gateway=self.instance, now=time.time(), trace_id=job.trace_id or None
             )
             self.emit(event)
+        if self.tracing is not None:
+            self.tracing.record_feedback(
+                job.response_id, "", value=score, flag=job.flag or None,
+                variant=job.variant or None, category=reason or None, name=scorer.name,
+            )  # fmt: skip
 
     async def _post(self, pool_name: str, path: str, payload: dict[str, Any]) -> Any:
         pool = self.upstreams.pools[pool_name]

@@ -6,6 +6,7 @@ or stalled evaluator pool changes nothing for requests, and is counted.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import Callable
@@ -14,14 +15,17 @@ from typing import Any
 
 import jsonschema
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from feedback.schema import SCHEMA_DIR
 from feedback.sinks.spool import SEGMENT_SUFFIX
 from gateway.evaluator_config import EvaluatorConfig
 from gateway.rubric import sampled, version
+from gateway.settings import Settings
 from tests.support.gateway import GatewayServer, pool
 from tests.support.ports import wait_until
 from tests.support.sim import SimServer
+from tests.unit.observability.live import running
 
 MESSAGES: list[Any] = [
     {"role": "user", "content": "How do I rotate API keys safely? Mail ops@example.com"}
@@ -226,3 +230,47 @@ def test_pending_scores_finish_at_shutdown(
     assert gw.stop() == 0  # at once: the three scores are still queued or running
     scored = [e["body"]["response_id"] for e in _events(spool) if e["type"] == "evaluation"]
     assert sorted(scored) == sorted(scorable)
+
+
+def test_each_score_is_a_gen_ai_evaluation_result_on_the_answers_trace(
+    sim_factory: Callable[..., SimServer], tmp_path: Path
+) -> None:
+    policy = sim_factory(model="policy-a", ttft=0.0, itl=0.0)
+    judge = sim_factory(model="judge-model", ttft=0.0, itl=0.0)
+    settings = Settings(
+        pools={
+            "a": {"endpoints": [policy.base_url], "served_model": "policy-a"},
+            "judge": {"endpoints": [judge.base_url], "served_model": "judge-model"},
+        },
+        models={"assistant": {"pool": "a"}},
+        events={"spool": {"dir": str(tmp_path / "spool")}},
+        evaluators={"helpfulness": {"kind": "judge", "pool": "judge", "sample_rate": 1.0}},
+    )  # type: ignore[arg-type]
+    exporter = InMemorySpanExporter()
+
+    async def go() -> str:
+        async with running(settings, exporter) as (app, client):
+            answer = await client.post(
+                "/v1/chat/completions", json={"model": "assistant", "messages": MESSAGES}
+            )
+            assert answer.status_code == 200
+            done = app.state.runtime.evaluators.metrics.outcomes.labels("helpfulness", "done", "")
+            async with asyncio.timeout(20):
+                while done._value.get() < 1:  # noqa: ASYNC110 - a counter, not an event
+                    await asyncio.sleep(0.02)
+            response_id: str = answer.json()["id"]
+            return response_id
+
+    response_id = asyncio.run(go())
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "evaluate helpfulness"]
+    answer_span = next(s for s in exporter.get_finished_spans() if s.name == "chat assistant")
+    assert span.parent is not None
+    assert span.parent.span_id == answer_span.context.span_id
+    (event,) = span.events
+    assert event.name == "gen_ai.evaluation.result"
+    attrs = dict(event.attributes or {})
+    assert attrs["gen_ai.evaluation.name"] == "helpfulness"
+    assert attrs["gen_ai.response.id"] == response_id
+    assert attrs["gen_ai.evaluation.score.value"] in {1.0, 2.0, 3.0, 4.0, 5.0}
+    assert str(attrs["gen_ai.evaluation.explanation"]).startswith("simulated judge")
+    assert "gen_ai.evaluation.score.label" not in attrs
