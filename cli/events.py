@@ -112,6 +112,11 @@ def _pretty(event: dict[str, Any]) -> str:
             f"{'' if value is None else f' {value:g}'}  {escape(_short(extra))}"
         )
         route += f" app={escape(str(body.get('app', '')))}"
+    elif kind == "evaluation":
+        detail = (
+            f"[bold]{escape(str(body.get('evaluator')))}[/] {float(body.get('score', 0)):g}"
+            f"  {escape(_short(body.get('reason')))}"
+        )
     else:
         route = escape(str(body.get("what", "-")))
         detail = escape(
@@ -176,14 +181,21 @@ def _show(raw: bytes, event: dict[str, Any], as_json: bool, keys: Any = None) ->
 
 
 def _topics_for(topics: list[str] | None, types: list[str] | None) -> list[str]:
-    from feedback.schema import AUDIT_TOPIC, COMPLETIONS_TOPIC, FEEDBACK_TOPIC, TOPICS
+    from feedback.schema import (
+        AUDIT_TOPIC,
+        COMPLETIONS_TOPIC,
+        EVALUATIONS_TOPIC,
+        FEEDBACK_TOPIC,
+        TOPICS,
+    )
 
     if topics:
         return list(dict.fromkeys(topics))
     if not types:
         return list(TOPICS)
-    wanted = {COMPLETIONS_TOPIC if t == "completion" else FEEDBACK_TOPIC if t == "feedback"
-              else AUDIT_TOPIC for t in types}  # fmt: skip
+    by_type = {"completion": COMPLETIONS_TOPIC, "feedback": FEEDBACK_TOPIC,
+               "evaluation": EVALUATIONS_TOPIC}  # fmt: skip
+    wanted = {by_type.get(t, AUDIT_TOPIC) for t in types}
     return [t for t in TOPICS if t in wanted]
 
 

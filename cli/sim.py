@@ -18,6 +18,21 @@ def _parse_adapters(specs: list[str]) -> dict[str, str]:
     return adapters
 
 
+def _parse_terms(specs: list[str]) -> dict[str, float]:
+    terms: dict[str, float] = {}
+    for spec in specs:
+        term, _, weight = spec.rpartition("=")
+        try:
+            terms[term] = float(weight)
+        except ValueError:
+            raise typer.BadParameter(
+                f"{spec!r}: expected TERM=WEIGHT", param_hint="--reward-term"
+            ) from None
+        if not term:
+            raise typer.BadParameter(f"{spec!r}: expected TERM=WEIGHT", param_hint="--reward-term")
+    return terms
+
+
 def register(app: typer.Typer) -> None:
     """Add the sim command."""
     # Options left out take the profile's defaults (sim/profile.py), so the CLI and a pool's
@@ -70,6 +85,10 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="A LoRA adapter served too, NAME or NAME=STYLE; repeatable."),
         ] = None,
         history: Annotated[int, typer.Option(help="Requests kept for /sim/requests.")] = 256,
+        reward_term: Annotated[
+            list[str] | None,
+            typer.Option(help="/pooling rewards TERM by WEIGHT per use, TERM=WEIGHT; repeatable."),
+        ] = None,
     ) -> None:
         """Run a vLLM simulator: vLLM's OpenAI API, latency profile, faults and /metrics."""
         # Imported here so other commands do not pay for aiohttp and pydantic at start.
@@ -90,6 +109,7 @@ def register(app: typer.Typer) -> None:
             "max_model_len": max_model_len,
             "jitter": jitter,
             "seed": seed,
+            "reward_terms": _parse_terms(reward_term or []) or None,
         }
         try:
             profile = SimProfile(**{k: v for k, v in given.items() if v is not None})

@@ -1,4 +1,4 @@
-"""Event envelope and bodies (completion, feedback, audit); JSON Schema export (pure)."""
+"""Event envelope and bodies (completion, feedback, audit, evaluation); JSON Schema export."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ SCHEMA_VERSION = 1
 COMPLETIONS_TOPIC = "loopgate.completions.v1"
 FEEDBACK_TOPIC = "loopgate.feedback.v1"
 AUDIT_TOPIC = "loopgate.audit.v1"
-TOPICS = (COMPLETIONS_TOPIC, FEEDBACK_TOPIC, AUDIT_TOPIC)
+EVALUATIONS_TOPIC = "loopgate.evaluations.v1"
+TOPICS = (COMPLETIONS_TOPIC, FEEDBACK_TOPIC, AUDIT_TOPIC, EVALUATIONS_TOPIC)
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 
 Consent = Literal["full", "none"]
@@ -189,6 +190,24 @@ class AuditBody(_Model):
     reason: str | None = None
 
 
+class EvaluationBody(_Model):
+    """An automatic score of one answer, by a reward model or a judge, keyed by its response id."""
+
+    response_id: str
+    flag: str | None = None
+    flag_version: int | None = None
+    variant: str | None = None
+    app: str
+    role: Literal["primary", "shadow"] = "primary"
+    evaluator: Label
+    evaluator_kind: Literal["reward_model", "judge"]
+    # The evaluator's model and a hash of its rubric: scores of two versions don't mix.
+    version: Label
+    score: float
+    reason: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+    latency_ms: float = Field(ge=0)
+
+
 class Envelope(_Model):
     """Fields every event carries, before its body."""
 
@@ -280,11 +299,33 @@ class AuditEvent(Envelope):
         return cls(**cls._header(now, gateway, trace_id), type=type, body=body)
 
 
-Event = CompletionEvent | FeedbackEvent | AuditEvent
+class EvaluationEvent(Envelope):
+    """`evaluation` on loopgate.evaluations.v1."""
+
+    type: Literal["evaluation"] = "evaluation"
+    body: EvaluationBody
+
+    topic: ClassVar[str] = EVALUATIONS_TOPIC
+
+    @property
+    def key(self) -> str:
+        """The response id, as the answer's completion and feedback."""
+        return self.body.response_id
+
+    @classmethod
+    def create(
+        cls, body: EvaluationBody, *, gateway: str, now: float, trace_id: str | None = None
+    ) -> Self:
+        """A new event (fresh event_id) for this body at `now` (unix seconds)."""
+        return cls(**cls._header(now, gateway, trace_id), body=body)
+
+
+Event = CompletionEvent | FeedbackEvent | AuditEvent | EvaluationEvent
 EVENT_MODELS: dict[str, type[Envelope]] = {
     "completion": CompletionEvent,
     "feedback": FeedbackEvent,
     "audit": AuditEvent,
+    "evaluation": EvaluationEvent,
 }
 
 
@@ -333,6 +374,8 @@ def from_json(raw: bytes | str) -> Event:
         return CompletionEvent.model_validate(data)
     if kind == "feedback":
         return FeedbackEvent.model_validate(data)
+    if kind == "evaluation":
+        return EvaluationEvent.model_validate(data)
     return AuditEvent.model_validate(data)
 
 
@@ -344,6 +387,8 @@ def route_of(raw: dict[str, Any]) -> tuple[str, str]:
         return COMPLETIONS_TOPIC, str(body.get("response_id", ""))
     if kind == "feedback":
         return FEEDBACK_TOPIC, str(body.get("response_id", ""))
+    if kind == "evaluation":
+        return EVALUATIONS_TOPIC, str(body.get("response_id", ""))
     return AUDIT_TOPIC, str(body.get("what", ""))
 
 

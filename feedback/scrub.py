@@ -67,6 +67,8 @@ _FEEDBACK_SET_BY_GATEWAY = frozenset(
 )
 # Audit: the action and the thing changed (the Kafka key) are the gateway's words.
 _AUDIT_SET_BY_GATEWAY = frozenset({"action", "what", "version"})
+# An evaluation's only free text is the judge's reason, which may quote the answer.
+_EVALUATION_CONTENT = ("reason",)
 _ERROR_SET_BY_GATEWAY = frozenset({"type", "code", "status"})
 
 
@@ -153,6 +155,10 @@ def scrub_data(data: dict[str, Any], redactor: Redactor | None) -> Findings:
         _completion(body, redactor, found)
     elif kind == "feedback":
         _feedback(body, redactor, found)
+    elif kind == "evaluation":
+        for key in _EVALUATION_CONTENT:
+            if redactor is not None and body.get(key) is not None:
+                body[key] = redactor.redact_value(body[key], found)
     else:
         _audit(body, redactor, found)
     if found and "safety" in body:

@@ -21,6 +21,7 @@ from console.app import install_console, open_embedded
 from feedback.emitter import open_pipeline
 from gateway.auth import Authenticator, keys_from_redis
 from gateway.errors import install_error_handlers
+from gateway.evaluators import open_evaluators
 from gateway.guard import RequestGuard
 from gateway.idempotency import IdempotencyKeys, LocalIdempotencyKeys, RedisIdempotencyKeys
 from gateway.ids import signer_from_config
@@ -101,6 +102,19 @@ def create_app(
             observer = Observer(settings.telemetry, app_metrics)
             observer.start()
             stack.push_async_callback(observer.aclose)
+            evaluators = None
+            if settings.evaluators:
+                # Entered after tracing, so drained before it shuts down (LIFO).
+                evaluators = await stack.enter_async_context(
+                    open_evaluators(
+                        settings.evaluators,
+                        upstreams,
+                        events.emit if events else None,
+                        app_metrics.registry,
+                        settings.instance,
+                    )
+                )
+                evaluators.tracing = tracing
             signer = signer_from_config(settings.ids)
             recording: dict[str, Any] = {
                 "instance": settings.instance,
@@ -110,7 +124,8 @@ def create_app(
                 "observer": observer,
                 "events": events,
                 "counters": experiments.counters if experiments is not None else None,
-                "observers": observers,
+                # Evaluators score finished answers: one more observer of every request.
+                "observers": (*observers, evaluators) if evaluators else observers,
             }
             recorder = (
                 TracedRecorder(tracing, **recording)
@@ -134,6 +149,7 @@ def create_app(
                 flags=store,
                 experiments=experiments,
                 tracing=tracing,
+                evaluators=evaluators,
             )
             app.state.runtime = runtime
             if settings.console.enabled:

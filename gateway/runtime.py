@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from feedback.emitter import EventPipeline
 from gateway.auth import Authenticator
+from gateway.evaluators import Evaluators
 from gateway.idempotency import IdempotencyKeys
 from gateway.ids import ResponseIdSigner
 from gateway.metrics import Metrics
@@ -57,6 +58,8 @@ class Runtime:
     experiments: Experiments | None = None
     # None: tracing is off, and the request path makes no spans.
     tracing: Tracing | None = None
+    # Online evaluators (reward model, judge), one of the recorder's observers; None: off.
+    evaluators: Evaluators | None = None
 
     @property
     def ready(self) -> bool:

@@ -22,6 +22,7 @@ from console.config import ConsoleConfig
 from feedback.config import EventsConfig, IdsConfig
 from gateway.auth import AuthConfig
 from gateway.balancer import BalancerConfig
+from gateway.evaluator_config import EvaluatorConfig
 from gateway.ratelimit import RateLimitConfig
 from gateway.telemetry_config import OtelEnvSource, TelemetryConfig
 from rollout.config import ExperimentsConfig
@@ -161,6 +162,7 @@ class Settings(BaseSettings):
     ratelimit: RateLimitConfig = RateLimitConfig()
     balancer: BalancerConfig = BalancerConfig()
     console: ConsoleConfig = ConsoleConfig()
+    evaluators: dict[str, EvaluatorConfig] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -183,6 +185,13 @@ class Settings(BaseSettings):
                 known = ", ".join(sorted(self.pools)) or "none"
                 raise ValueError(
                     f"models.{name}.pool: unknown pool {route.pool!r} (known pools: {known})"
+                )
+        for name, evaluator in self.evaluators.items():
+            if evaluator.pool not in self.pools:
+                known = ", ".join(sorted(self.pools)) or "none"
+                raise ValueError(
+                    f"evaluators.{name}.pool: unknown pool {evaluator.pool!r}"
+                    f" (known pools: {known})"
                 )
         return self
 

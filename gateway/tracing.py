@@ -153,8 +153,12 @@ class Tracing:
         flag: str | None = None,
         variant: str | None = None,
         category: str | None = None,
+        name: str = "user_feedback",
     ) -> str:
         """A `gen_ai.evaluation.result` event on the answer's trace; returns the trace id.
+
+        `name` is the evaluation's (an online evaluator's name; people's feedback is
+        user_feedback); an empty `kind` leaves the score without a label.
 
         The answer's span has ended, so the event goes on a short span of its own: a child of
         the answer's span (and linked to it) when this process served the answer recently;
@@ -166,24 +170,23 @@ class Tracing:
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "evaluate",
             "gen_ai.response.id": response_id,
-            "gen_ai.evaluation.name": "user_feedback",
+            "gen_ai.evaluation.name": name,
         }
         if flag:
             attributes["feature_flag.key"] = flag
         if variant:
             attributes["feature_flag.result.variant"] = variant
         span = self.tracer.start_span(
-            "evaluate user_feedback",
+            f"evaluate {name}",
             context=parent if parent is not None else Context(),
             kind=SpanKind.INTERNAL,
             attributes=attributes,
             links=links,
         )
-        event: dict[str, Any] = {
-            "gen_ai.evaluation.name": "user_feedback",
-            "gen_ai.evaluation.score.label": kind,
-            "gen_ai.response.id": response_id,
-        }
+        event: dict[str, Any] = {"gen_ai.evaluation.name": name}
+        if kind:
+            event["gen_ai.evaluation.score.label"] = kind
+        event["gen_ai.response.id"] = response_id
         score = _SCORES.get(kind, value)
         if score is not None:
             event["gen_ai.evaluation.score.value"] = float(score)

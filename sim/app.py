@@ -25,10 +25,12 @@ from sim.protocol import (
     completion_body,
     invalid_field,
     new_id,
+    not_found_model,
     parse_job,
     server_error,
     usage,
 )
+from sim.reward import pooling_body, pooling_inputs
 
 ENGINE = web.AppKey("sim_engine", SimEngine)
 
@@ -41,6 +43,7 @@ _KNOWN_PATHS = frozenset(
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/models",
+        "/pooling",
         "/health",
         "/metrics",
         "/version",
@@ -267,6 +270,43 @@ def _model_card(name: str, root: str, parent: str | None, max_len: int | None) -
     }
 
 
+async def _pooling(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    raw = await request.read()
+    try:
+        body: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        loc = f"body.{err.pos}"
+        return _error(invalid_field("json_invalid", loc, "JSON decode error", {}, error=err.msg))
+    entry = engine.recorder.record(request.method, request.path, request.headers, body)
+    try:
+        model = body.get("model") if isinstance(body, dict) else None
+        if model is not None and model not in engine.styles:
+            raise not_found_model(str(model), engine.served_model)
+        texts, activation = pooling_inputs(body)
+    except SimError as err:
+        engine.recorder.finish(entry, "rejected", err.status)
+        return _error(err)
+    fault = engine.draw_fault(False)
+    try:
+        if fault == "stall":
+            engine.recorder.finish(entry, "stalled")
+            await asyncio.Event().wait()  # until the client gives up
+        if fault == "error":
+            engine.recorder.finish(entry, "errors", 500)
+            return _error(server_error("Simulated engine failure (error_rate)."))
+        # A pooling pass is one prefill: about a time to first token, no decoding.
+        await asyncio.sleep(engine.profile.ttft)
+    except asyncio.CancelledError:
+        engine.recorder.finish(entry, "cancelled")
+        raise
+    profile = engine.profile
+    served = str(model or engine.served_model)
+    payload = pooling_body(texts, served, profile.seed, profile.reward_terms, activation)
+    engine.recorder.finish(entry, "completed", 200)
+    return _json(payload)
+
+
 async def _models(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     base = engine.served_model
@@ -324,6 +364,7 @@ def create_sim_app(
     add("POST", "/v1/chat/completions", _chat)
     add("POST", "/v1/completions", _completions)
     add("GET", "/v1/models", _models)
+    add("POST", "/pooling", _pooling)
     add("GET", "/health", _health)
     add("GET", "/version", _version)
     add("GET", "/metrics", _metrics)

@@ -12,8 +12,9 @@ from sim.metrics import SimMetrics
 from sim.profile import STYLES, SimProfile
 from sim.protocol import Job
 from sim.recorder import Recorder
+from sim.reward import verdict
 from sim.scheduler import Scheduler
-from sim.text import answer_rng, compose
+from sim.text import answer_rng, compose, split_tokens
 
 Fault = Literal["stall", "error", "midstream"] | None
 
@@ -124,7 +125,11 @@ class SimEngine:
             if job.max_tokens is not None:
                 limit = min(limit, job.max_tokens)
             for index in range(job.n):
-                pieces = list(self._write(seed, style, topic, index))
+                if job.json_object:
+                    text = verdict(topic, self.profile.seed, self.profile.reward_terms)
+                    pieces = split_tokens(text)
+                else:
+                    pieces = list(self._write(seed, style, topic, index))
                 pieces, stop = _apply_stop(pieces, job.stop)
                 if stop is not None and len(pieces) <= limit:
                     result.append(Answer(pieces, "stop", stop))

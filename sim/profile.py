@@ -28,6 +28,8 @@ class SimProfile(BaseModel):
     kv_cache_tokens: int = Field(262144, ge=1)
     # Relative spread of ttft, itl and output length, drawn from the request's seed.
     jitter: float = Field(0.1, ge=0, le=0.9)
+    # /pooling as a reward model: term -> weight added per occurrence (sim/reward.py).
+    reward_terms: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("style")
     @classmethod

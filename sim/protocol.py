@@ -79,6 +79,8 @@ class Job:
     include_usage: bool
     seed: int | None
     stop: list[str] = field(default_factory=list)
+    # response_format {"type": "json_object"}: answer as a judge, one JSON verdict.
+    json_object: bool = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -223,7 +225,13 @@ def parse_job(kind: Kind, body: Any, models: Iterable[str], max_model_len: int) 
         include_usage=include_usage,
         seed=_int(body, "seed"),
         stop=_stop(body),
+        json_object=_json_object(body),
     )
+
+
+def _json_object(body: Mapping[str, Any]) -> bool:
+    fmt = body.get("response_format")
+    return isinstance(fmt, dict) and fmt.get("type") == "json_object"
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -10,6 +10,8 @@ from feedback.schema import (
     CompletionBody,
     CompletionEvent,
     ErrorInfo,
+    EvaluationBody,
+    EvaluationEvent,
     FeedbackBody,
     FeedbackEvent,
     RequestContent,
@@ -89,3 +91,22 @@ def failed_completion() -> CompletionEvent:
         response=None,
         error=ErrorInfo(type="upstream_error", message="boom", status=502),
     )
+
+
+def evaluation(response_id: str = "lg1.p.m", **changes: Any) -> EvaluationEvent:
+    """A judge's score of an answer."""
+    fields: dict[str, Any] = {
+        "response_id": response_id,
+        "flag": "support-bot",
+        "flag_version": 3,
+        "variant": "canary",
+        "app": "app-1",
+        "evaluator": "helpfulness",
+        "evaluator_kind": "judge",
+        "version": "judge-model@3f2a9c01",
+        "score": 4.0,
+        "reason": "answers the question",
+        "latency_ms": 812.5,
+    }
+    fields.update(changes)
+    return EvaluationEvent.create(EvaluationBody(**fields), gateway="gw-1", now=NOW)

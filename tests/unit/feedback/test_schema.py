@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from feedback.schema import (
     AUDIT_TOPIC,
     COMPLETIONS_TOPIC,
+    EVALUATIONS_TOPIC,
     FEEDBACK_KINDS,
     FEEDBACK_TOPIC,
     SCHEMA_DIR,
@@ -26,9 +27,24 @@ from feedback.schema import (
     to_json,
     uuid7,
 )
-from tests.unit.feedback.events import NOW, audit, completion, failed_completion, feedback
+from tests.unit.feedback.events import (
+    NOW,
+    audit,
+    completion,
+    evaluation,
+    failed_completion,
+    feedback,
+)
 
-SAMPLES = [completion(), failed_completion(), feedback(), feedback(kind="rating", value=4), audit()]
+SAMPLES = [
+    completion(),
+    failed_completion(),
+    feedback(),
+    feedback(kind="rating", value=4),
+    audit(),
+    evaluation(),
+    evaluation(evaluator_kind="reward_model", reason=None, score=-1.25),
+]
 
 
 def shipped(name: str) -> dict[str, object]:
@@ -57,7 +73,9 @@ def test_round_trip_and_schema(event: object) -> None:
     raw = to_json(event)  # type: ignore[arg-type]
     assert from_json(raw) == event
     data = orjson.loads(raw)
-    name = {"completion": "completion", "feedback": "feedback"}.get(data["type"], "audit")
+    name = {"completion": "completion", "feedback": "feedback", "evaluation": "evaluation"}.get(
+        data["type"], "audit"
+    )
     jsonschema.validate(data, shipped(name))
 
 
@@ -96,6 +114,10 @@ def test_keys_and_topics() -> None:
     )
     assert (feedback("lg1.c.d").topic, feedback("lg1.c.d").key) == (FEEDBACK_TOPIC, "lg1.c.d")
     assert (audit().topic, audit().key) == (AUDIT_TOPIC, "support-bot")
+    assert (evaluation("lg1.e.f").topic, evaluation("lg1.e.f").key) == (
+        EVALUATIONS_TOPIC,
+        "lg1.e.f",
+    )
     for event in SAMPLES:
         assert route_of(orjson.loads(to_json(event))) == (event.topic, event.key)
 
@@ -134,3 +156,14 @@ def test_metadata_is_bounded() -> None:
         FeedbackBody(response_id="r", app="a", kind="comment", metadata={"k": "x" * 1025})
     with pytest.raises(ValidationError):
         FeedbackBody(response_id="r", app="a", kind="comment", metadata={"k": {"nested": 1}})
+
+
+def test_evaluation_schema_rejects_an_unknown_evaluator_kind_and_missing_score() -> None:
+    data = orjson.loads(to_json(evaluation()))
+    data["body"]["evaluator_kind"] = "vibes"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, shipped("evaluation"))
+    data = orjson.loads(to_json(evaluation()))
+    del data["body"]["score"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, shipped("evaluation"))

@@ -1,0 +1,96 @@
+"""A simulated reward model behind vLLM's /pooling route: scores as a seeded function of text.
+
+vLLM serves a single-score reward model (a sequence classifier with one label) through
+/pooling with `task: "classify"`: `use_activation: false` gives the raw reward (the logit a
+Bradley-Terry reward model is trained to output), the default squashes it with a sigmoid,
+as vLLM's one-label classify pooler does. The simulator answers in that shape. Its score is
+noise drawn from a hash of the seed and the text, plus weighted counts of configured terms,
+so a test or a demo can make one policy's style score better (`--reward-term '!=0.5'`).
+A chat request with `response_format: {"type": "json_object"}` is answered as a judge would,
+with a 1-5 verdict derived from the same reward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from sim.protocol import bad_request, invalid_field
+from sim.text import count_tokens
+
+
+def reward(text: str, seed: int, terms: Mapping[str, float], noise: float = 1.0) -> float:
+    """The raw reward of `text`: uniform noise in [-noise, noise] plus term weights x counts."""
+    digest = hashlib.sha256(f"{seed}\0{text}".encode()).digest()
+    unit = int.from_bytes(digest[:8], "big") / 2**64
+    lowered = text.lower()
+    bonus = sum(weight * lowered.count(term.lower()) for term, weight in terms.items() if term)
+    return (2.0 * unit - 1.0) * noise + bonus
+
+
+def verdict(text: str, seed: int, terms: Mapping[str, float]) -> str:
+    """A simulated judge's answer to a rubric: {"score": 1-5, "reason": ...}, from reward()."""
+    score = min(5, max(1, round(3.0 + reward(text, seed, terms))))
+    return json.dumps({"score": score, "reason": f"simulated judge: {score} of 5"})
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def pooling_inputs(body: Any) -> tuple[list[str], bool]:
+    """The texts a /pooling request asks to score, and whether to apply the activation."""
+    if not isinstance(body, dict):
+        raise invalid_field("model_attributes_type", "body", "Input should be an object", body)
+    task = body.get("task")
+    if task not in (None, "classify"):
+        raise bad_request(f"Task {task} is not supported by this reward model.", "task")
+    activation = body.get("use_activation")
+    if "messages" in body:
+        messages = body["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise invalid_field("list_type", "body.messages", "Input should be a list", messages)
+        # A reward model scores the whole conversation, the answer last (its chat template).
+        texts = ["\n".join(_text_of(m.get("content")) for m in messages if isinstance(m, dict))]
+    elif isinstance(body.get("input"), str):
+        texts = [body["input"]]
+    elif isinstance(body.get("input"), list) and all(isinstance(t, str) for t in body["input"]):
+        texts = list(body["input"])
+    else:
+        raise invalid_field("missing", "body.input", "Field required", body)
+    return texts, activation is not False
+
+
+def pooling_body(
+    texts: list[str], model: str, seed: int, terms: Mapping[str, float], activation: bool
+) -> dict[str, Any]:
+    """vLLM's PoolingResponse for these texts: one score per input in data[i].data."""
+    data = []
+    for index, text in enumerate(texts):
+        score = reward(text, seed, terms)
+        if activation:
+            score = 1.0 / (1.0 + math.exp(-score))
+        data.append({"index": index, "object": "pooling", "data": [score]})
+    tokens = sum(count_tokens(t) for t in texts)
+    return {
+        "id": "pooling-" + os.urandom(8).hex(),
+        "object": "list",
+        "created": int(time.time()),
+        "model": model,
+        "data": data,
+        "usage": {
+            "prompt_tokens": tokens,
+            "total_tokens": tokens,
+            "completion_tokens": 0,
+            "prompt_tokens_details": None,
+        },
+    }
