@@ -22,6 +22,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 from feedback.config import EventsConfig
 from feedback.privacy.sealer import Sealer
 from feedback.privacy.stores import key_store
@@ -234,16 +236,23 @@ class EventPipeline:
             if isinstance(item, Record):
                 records.append(item)
                 continue
+            unsealed: list[bytes] = []
             try:
-                data, found = scrub_json(item, self._redactor, seal)
+                if self.listeners and seal is not None:
+                    # Listeners (the console's review queues) work in process on the redacted
+                    # content: they get it as it was just before sealing.
+                    data, found = scrub_json(item, self._redactor, _keeping(seal, unsealed))
+                else:
+                    data, found = scrub_json(item, self._redactor, seal)
                 records.append(Record(item.topic, item.key, data))
             except Exception:
                 log.exception("events: cannot serialise a %s event; dropped", item.type)
                 self._drop(1, "unserialisable event")
                 continue
+            heard = Record(item.topic, item.key, unsealed[0]) if unsealed else records[-1]
             for listen in self.listeners:
                 try:
-                    listen(records[-1])
+                    listen(heard)
                 except Exception:
                     log.exception("events: a listener failed on a %s event", item.type)
             for category, count in found.items():
@@ -492,3 +501,15 @@ async def open_pipeline(
         await pipeline.aclose()
         if store is not None:
             await store.aclose()
+
+
+def _keeping(
+    seal: Callable[[dict[str, Any]], None], kept: list[bytes]
+) -> Callable[[dict[str, Any]], None]:
+    """`seal`, after keeping the event's JSON as it is before sealing in `kept`."""
+
+    def keep_then_seal(data: dict[str, Any]) -> None:
+        kept.append(orjson.dumps(data, option=orjson.OPT_UTC_Z))
+        seal(data)
+
+    return keep_then_seal
