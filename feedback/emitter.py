@@ -42,6 +42,11 @@ from feedback.sinks.base import (
 from feedback.sinks.kafka import KafkaSink
 from feedback.sinks.spool import DEAD_LETTER, SpoolSink, record_from_line
 
+# Room left in a record for everything but the sealed content (ids, metadata, headers).
+_METADATA_ROOM = 64 * 1024
+# A spool-only gateway's events may be replayed to a Kafka with the default record limit.
+_DEFAULT_RECORD_BYTES = 1024 * 1024
+
 log = logging.getLogger(__name__)
 
 Mode = Literal["direct", "spooling"]
@@ -227,6 +232,7 @@ class EventPipeline:
     ) -> list[Record]:
         records: list[Record] = []
         seal = self.sealer.hook(items) if self.sealer is not None else None
+        cut_before = self.sealer.stats.truncated if self.sealer is not None else 0
         in_slice = 0
         for index, item in enumerate(items):
             if in_slice >= max(_MIN_SLICE, (len(items) - index + len(waiting)) // 4):
@@ -245,6 +251,9 @@ class EventPipeline:
                 else:
                     data, found = scrub_json(item, self._redactor, seal)
                 records.append(Record(item.topic, item.key, data))
+                if self.sealer is not None and self.sealer.stats.truncated != cut_before:
+                    cut_before = self.sealer.stats.truncated
+                    self.stats.truncated[item.topic] = self.stats.truncated.get(item.topic, 0) + 1
             except Exception:
                 log.exception("events: cannot serialise a %s event; dropped", item.type)
                 self._drop(1, "unserialisable event")
@@ -488,7 +497,15 @@ async def open_pipeline(
     redactor = Redactor.from_config(config.redaction) if config.redaction.enabled else None
     shared = config.kafka is not None or primary is not None
     store = key_store(config.privacy, config.spool.dir, shared) if config.privacy.seal else None
-    sealer = Sealer(store, config.privacy.retry_after_s) if store is not None else None
+    # Sealed content cannot be cut by the Kafka sink: cut it before sealing, to a size whose
+    # base64 ciphertext (4/3) plus the metadata still fits the producer's record limit.
+    limit = config.kafka.max_request_bytes if config.kafka else _DEFAULT_RECORD_BYTES
+    max_plain = (limit - min(_METADATA_ROOM, limit // 4)) * 3 // 4
+    sealer = (
+        Sealer(store, config.privacy.retry_after_s, max_plain=max_plain)
+        if store is not None
+        else None
+    )
     pipeline = EventPipeline(
         config, instance, spool, primary, redactor, dead_letter=dead_letter, sealer=sealer
     )

@@ -87,7 +87,15 @@ def fit(value: bytes, budget: int) -> bytes | None:
         return None
     if not isinstance(event, dict):
         return None
-    slots = _content_strings(event)
+    return _fit_slots(event, _content_strings(event), budget)
+
+
+def fit_content(content: dict[str, Any], budget: int) -> bytes | None:
+    """Content fields (as the sealer gathers them) cut the same way to at most `budget` bytes."""
+    return _fit_slots(content, list(_strings(content, None, None)), budget)
+
+
+def _fit_slots(obj: dict[str, Any], slots: list[_Slot], budget: int) -> bytes | None:
     if not slots:
         return None
     longest = max(len(original.encode("utf-8", "surrogatepass")) for _, _, original in slots)
@@ -95,12 +103,12 @@ def fit(value: bytes, budget: int) -> bytes | None:
     while low <= high:  # the largest common length that fits
         keep = (low + high) // 2
         _apply(slots, keep)
-        if _size(event) <= budget:
+        if _size(obj) <= budget:
             best, low = keep, keep + 1
         else:
             high = keep - 1
     if best < 0:
         return None
     _apply(slots, best)
-    out = orjson.dumps(event, option=orjson.OPT_UTC_Z)
+    out = orjson.dumps(obj, option=orjson.OPT_UTC_Z)
     return out if len(out) <= budget else None

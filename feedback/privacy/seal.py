@@ -16,6 +16,7 @@ import orjson
 from cryptography.exceptions import InvalidTag
 
 from feedback.privacy.keys import KeyReader, UnitKey
+from feedback.truncation import fit_content
 
 ALG = "A256GCM"
 NONCE_BYTES = 12
@@ -67,8 +68,15 @@ def sealable(data: dict[str, Any]) -> str | None:
     return unit if isinstance(unit, str) and unit else None
 
 
-def seal_event(data: dict[str, Any], key: UnitKey, nonce: bytes) -> bool:
-    """Encrypt the event dict's content fields in place; False when there was no content."""
+def seal_event(
+    data: dict[str, Any], key: UnitKey, nonce: bytes, max_plain: int | None = None
+) -> bool | str:
+    """Encrypt the event dict's content fields in place; False when there was no content.
+
+    Content over `max_plain` bytes is first cut to fit (feedback.truncation's marker and
+    original sizes), since a sealed event can no longer be cut by the Kafka sink: then the
+    answer is "truncated".
+    """
     body: dict[str, Any] = data["body"]
     content: dict[str, Any] = {}
     for path, empty in CONTENT_FIELDS[data["type"]]:
@@ -83,7 +91,13 @@ def seal_event(data: dict[str, Any], key: UnitKey, nonce: bytes) -> bool:
     if not content:
         return False
     aad = associated_data(data["type"], data["event_id"], body["unit_hash"])
-    ciphertext = key.aead.encrypt(nonce, orjson.dumps(content), aad)
+    plain = orjson.dumps(content)
+    truncated = False
+    if max_plain is not None and len(plain) > max_plain:
+        fitted = fit_content(content, max_plain)
+        if fitted is not None:
+            plain, truncated = fitted, True
+    ciphertext = key.aead.encrypt(nonce, plain, aad)
     body["sealed"] = {
         "alg": ALG,
         "kid": key.kid,
@@ -91,7 +105,7 @@ def seal_event(data: dict[str, Any], key: UnitKey, nonce: bytes) -> bool:
         "ciphertext": _b64(ciphertext),
         "fields": list(content),
     }
-    return True
+    return "truncated" if truncated else True
 
 
 def _place(body: dict[str, Any], dotted: str, value: Any) -> None:

@@ -29,6 +29,7 @@ class SealStats:
     sealed: int = 0  # events whose content was encrypted
     withheld: int = 0  # events whose content was dropped: no key could be had for the unit
     store_errors: int = 0  # key store calls that failed
+    truncated: int = 0  # events whose content was cut to fit Kafka before sealing
 
 
 def _unit_of(item: Event | PlainEvent | Record) -> str | None:
@@ -61,8 +62,11 @@ class Sealer:
         store: FileKeyStore | RedisKeyStore,
         retry_after_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        max_plain: int | None = None,
     ) -> None:
         self.store = store
+        # Content over this many bytes is cut before sealing, so the event fits Kafka.
+        self.max_plain = max_plain
         self.stats = SealStats()
         self._retry_after_s = retry_after_s
         self._clock = clock
@@ -120,8 +124,11 @@ class Sealer:
             withhold(data)
             self.stats.withheld += 1
             return
-        if seal_event(data, key, os.urandom(NONCE_BYTES)):
+        sealed = seal_event(data, key, os.urandom(NONCE_BYTES), self.max_plain)
+        if sealed:
             self.stats.sealed += 1
+        if sealed == "truncated":
+            self.stats.truncated += 1
 
     def _warn(self, message: str, *args: object) -> None:
         now = self._clock()

@@ -166,3 +166,21 @@ def test_open_lines_restores_skips_forgotten_units_and_counts_them() -> None:
     out = [orjson.loads(line) for line in open_lines(lines, KeyRing({UNIT: kept}), counts)]
     assert out == [_dict(SAMPLES["completion"])] * 2 + [plain]
     assert (counts.erased_events, counts.erased_units) == (1, {other})
+
+
+def test_content_too_large_for_kafka_is_cut_before_sealing() -> None:
+    """Ciphertext cannot be cut by the Kafka sink afterwards: the sealer cuts the plain text."""
+    event = completion(text="word " * 60_000)
+    key = UnitKey.new()
+    data = _dict(event)
+    assert seal_event(data, key, os.urandom(12), max_plain=20_000) == "truncated"
+    wire = orjson.dumps(data)
+    assert len(wire) < 20_000 * 4 // 3 + 4096  # base64 of at most max_plain, plus metadata
+    jsonschema.validate(orjson.loads(wire), _schema("completion"))
+    opened = open_event(orjson.loads(wire), KeyRing({UNIT: key}))
+    text = opened["body"]["response"]["text"]
+    assert text.startswith("answer to word word")
+    assert text.endswith("[truncated by loopgate: 300010 bytes]")
+    # Under the limit nothing is cut.
+    small = _dict(completion(text="short"))
+    assert seal_event(small, key, os.urandom(12), max_plain=20_000) is True
