@@ -21,6 +21,9 @@ import httpx
 import openai
 import pytest
 
+from feedback.privacy import open_event
+from feedback.privacy.file_store import FileKeyStore
+from feedback.privacy.keys import KeyCache
 from feedback.sinks.spool import SEGMENT_SUFFIX
 from gateway.auth import hash_secret
 from tests.support.faulty_upstream import FaultyUpstream
@@ -70,10 +73,12 @@ def gw(
 
 
 def _events(spool: Path) -> list[dict[str, Any]]:
+    """The spooled events, content opened with the gateway's keys (sealed by default)."""
     lines: list[bytes] = []
     for path in sorted(spool.rglob(f"*{SEGMENT_SUFFIX}")):
         lines.extend(line for line in path.read_bytes().splitlines() if line.strip())
-    return [json.loads(line) for line in lines]
+    keys = FileKeyStore(spool.parent / "keys", KeyCache(1000, 60))
+    return [open_event(json.loads(line), keys) for line in lines]
 
 
 def _exchange(port: int, data: bytes, *, timeout: float = 10.0) -> bytes:
