@@ -183,21 +183,14 @@ def register(app: typer.Typer) -> None:
         except ThoroughUnavailable as exc:
             errors.print(f"[red]the thorough redaction pass cannot run[/red]: {exc}")
             raise typer.Exit(1) from exc
-        erased = {
-            "erased_events": erasure.erased_events,
-            "erased_units": len(erasure.erased_units),
-            "unreadable": erasure.unreadable,
-        }
-        if as_json:
-            typer.echo(
-                orjson.dumps({**doc, "erasure": erased}, option=orjson.OPT_INDENT_2).decode()
-            )
-            return
         if erasure.erased_events or erasure.unreadable:
-            console.print(
+            (errors if as_json else console).print(
                 f"left out {erasure.erased_events} events of {len(erasure.erased_units)} "
                 f"forgotten units; {erasure.unreadable} sealed events did not verify"
             )
+        if as_json:
+            typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+            return
         for part in summary(doc, out):
             console.print(part)
 

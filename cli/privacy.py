@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from feedback.privacy.config import PrivacyConfig
-from feedback.privacy.keys import KeyReader, KeyStoreError, UnitKey
+if TYPE_CHECKING:  # imported where used: registering commands stays cheap (`--help`)
+    from feedback.privacy.config import PrivacyConfig
+    from feedback.privacy.keys import KeyReader, UnitKey
 
 
 class _NoKeyDir:
@@ -19,6 +20,8 @@ class _NoKeyDir:
 
     def unit_key(self, unit_hash: str) -> UnitKey | None:
         """Always refuses: reading with the wrong store would show every event as erased."""
+        from feedback.privacy.keys import KeyStoreError
+
         raise KeyStoreError(
             f"no key directory at {self.directory}: sealed content needs the keys the gateway "
             "wrote (pass --keys DIR or redis://URL, or set events.privacy in the config)"
@@ -28,6 +31,7 @@ class _NoKeyDir:
 def key_reader_for(keys: str | None, spool: Path | None = None) -> KeyReader:
     """The key store to open sealed events with: `--keys` (a directory or a redis:// URL),
     else the settings' events.privacy (LOOPGATE_* env applies), a file store beside `spool`."""
+    from feedback.privacy.keys import KeyStoreError
     from feedback.privacy.stores import key_reader
     from gateway.settings import load_settings
 
@@ -66,6 +70,7 @@ def register(app: typer.Typer) -> None:
         """Delete the unit's key: its content in every spool, topic and event log is unreadable."""
         from feedback.privacy.config import key_dir
         from feedback.privacy.file_store import check_unit_hash
+        from feedback.privacy.keys import KeyStoreError
         from feedback.privacy.stores import forget_unit
         from gateway.ids import ResponseIdSigner
         from gateway.settings import ConfigError, load_settings

@@ -74,8 +74,16 @@ def kafka(broker: TansuBroker, **changes: Any) -> KafkaConfig:
 
 
 def events_config(tmp_path: Path, broker: TansuBroker, **changes: Any) -> EventsConfig:
+    """Sealing off: these tests are about the Kafka sink's own cutting of plain content
+    (sealed content is cut before sealing: tests/unit/privacy, test_events_kafka.py)."""
     spool = SpoolConfig(dir=tmp_path / "spool")
-    return EventsConfig(kafka=kafka(broker, **changes), spool=spool, batch_max=50, linger_s=0)
+    return EventsConfig(
+        kafka=kafka(broker, **changes),
+        spool=spool,
+        batch_max=50,
+        linger_s=0,
+        privacy={"seal": False},
+    )
 
 
 def huge(response_id: str) -> Any:
