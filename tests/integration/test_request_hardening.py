@@ -21,11 +21,8 @@ import httpx
 import openai
 import pytest
 
-from feedback.privacy import open_event
-from feedback.privacy.file_store import FileKeyStore
-from feedback.privacy.keys import KeyCache
-from feedback.sinks.spool import SEGMENT_SUFFIX
 from gateway.auth import hash_secret
+from tests.support.events import spooled_events
 from tests.support.faulty_upstream import FaultyUpstream
 from tests.support.gateway import GatewayServer, pool
 
@@ -70,15 +67,6 @@ def gw(
 ) -> GatewayServer:
     """One gateway for the tests that need no events of their own."""
     return module_gateway_factory(_config(faulty_upstream))
-
-
-def _events(spool: Path) -> list[dict[str, Any]]:
-    """The spooled events, content opened with the gateway's keys (sealed by default)."""
-    lines: list[bytes] = []
-    for path in sorted(spool.rglob(f"*{SEGMENT_SUFFIX}")):
-        lines.extend(line for line in path.read_bytes().splitlines() if line.strip())
-    keys = FileKeyStore(spool.parent / "keys", KeyCache(1000, 60))
-    return [open_event(json.loads(line), keys) for line in lines]
 
 
 def _exchange(port: int, data: bytes, *, timeout: float = 10.0) -> bytes:
@@ -417,7 +405,7 @@ def test_event_outcomes_of_hostile_requests(
     assert all(line.endswith(" 0.0") for line in dropped), dropped
     assert gw.stop() == 0
 
-    events = [e for e in _events(spool) if e["type"] == "completion"]
+    events = [e for e in spooled_events(spool) if e["type"] == "completion"]
     by_model: dict[str, list[dict[str, Any]]] = {}
     for event in events:
         by_model.setdefault(event["body"]["model_requested"], []).append(event)

@@ -8,19 +8,17 @@ reward vLLM gives for the same conversation asked directly.
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from feedback.sinks.spool import SEGMENT_SUFFIX
 from gateway.rubric import conversation, reward_request
+from tests.support.events import spooled_events
 from tests.support.gateway import GatewayServer, pool
 from tests.support.ports import free_port
 from tests.support.sim import SimServer
@@ -106,13 +104,6 @@ def test_pooling_returns_one_raw_reward_and_classify_squashes_it(scorer: str) ->
     assert squashed["data"][0]["probs"][0] == pytest.approx(1 / (1 + math.exp(-rewards[0])))
 
 
-def _events(spool: Path) -> list[dict[str, Any]]:
-    lines: list[bytes] = []
-    for path in sorted(spool.rglob(f"*{SEGMENT_SUFFIX}")):
-        lines.extend(line for line in path.read_bytes().splitlines() if line.strip())
-    return [json.loads(line) for line in lines]
-
-
 def test_the_gateway_records_the_real_models_scores(
     scorer: str,
     gateway_factory: Callable[..., GatewayServer],
@@ -136,7 +127,7 @@ def test_the_gateway_records_the_real_models_scores(
     for q in questions:
         client.chat.completions.create(model="assistant", messages=[{"role": "user", "content": q}])
     assert gw.stop() == 0
-    events = _events(spool)
+    events = spooled_events(spool)
     answers = {e["body"]["response_id"]: e["body"] for e in events if e["type"] == "completion"}
     scored = [e["body"] for e in events if e["type"] == "evaluation"]
     assert sorted(b["response_id"] for b in scored) == sorted(answers)
