@@ -25,6 +25,7 @@ from typing import Any, Literal
 import orjson
 
 from feedback.config import EventsConfig
+from feedback.privacy.seal import sealable
 from feedback.privacy.sealer import Sealer
 from feedback.privacy.stores import key_store
 from feedback.redact import Redactor
@@ -526,7 +527,8 @@ def _keeping(
     """`seal`, after keeping the event's JSON as it is before sealing in `kept`."""
 
     def keep_then_seal(data: dict[str, Any]) -> None:
-        kept.append(orjson.dumps(data, option=orjson.OPT_UTC_Z))
+        if sealable(data) is not None:  # others are heard as written: nothing to keep
+            kept.append(orjson.dumps(data, option=orjson.OPT_UTC_Z))
         seal(data)
 
     return keep_then_seal

@@ -177,6 +177,8 @@ class Evaluators:
                 task.add_done_callback(self._tasks.discard)
 
     # A RequestObserver (gateway.recorder): only the finished answer matters here.
+    reads_chunks = False  # not called per streamed chunk
+
     def started(self, ex: Exchange) -> None:
         """Not scored before it is finished."""
 

@@ -77,6 +77,11 @@ class Recorder:
         self.events = events
         self.counters = counters
         self.observers = tuple(_Guarded(o) for o in observers)
+        # Only observers that read the relayed bytes are called per chunk (`reads_chunks = False`
+        # opts out, as the evaluators do): a stream pays nothing for the others.
+        self.chunk_observers = tuple(
+            _Guarded(o) for o in observers if getattr(o, "reads_chunks", True)
+        )
 
     def begin(self, ex: Exchange, route_label: str, headers: Any) -> Recording:
         """Request started: its Recording, which the request path reports every moment to."""
@@ -172,7 +177,7 @@ class Recording:
         self.rm: RouteMetrics | None = None
         self._last: float | None = None
         # Whether any observer wants each chunk: the stream relay skips the call when not.
-        self.watched = bool(recorder.observers)
+        self.watched = bool(recorder.chunk_observers)
 
     def routing(self, model: str) -> None:
         """Flag evaluation starts (a span when tracing)."""
@@ -243,7 +248,7 @@ class Recording:
 
     def chunk(self, data: bytes) -> None:
         """A piece of the stream went to the client."""
-        for o in self.r.observers:
+        for o in self.r.chunk_observers:
             o.chunk(self.ex, data)
 
     def failed(self, status: str, http_status: int, error: str | None) -> None:

@@ -144,3 +144,30 @@ def test_a_failing_observer_does_not_fail_requests(
     assert asyncio.run(go()) == [200, 200]
     # The observer after the broken one still saw both requests through.
     assert [m[-1] for m in tally.moments.values()] == ["finished 200", "finished 200"]
+
+
+class EndsOnlyObserver(TallyObserver):
+    """Reads no bytes: opts out of the per-chunk call, as the evaluators do."""
+
+    reads_chunks = False
+
+
+def test_an_observer_that_reads_no_bytes_is_not_called_per_chunk(
+    sim_factory: Callable[..., SimServer], tmp_path: Path
+) -> None:
+    sims = {name: sim_factory(model=f"policy-{name}") for name in "ab"}
+    settings = flag_settings({n: s.base_url for n, s in sims.items()}, tmp_path)
+    ends, tally = EndsOnlyObserver(), TallyObserver()
+
+    async def go() -> None:
+        async with running(settings, observers=[ends, tally]) as (_, client):
+            body = {"model": "bot", "messages": ASK, "stream": True}
+            answer = await client.post(
+                "/v1/chat/completions", json=body, headers={"X-Request-Id": "s"}
+            )
+            assert answer.status_code == 200
+
+    asyncio.run(go())
+    assert "chunk" not in ends.moments["s"]
+    assert ends.moments["s"][-1] == "finished 200"
+    assert "chunk" in tally.moments["s"]  # the other observer still reads every chunk
