@@ -140,6 +140,11 @@ class CompletionBody(_Model):
     safety: Findings = Field(default_factory=dict)
     consent: Consent = "full"
     fallback: bool = False
+    # Shadow traffic (docs/shadow.md): a shadow answer says whose pair it is; a primary says
+    # whether a shadow was sent for it.
+    role: Literal["primary", "shadow"] = "primary"
+    pair_of: str | None = None
+    shadowed: bool = False
     sealed: Sealed | None = None
 
 
@@ -168,6 +173,7 @@ class FeedbackBody(_Model):
     time_spent_ms: int | None = Field(None, ge=0)
     # kind `preference`: response_id is answer A, other_response_id answer B.
     other_response_id: str | None = None
+    other_variant: str | None = None
     winner: Winner | None = None
     sealed: Sealed | None = None
 

@@ -70,6 +70,9 @@ def completion_event(
         "safety": dict(safety) if safety else {},  # safety check findings; redaction adds its own
         "consent": "none" if ex.consent == "none" else "full",
         "fallback": ex.fallback,
+        "role": ex.role,
+        "pair_of": ex.pair_of or None,
+        "shadowed": ex.shadowed,
         "sealed": None,  # the pipeline seals content per unit (feedback.privacy)
     }
     return PlainEvent("completion", COMPLETIONS_TOPIC, response_id, data)

@@ -41,6 +41,11 @@ class Exchange:
     overhead_s: float | None = None  # the gateway's own time, as X-Loopgate-Overhead-Ms says
     trace_id: str = ""
     fallback: bool = False
+    # Shadow traffic: "shadow" for the mirrored call, whose pair_of is the primary's response id;
+    # a primary that was mirrored is `shadowed`.
+    role: str = "primary"
+    pair_of: str = ""
+    shadowed: bool = False
     # Response headers the request path adds (rate limits); None: none.
     headers_out: list[tuple[bytes, bytes]] | None = None
     responded: bool = False

@@ -63,6 +63,8 @@ class Claims:
     unit: str  # unit_hash(...) of the unit id, never the id itself
     time: int  # unix seconds
     nonce: str  # upstream id suffix or random: makes every id unique
+    # A shadow answer's id carries its primary's nonce: a signed pair, which no app can forge.
+    pair: str | None = None
 
 
 def _b64e(raw: bytes) -> str:
@@ -117,19 +119,18 @@ class ResponseIdSigner:
 
     def sign(self, claims: Claims) -> str:
         """The `lg1.<payload>.<mac>` id for these claims."""
-        payload = _b64e(
-            orjson.dumps(
-                {
-                    "f": claims.flag,
-                    "v": claims.variant,
-                    "fv": claims.flag_version,
-                    "a": claims.app,
-                    "u": claims.unit,
-                    "t": claims.time,
-                    "n": claims.nonce,
-                }
-            )
-        )
+        fields: dict[str, Any] = {
+            "f": claims.flag,
+            "v": claims.variant,
+            "fv": claims.flag_version,
+            "a": claims.app,
+            "u": claims.unit,
+            "t": claims.time,
+            "n": claims.nonce,
+        }
+        if claims.pair is not None:  # only shadow ids: a primary's id is unchanged
+            fields["p"] = claims.pair
+        payload = _b64e(orjson.dumps(fields))
         signed = f"{PREFIX}.{payload}"
         mac = hmac.digest(self._keys[0], signed.encode("ascii"), "sha256")[:MAC_BYTES]
         return f"{signed}.{_b64e(mac)}"
@@ -172,6 +173,7 @@ def _claims(raw: bytes) -> Claims:
         raise MalformedResponseId("response id payload is not an object", param="response_id")
     flag, variant, version = data.get("f"), data.get("v"), data.get("fv")
     app, unit, time, nonce = data.get("a"), data.get("u"), data.get("t"), data.get("n")
+    pair = data.get("p")
     if not (
         isinstance(flag, str | None)
         and isinstance(variant, str | None)
@@ -181,9 +183,10 @@ def _claims(raw: bytes) -> Claims:
         and isinstance(time, int)
         and not isinstance(time, bool)
         and isinstance(nonce, str)
+        and isinstance(pair, str | None)
     ):
         raise MalformedResponseId("response id payload has wrong fields", param="response_id")
-    return Claims(flag, variant, version, app, unit, time, nonce)
+    return Claims(flag, variant, version, app, unit, time, nonce, pair)
 
 
 def signer_from_config(config: IdsConfig) -> ResponseIdSigner:

@@ -38,6 +38,22 @@ class Variant(_Frozen):
     weight: float = Field(ge=0, allow_inf_nan=False)
 
 
+class Shadow(_Frozen):
+    """A variant that also answers a sticky share of the flag's traffic, unseen by the client.
+
+    The shadow's answer is recorded (a completion event with `role: shadow`, paired with the
+    primary's response id) and never sent to the client; the primary never waits for it.
+    """
+
+    variant: str = Field(min_length=1, max_length=100)
+    share: float = Field(gt=0, le=1, allow_inf_nan=False, description="of the flag's units")
+    max_in_flight: int = Field(32, ge=1, le=10_000, description="per gateway process")
+    timeout_s: float = Field(60.0, gt=0, le=3600, allow_inf_nan=False)
+    stream: bool = False
+    # Tokens (prompt estimate plus max_tokens) per minute, per process; None: no token budget.
+    tokens_per_minute: int | None = Field(None, ge=1)
+
+
 class Flag(_Frozen):
     """Which policy version serves a model alias, for whom, and in what share."""
 
@@ -52,6 +68,7 @@ class Flag(_Frozen):
     enabled: bool = True
     version: int = Field(1, ge=1)
     default: str | None = None
+    shadow: Shadow | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -87,6 +104,16 @@ class Flag(_Frozen):
                 raise ValueError(
                     f"rules[{i}] ({rule.kind}) names variant {target!r}, "
                     f"which is not a variant (variants: {known})"
+                )
+        if self.shadow is not None:
+            if self.shadow.variant not in names:
+                raise ValueError(
+                    f"shadow.variant {self.shadow.variant!r} is not a variant (variants: {known})"
+                )
+            if self.shadow.variant == self.control:
+                raise ValueError(
+                    f"shadow.variant {self.shadow.variant!r} is the control: a shadow mirrors "
+                    "traffic to a candidate, not to the version that already answers it"
                 )
         return self
 

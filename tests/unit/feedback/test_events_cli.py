@@ -62,7 +62,7 @@ def _workload() -> list[Event]:
 
 def _spool(root: Path, events: list[Event], segment_bytes: int = 4096) -> Spool:
     """A gateway-like spool folder `root/gw` holding the events; still open (locked)."""
-    spool = Spool.open(root, "gw", segment_bytes, 1 << 20)
+    spool = Spool.open(root, "gw", segment_bytes, 1 << 22)  # room for every event the tests write
     spool.append([to_json(e) for e in events])
     return spool
 

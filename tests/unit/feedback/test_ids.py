@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hmac
 
 import orjson
 import pytest
@@ -194,3 +195,22 @@ def test_respelled_ids_are_refused() -> None:
             with pytest.raises(BadResponseIdSignature):
                 signer.verify(f"{prefix}.{other}.{mac}", now=NOW, max_age=60)
         assert signer.verify(rid, now=NOW, max_age=60).app == "app-1"
+
+
+def test_a_shadow_id_carries_its_primary_nonce_and_a_primary_id_is_unchanged() -> None:
+    signer = ResponseIdSigner([KEY_A])
+    primary = claims()
+    primary_id = signer.sign(primary)
+    assert b'"p"' not in base64.urlsafe_b64decode(primary_id.split(".")[1] + "==")
+    shadow = claims(variant="candidate", pair=primary.nonce)
+    assert signer.verify(signer.sign(shadow), now=NOW, max_age=60) == shadow
+    assert signer.verify(primary_id, now=NOW, max_age=60).pair is None
+
+
+def test_a_pair_claim_of_the_wrong_type_is_malformed() -> None:
+    fields = {"f": None, "v": None, "fv": None, "a": "a", "u": "u", "t": NOW, "n": "n", "p": 5}
+    payload = base64.urlsafe_b64encode(orjson.dumps(fields)).rstrip(b"=")
+    signed = b"lg1." + payload
+    mac = base64.urlsafe_b64encode(hmac.digest(KEY_A, signed, "sha256")[:16]).rstrip(b"=")
+    with pytest.raises(MalformedResponseId, match="wrong fields"):
+        ResponseIdSigner([KEY_A]).verify((signed + b"." + mac).decode(), now=NOW, max_age=60)
