@@ -430,8 +430,8 @@ async def _controller_main(
     from gateway.events import audit_event
     from rollout.controller import Controller, ControllerMetrics, run_controller
     from rollout.counters import ExperimentCounters, RedisCounterBackend
-    from rollout.lock import RedisLock
-    from rollout.store import RedisPlanStore
+    from rollout.stores.lock import RedisLock
+    from rollout.stores.plans import RedisPlanStore
     from router.stores import open_store
     from router.stores.base import AuditRecord, log_audit
 

@@ -23,7 +23,8 @@ import typer
 from cli._common import CliError, err_console, fail
 
 if TYPE_CHECKING:
-    from gateway.settings import PoolConfig, Settings
+    from gateway.config import PoolConfig
+    from gateway.settings import Settings
     from sim.profile import SimProfile
 
 

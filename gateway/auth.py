@@ -11,116 +11,22 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.config import ApiKeyConfig, AuthConfig
 from gateway.errors import Forbidden, GatewayError, Unauthorized
 
 log = logging.getLogger(__name__)
 
-Role = Literal["viewer", "reviewer", "flag_editor", "admin"]
 # reviewer: reads, and labels answers in the console's review queues.
 ROLE_RANK: dict[str, int] = {"viewer": 0, "reviewer": 1, "flag_editor": 2, "admin": 3}
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_PREFIXES = ("sha256:", "hmac-sha256:")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _hash_field(value: str) -> str:
-    value = value.strip().lower()
-    for prefix in _PREFIXES:
-        if value.startswith(prefix):
-            value = value[len(prefix) :]
-    if not _HEX64.fullmatch(value):
-        raise ValueError("hash must be 64 hex digits (from `loopgate keys hash`), not the key")
-    return value
-
-
-class AppLimits(_Strict):
-    """Per-app limits; None means unlimited."""
-
-    rpm: int | None = Field(None, gt=0)
-    tpm: int | None = Field(None, gt=0)
-    # Ceiling on max_tokens (and max_completion_tokens); also the TPM estimate when unset.
-    max_tokens: int | None = Field(None, gt=0)
-
-
-class ApiKeyConfig(_Strict):
-    """One app API key, by hash."""
-
-    hash: str
-    app_id: str = Field(min_length=1, max_length=128)
-    name: str = ""
-    limits: AppLimits = AppLimits()
-    # None: every model; otherwise the model names (flag keys or static models) it may ask for.
-    allowed_models: list[str] | None = None
-    # Honour X-Loopgate-Variant (QA forcing a variant) for this key.
-    qa_override: bool = False
-    # "none": this app's events keep metadata only, whatever X-Loopgate-Consent says.
-    consent: Literal["full", "none"] = "full"
-
-    @field_validator("hash")
-    @classmethod
-    def _check_hash(cls, value: str) -> str:
-        return _hash_field(value)
-
-
-class AdminTokenConfig(_Strict):
-    """One admin API token, by hash, with its role."""
-
-    hash: str
-    role: Role
-    name: str = Field(min_length=1, max_length=128)
-
-    @field_validator("hash")
-    @classmethod
-    def _check_hash(cls, value: str) -> str:
-        return _hash_field(value)
-
-
-class AnonymousConfig(_Strict):
-    """What a request without a key is, when anonymous access is allowed."""
-
-    app_id: str = Field("default", min_length=1, max_length=128)
-    limits: AppLimits = AppLimits()
-    allowed_models: list[str] | None = None
-    consent: Literal["full", "none"] = "full"
-
-
-class AuthConfig(_Strict):
-    """Who may call the gateway and its admin API."""
-
-    # None: anonymous only while no key is configured (nothing to check against); once keys
-    # exist, a request without one is refused unless this is true. false: always a key.
-    allow_anonymous: bool | None = None
-    anonymous: AnonymousConfig = AnonymousConfig()
-    keys: list[ApiKeyConfig] = Field(default_factory=list)
-    admin_tokens: list[AdminTokenConfig] = Field(default_factory=list)
-    # Secret for HMAC-SHA256 key hashes; None: plain SHA-256 (keys are long random strings).
-    pepper: SecretStr | None = None
-    # Keys also kept in Redis as JSON (ApiKeyConfig) under `<namespace>:apikey:<hash>`,
-    # re-read every `redis_refresh_s` and served from memory (the last good set if Redis is away).
-    redis_url: str | None = None
-    namespace: str = Field("loopgate", pattern=r"^[A-Za-z0-9._-]+$")
-    redis_refresh_s: float = Field(10.0, gt=0)
-    max_redis_keys: int = Field(100_000, ge=1)
-
-    def anonymous_allowed(self) -> bool:
-        """The resolved policy for requests without a key."""
-        if self.allow_anonymous is None:
-            return not self.keys and self.redis_url is None
-        return self.allow_anonymous
 
 
 def hash_secret(secret: str | bytes, pepper: bytes | None = None) -> str:

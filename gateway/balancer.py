@@ -17,13 +17,13 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.config import BalancerConfig
 from gateway.httpclient import ClientError, HttpClient
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Strategy = Literal["load_aware", "least_in_flight", "round_robin"]
 CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
 BREAKER_STATES = (CLOSED, HALF_OPEN, OPEN)
 # Kinds of loopgate_upstream_errors_total (each pool's series exist at 0 from the start).
@@ -45,29 +44,6 @@ _GAUGES = re.compile(
     rb" ([0-9.eE+-]+|NaN)\s*$",
     re.MULTILINE,
 )
-
-
-class BalancerConfig(BaseModel):
-    """How endpoints are chosen, watched and taken out."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    strategy: Strategy = "load_aware"
-    # Poll each endpoint's vLLM /metrics this often (0 turns polling off).
-    metrics_interval_s: float = Field(1.0, ge=0)
-    # GET /health this often; a failing endpoint gets no traffic until it answers (0: off).
-    health_interval_s: float = Field(5.0, ge=0)
-    probe_timeout_s: float = Field(1.0, gt=0)
-    # Consecutive failed health checks that take an endpoint out (one slow probe does not).
-    unhealthy_after: int = Field(2, ge=1)
-    # Consecutive failures (connect, timeout, 5xx, broken stream) that open the breaker.
-    failure_threshold: int = Field(5, ge=1)
-    # An open breaker lets one trial request through after this long.
-    cooldown_s: float = Field(10.0, gt=0)
-    # Weight of recent latencies in the moving average (higher: reacts faster).
-    latency_alpha: float = Field(0.3, gt=0, le=1)
-    # KV cache use above this makes an endpoint look this many times busier per extra 10%.
-    kv_threshold: float = Field(0.9, ge=0, le=1)
 
 
 @dataclass(slots=True)

@@ -23,8 +23,8 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from feedback.schema import EvaluationBody, EvaluationEvent, Event, FeedbackBody
+from gateway.config import EvaluatorConfig
 from gateway.errors import GatewayError, UpstreamTimeout
-from gateway.evaluator_config import EvaluatorConfig
 from gateway.exchange import Exchange
 from gateway.httpclient import ClientError
 from gateway.rubric import (

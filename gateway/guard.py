@@ -14,8 +14,9 @@ from typing import Any
 
 from gateway.asgi import ClientGone, Message, Receive, Send, read_body
 from gateway.auth import admin_principal
+from gateway.config import LimitsConfig
 from gateway.errors import DuplicateAuthorization, GatewayError
-from gateway.settings import LimitsConfig, Settings
+from gateway.settings import Settings
 
 _FEEDBACK = ("/v1/feedback", "/v1/feedback/batch")
 

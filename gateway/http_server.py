@@ -29,8 +29,8 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from gateway.config import LimitsConfig
 from gateway.errors import error_body
-from gateway.settings import LimitsConfig
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from typing import Any
 
 from feedback.drift import FEATURE_NAMES, DriftMonitor, Key, observe
 from feedback.safety import Findings, SafetyClassifier, SafetyRules, Source, merge, prompt_text
+from gateway.config import ClassifierConfig, TelemetryConfig
 from gateway.exchange import Exchange
 from gateway.metrics import Metrics
-from gateway.telemetry_config import ClassifierConfig, TelemetryConfig
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,7 @@ from gateway.asgi import (
     trace_id_of,
 )
 from gateway.auth import AppPrincipal, ModelNotAllowed
+from gateway.config import LimitsConfig
 from gateway.errors import (
     BadGateway,
     DuplicateAuthorization,
@@ -52,7 +53,6 @@ from gateway.ratelimit import Reservation, estimate_tokens
 from gateway.recorder import Recording
 from gateway.resolver import RequestContext, Route
 from gateway.runtime import Runtime
-from gateway.settings import LimitsConfig
 from gateway.streaming import relay_stream
 from gateway.upstream import UpstreamCall
 

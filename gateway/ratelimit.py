@@ -19,12 +19,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.auth import AppPrincipal
+from gateway.config import RateLimitConfig
 from gateway.errors import RateLimited
 
 log = logging.getLogger(__name__)
@@ -58,26 +58,6 @@ redis.call('HSET', KEYS[1], 'r', r, 'k', k, 't', now)
 redis.call('PEXPIRE', KEYS[1], 120000)
 return {ok, tostring(r), tostring(k), math.ceil(wait)}
 """
-
-
-class RateLimitConfig(BaseModel):
-    """Where the shared buckets live and how the limiter behaves without them."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # None: buckets in this process only (one replica, or limits per replica).
-    redis_url: str | None = None
-    namespace: str = Field("loopgate", pattern=r"^[A-Za-z0-9._-]+$")
-    # A request waits at most this long on Redis before the local bucket decides.
-    redis_timeout_s: float = Field(0.5, gt=0)
-    # After a Redis failure, requests use local buckets this long before Redis is tried again.
-    retry_redis_after_s: float = Field(1.0, gt=0)
-    # Share of each limit one replica enforces alone while Redis is away.
-    local_share: float = Field(1.0, gt=0, le=1)
-    # Token refunds/charges after the call are sent to Redis in batches this often.
-    reconcile_interval_s: float = Field(0.1, gt=0)
-    # Estimate when neither the request nor the app names max_tokens.
-    default_max_tokens: int = Field(1024, gt=0)
 
 
 class _Bucket:

@@ -7,7 +7,7 @@ import json
 import math
 from typing import Any
 
-from gateway.evaluator_config import EvaluatorConfig
+from gateway.config import EvaluatorConfig
 
 MAX_REASON = 2000
 

@@ -8,136 +8,57 @@ from typing import Any
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
-    field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from console.config import ConsoleConfig
 from feedback.config import EventsConfig, IdsConfig
-from gateway.auth import AuthConfig
-from gateway.balancer import BalancerConfig
-from gateway.evaluator_config import EvaluatorConfig
-from gateway.ratelimit import RateLimitConfig
-from gateway.telemetry_config import OtelEnvSource, TelemetryConfig
+from gateway.config import (
+    AuthConfig,
+    BalancerConfig,
+    EvaluatorConfig,
+    FeedbackApiConfig,
+    LimitsConfig,
+    ModelRoute,
+    PoolConfig,
+    RateLimitConfig,
+    ServerConfig,
+    TelemetryConfig,
+)
 from rollout.config import ExperimentsConfig
 from router.config import FlagsConfig
-from sim.profile import SimProfile
 
 DEFAULT_CONFIG = Path(__file__).with_name("defaults.yaml")
 
 
-class Strict(BaseModel):
-    """Config sections refuse unknown keys so a typo is an error, not a silent default."""
+class OtelEnvSource(PydanticBaseSettingsSource):
+    """OTEL_TRACES_EXPORTER as `telemetry.tracing.exporter`, OTEL_METRICS_EXPORTER=none as
+    `telemetry.tracing.metrics: false` (the SDK reads the other OTEL_*)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    def __init__(self, settings_cls: type[BaseSettings], environ: dict[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.environ = environ
 
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """Unused: __call__ builds the whole mapping."""
+        return None, field_name, False
 
-class Timeouts(Strict):
-    """Upstream timeouts in seconds."""
-
-    connect: float = Field(2.0, gt=0)
-    first_byte: float = Field(60.0, gt=0)
-    total: float = Field(600.0, gt=0)
-
-
-class PoolConfig(Strict):
-    """One upstream pool: OpenAI-compatible endpoints serving the same model."""
-
-    endpoints: list[str] = Field(min_length=1)
-    served_model: str = Field(min_length=1)
-    api_key: SecretStr | None = None
-    timeouts: Timeouts = Timeouts()
-    sim: SimProfile | None = None
-
-    @field_validator("endpoints")
-    @classmethod
-    def _http_urls(cls, endpoints: list[str]) -> list[str]:
-        for url in endpoints:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"endpoint {url!r} must start with http:// or https://")
-        return [url.rstrip("/") for url in endpoints]
-
-
-class ModelRoute(Strict):
-    """A model name apps may ask for, served by one pool (flags may route it instead)."""
-
-    pool: str
-    served_model: str | None = None
-    description: str = ""
-
-
-class ServerConfig(Strict):
-    """Where `loopgate serve` listens."""
-
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    workers: int = Field(1, ge=1)
-    # On SIGTERM: how long in-flight requests and streams may take to finish.
-    drain_seconds: float = Field(30.0, gt=0)
-    # Set by `serve --workers N` (not by hand): a file whose presence makes /readyz answer 503.
-    drain_flag: Path | None = None
-    # On SIGTERM, /readyz answers 503 and requests are still served this long before the
-    # listener closes, so load balancers stop sending first (set it to their probe period).
-    unready_seconds: float = Field(0.0, ge=0)
-    # Behind a load balancer: take the client address for access logs from X-Forwarded-For
-    # sent by these addresses. Off by default: nothing on the request path reads it, and
-    # uvicorn's middleware for it costs every request.
-    proxy_headers: bool = False
-    forwarded_allow_ips: str = "127.0.0.1"
-    # Python's garbage collector thresholds (gc.set_threshold) while serving: a young
-    # collection per 10,000 allocations rather than 700 (measured in bench_gateway).
-    gc_thresholds: tuple[int, int, int] = (10_000, 20, 20)
-
-    @field_validator("gc_thresholds")
-    @classmethod
-    def _positive(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
-        if value[0] < 1 or value[1] < 1 or value[2] < 1:
-            raise ValueError("gc thresholds must be positive (0 would turn collection off)")
-        return value
-
-
-class LimitsConfig(Strict):
-    """Request limits enforced before anything reaches an upstream (docs/hardening.md)."""
-
-    # Request bodies per route, counted while they stream in (413 once over). max_body_bytes
-    # is chat's and completions' limit and the ceiling of the others.
-    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
-    feedback_body_bytes: int = Field(256 * 1024, gt=0)  # /v1/feedback
-    feedback_batch_body_bytes: int = Field(4 * 1024 * 1024, gt=0)  # /v1/feedback/batch
-    admin_body_bytes: int = Field(1024 * 1024, gt=0)  # /admin/*
-    other_body_bytes: int = Field(64 * 1024, gt=0)  # every other route
-    # The request line and headers together (431 once over).
-    max_header_bytes: int = Field(64 * 1024, ge=1024)
-    # A client must send its whole request head within this many seconds of starting it (408),
-    # and may pause at most this long between pieces of its body (408): slow clients go.
-    header_timeout_s: float = Field(10.0, gt=0)
-    body_timeout_s: float = Field(30.0, gt=0)
-    # Open connections per client address (None: no cap; behind a load balancer every
-    # connection comes from its few addresses, so set this only where clients connect directly).
-    max_connections_per_client: int | None = Field(None, gt=0)
-    # Chat messages per request (vLLM has no limit of its own; a huge array is an attack).
-    max_messages: int = Field(2048, gt=0)
-    # `n` and `best_of` per request (OpenAI's own cap is 128); n x max_tokens counts against
-    # a key's max_tokens ceiling and the tokens-per-minute estimate either way.
-    max_n: int = Field(128, ge=1)
-
-
-class FeedbackApiConfig(Strict):
-    """How /v1/feedback accepts judgements of answers."""
-
-    # Idempotency keys are remembered this long; a repeat within it is not recorded again.
-    idempotency_ttl_s: float = Field(24 * 3600, gt=0)
-    idempotency_max_keys: int = Field(100_000, ge=1)
-    # Share idempotency keys across replicas through Redis (None: this process only).
-    redis_url: str | None = None
-    namespace: str = "loopgate"
-    max_batch: int = Field(100, ge=1, le=1000)
+    def __call__(self) -> dict[str, Any]:
+        disabled = self.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+        exporter = self.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+        if disabled:
+            exporter = "none"
+        tracing: dict[str, Any] = {}
+        if exporter:
+            # The SDK takes a comma list; the gateway runs one exporter (the first).
+            tracing["exporter"] = exporter.split(",")[0].strip()
+        if self.environ.get("OTEL_METRICS_EXPORTER", "").strip().lower() == "none":
+            tracing["metrics"] = False
+        return {"telemetry": {"tracing": tracing}} if tracing else {}
 
 
 class Settings(BaseSettings):

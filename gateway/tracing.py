@@ -45,8 +45,8 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from gateway.config import TracingConfig
 from gateway.exchange import Exchange
-from gateway.telemetry_config import TracingConfig
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 
 from gateway.balancer import (
-    BalancerConfig,
     BalancerMetrics,
     Breaker,
     EndpointCollector,
@@ -20,6 +19,7 @@ from gateway.balancer import (
     Watcher,
     order,
 )
+from gateway.config import BalancerConfig, PoolConfig
 from gateway.errors import BadGateway, UpstreamTimeout, UpstreamUnavailable
 from gateway.httpclient import (
     ClientError,
@@ -30,7 +30,6 @@ from gateway.httpclient import (
     Response,
     Timeouts,
 )
-from gateway.settings import PoolConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,10 @@
-"""Experiment statistics and rollout decisions: pure functions of counts, no I/O."""
+"""Experiment statistics and rollout decisions.
+
+The pure core, re-exported here (intervals, sequential tests, SRM, decide, the bandit), takes
+counts and returns values, with no I/O. Around it: counters.py aggregates counts in memory and
+hands them to a backend; stores/ holds plans, controller state and the leader lock (memory,
+file, Redis); controller.py and service.py are the async edges that run a rollout.
+"""
 
 from rollout.bandit import thompson_allocation
 from rollout.decision import decide

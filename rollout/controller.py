@@ -18,11 +18,11 @@ from typing import Any, get_args
 from rollout.bandit import thompson_allocation
 from rollout.counters import ExperimentCounters
 from rollout.decision import decide
-from rollout.lock import Leadership
 from rollout.model import Decision, ExperimentReport
 from rollout.plan import ActionKind, RolloutAction, RolloutPlan, RolloutState, RolloutStatus
 from rollout.readout import experiment_input, phases
-from rollout.store import PlanStore
+from rollout.stores.lock import Leadership
+from rollout.stores.plans import PlanStore
 from router.errors import ConflictError, StoreUnavailable
 from router.model import Flag
 from router.stores.base import FlagStore

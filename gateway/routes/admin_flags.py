@@ -15,7 +15,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.auth import AdminPrincipal, Role, admin_principal
+from gateway.auth import AdminPrincipal, admin_principal
+from gateway.config import Role
 from gateway.deps import FlagsDep, SettingsDep
 from gateway.errors import (
     Conflict,

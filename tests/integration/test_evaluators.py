@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from feedback.schema import SCHEMA_DIR
 from feedback.sinks.spool import SEGMENT_SUFFIX
-from gateway.evaluator_config import EvaluatorConfig
+from gateway.config import EvaluatorConfig
 from gateway.rubric import sampled, version
 from gateway.settings import Settings
 from tests.support.gateway import GatewayServer, pool

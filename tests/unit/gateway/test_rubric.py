@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from gateway.evaluator_config import EvaluatorConfig
+from gateway.config import EvaluatorConfig
 from gateway.evaluators import Budget
 from gateway.rubric import (
     BadVerdict,

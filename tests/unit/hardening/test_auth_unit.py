@@ -6,14 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from gateway.auth import (
-    AdminTokenConfig,
-    ApiKeyConfig,
-    AuthConfig,
-    Authenticator,
-    admin_principal,
-    hash_secret,
-)
+from gateway.auth import Authenticator, admin_principal, hash_secret
+from gateway.config import AdminTokenConfig, ApiKeyConfig, AuthConfig
 from gateway.errors import Forbidden, Unauthorized
 from router.config import FlagsConfig
 

@@ -5,16 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gateway.balancer import (
-    CLOSED,
-    HALF_OPEN,
-    OPEN,
-    BalancerConfig,
-    Breaker,
-    Watcher,
-    parse_vllm_metrics,
-)
-from gateway.settings import PoolConfig
+from gateway.balancer import CLOSED, HALF_OPEN, OPEN, Breaker, Watcher, parse_vllm_metrics
+from gateway.config import BalancerConfig, PoolConfig
 from gateway.upstream import Pool
 
 METRICS = b"""# HELP vllm:num_requests_running Number of requests in model execution batches.

@@ -7,8 +7,9 @@ import asyncio
 import pytest
 
 from gateway.auth import AppPrincipal
+from gateway.config import RateLimitConfig
 from gateway.errors import RateLimited
-from gateway.ratelimit import RateLimitConfig, RateLimiter, _duration, estimate_tokens
+from gateway.ratelimit import RateLimiter, _duration, estimate_tokens
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.anyio

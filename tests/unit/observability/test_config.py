@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.config import SafetyConfig, TracingConfig
 from gateway.settings import Settings
-from gateway.telemetry_config import SafetyConfig, TracingConfig
 from gateway.tracing import open_tracing, openfeature_reason
 
 

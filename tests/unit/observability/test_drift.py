@@ -22,10 +22,10 @@ from feedback.drift import (
     psi,
     script_bucket,
 )
+from gateway.config import DriftConfig, TelemetryConfig
 from gateway.exchange import Exchange
 from gateway.metrics import Metrics
 from gateway.observer import Observer
-from gateway.telemetry_config import DriftConfig, TelemetryConfig
 
 THRESHOLD = 0.25
 

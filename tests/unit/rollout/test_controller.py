@@ -14,9 +14,9 @@ import yaml
 
 from rollout.controller import Controller, run_controller
 from rollout.counters import ExperimentCounters, MemoryCounterBackend
-from rollout.lock import RedisLock
 from rollout.plan import BanditConfig, GuardrailSpec, RolloutPlan
-from rollout.store import FilePlanStore, MemoryPlanStore, RedisPlanStore
+from rollout.stores.lock import RedisLock
+from rollout.stores.plans import FilePlanStore, MemoryPlanStore, RedisPlanStore
 from router.stores.base import AuditRecord
 from router.stores.file import FileFlagStore
 
