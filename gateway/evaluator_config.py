@@ -34,7 +34,7 @@ Conversation:
 {answer_b}
 
 Reply with only a JSON object, no other text:
-{{"winner": "A" | "B" | "tie", "reason": "<one sentence>"}}"""
+{"winner": "A" | "B" | "tie", "reason": "<one sentence>"}"""
 
 
 class EvaluatorConfig(BaseModel):
