@@ -59,7 +59,8 @@ def test_anything_else_is_refused(content: Any) -> None:
 
 
 def test_an_answer_without_content_is_refused() -> None:
-    for doc in ({}, {"choices": []}, {"choices": [{"message": {}}]}, None, []):
+    docs: list[Any] = [{}, {"choices": []}, {"choices": [{"message": {}}]}, None, []]
+    for doc in docs:
         with pytest.raises(BadVerdict):
             parse_pair_verdict(doc)
 
