@@ -52,7 +52,7 @@ def _settings(tmp_path: Path, judge_url: str, policy_url: str, **judge: Any) -> 
         events={"spool": {"dir": str(tmp_path / "spool")}},
         ids={"keys": [KEY]},
         evaluators={"arbiter": {**arbiter, **judge}},
-    )  # type: ignore[arg-type]
+    )
 
 
 def _pair(app: FastAPI, primary_text: str, shadow_text: str) -> tuple[Exchange, Exchange]:
