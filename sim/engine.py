@@ -126,7 +126,10 @@ class SimEngine:
                 limit = min(limit, job.max_tokens)
             for index in range(job.n):
                 if job.json_object:
-                    text = judge_answer(topic, self.profile.seed, self.profile.reward_terms)
+                    profile = self.profile
+                    text = judge_answer(
+                        topic, profile.seed, profile.reward_terms, profile.judge_position_bias
+                    )
                     pieces = split_tokens(text)
                 else:
                     pieces = list(self._write(seed, style, topic, index))

@@ -9,7 +9,8 @@ so a test or a demo can make one policy's style score better (`--reward-term '!=
 A chat request with `response_format: {"type": "json_object"}` is answered as a judge would,
 with a 1-5 verdict derived from the same reward; one that shows two answers between the pair
 markers (gateway/rubric.py's PAIR_MARKERS) gets a pairwise verdict: the answer with the
-higher reward wins, a tie within TIE_MARGIN. This judge has no position bias.
+higher reward wins, a tie within TIE_MARGIN; it favours the answer shown first only when
+told to (`--judge-position-bias`).
 """
 
 from __future__ import annotations
@@ -59,18 +60,26 @@ def pair_answers(text: str) -> tuple[str, str] | None:
     return (found["a"], found["b"]) if found else None
 
 
-def pair_verdict(a: str, b: str, seed: int, terms: Mapping[str, float]) -> str:
-    """A simulated pairwise judge: {"winner": "A"|"B"|"tie", "reason": ...}, from reward()."""
-    ra, rb = reward(a, seed, terms), reward(b, seed, terms)
+def pair_verdict(
+    a: str, b: str, seed: int, terms: Mapping[str, float], position_bias: float = 0.0
+) -> str:
+    """A simulated pairwise judge: {"winner": "A"|"B"|"tie", "reason": ...}, from reward().
+
+    `position_bias` is added to the first answer's reward, as judges that favour what they
+    read first do (the pair judge's swap must cancel it).
+    """
+    ra, rb = reward(a, seed, terms) + position_bias, reward(b, seed, terms)
     winner = "tie" if abs(ra - rb) <= TIE_MARGIN else ("A" if ra > rb else "B")
     return json.dumps({"winner": winner, "reason": f"simulated judge: A {ra:.2f}, B {rb:.2f}"})
 
 
-def judge_answer(rubric: str, seed: int, terms: Mapping[str, float]) -> str:
+def judge_answer(
+    rubric: str, seed: int, terms: Mapping[str, float], position_bias: float = 0.0
+) -> str:
     """What a judge says to a filled-in rubric: a pairwise verdict for a pair, else a score."""
     pair = pair_answers(rubric)
     if pair is not None:
-        return pair_verdict(*pair, seed, terms)
+        return pair_verdict(*pair, seed, terms, position_bias)
     return verdict(rubric, seed, terms)
 
 

@@ -210,3 +210,29 @@ def test_a_dead_judge_loses_pairs_counted_and_records_nothing(
 
     asyncio.run(go())
     assert _preferences(tmp_path) == []
+
+
+def test_a_judge_that_favours_the_first_answer_gives_ties_not_wins(
+    sim_factory: Callable[..., SimServer], tmp_path: Path
+) -> None:
+    # The candidate is better (+6 reward), but the judge adds 10 to whatever it reads first:
+    # each order alone would crown the answer shown first.
+    judge = sim_factory(model="judge-model", reward_term=["!=3"], judge_position_bias=10.0, seed=11)
+    policy = sim_factory(model="policy-a")
+    settings = _settings(tmp_path, judge.base_url, policy.base_url)
+
+    async def go() -> None:
+        async with running(settings) as (app, _):
+            evaluators: Evaluators = app.state.runtime.evaluators
+            for primary_text, shadow_text in ((PLAIN, KEEN), (LOUD, QUIET), (QUIET, PLAIN)):
+                for half in _pair(app, primary_text, shadow_text):
+                    evaluators.finished(half)
+            await _until(lambda: _outcome(evaluators, "arbiter:pairs", "done") == 3, "3 pairs")
+
+    asyncio.run(go())
+    prefs = [e["body"] for e in _preferences(tmp_path)]
+    assert [p["winner"] for p in prefs] == ["tie", "tie", "tie"]
+    # Each order named the answer it showed first: a for primary-first, b for shadow-first.
+    assert {(p["metadata"]["primary_first"], p["metadata"]["shadow_first"]) for p in prefs} == {
+        ("a", "b")
+    }

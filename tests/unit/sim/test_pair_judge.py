@@ -34,6 +34,8 @@ def test_the_higher_reward_wins_in_either_position_and_equals_tie() -> None:
     assert json.loads(pair_verdict(KEEN, PLAIN, 0, TERMS))["winner"] == "A"
     assert json.loads(pair_verdict(PLAIN, PLAIN, 0, TERMS))["winner"] == "tie"
     assert TIE_MARGIN < 0.5
+    # A position-biased judge crowns whatever it reads first.
+    assert json.loads(pair_verdict(PLAIN, KEEN, 0, TERMS, position_bias=10.0))["winner"] == "A"
 
 
 def test_the_sim_answers_a_pair_rubric_with_a_strict_pair_verdict(sim_factory: SimFactory) -> None:
