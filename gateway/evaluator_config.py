@@ -83,6 +83,8 @@ class EvaluatorConfig(BaseModel):
         if self.pairs:
             if self.kind != "judge":
                 raise ValueError("pairs: only a judge compares answers")
+            if self.per_minute == 1:
+                raise ValueError("pairs: a pair takes two calls, so per_minute must be 0 or 2+")
             for part in ("{prompt}", "{answer_a}", "{answer_b}"):
                 if part not in self.pair_rubric:
                     raise ValueError(f"pair_rubric must contain {part}")

@@ -304,8 +304,7 @@ class Evaluators:
         job = Job.of(ex) if judgeable else None
         now = self.clock()
         for scorer in self.pair_scorers:
-            assert scorer.book is not None
-            if not scorer.wants_pair(ex, key):
+            if scorer.book is None or not scorer.wants_pair(ex, key):
                 continue
             arrival = scorer.book.arrive(key, ex.role, job, now)
             for _ in range(arrival.expired):

@@ -144,6 +144,7 @@ def test_the_pair_version_follows_the_pair_template() -> None:
         {"kind": "judge", "pairs": True, "pair_rubric": "{answer_a} {answer_b}"},
         {"kind": "judge", "pairs": True, "pair_wait_s": 0},
         {"kind": "judge", "pairs": True, "max_waiting": 0},
+        {"kind": "judge", "pairs": True, "per_minute": 1},  # no pair would ever fit
     ],
 )
 def test_pair_config_is_checked(fields: dict[str, Any]) -> None:
