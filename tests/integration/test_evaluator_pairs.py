@@ -191,7 +191,7 @@ def test_a_dead_judge_loses_pairs_counted_and_records_nothing(
     dead = f"http://127.0.0.1:{_dead_port()}"
     settings = _settings(tmp_path, dead, policy.base_url, timeout_s=0.5, per_minute=4)
 
-    async def go() -> None:
+    async def go() -> Evaluators:
         async with running(settings) as (app, _):
             evaluators: Evaluators = app.state.runtime.evaluators
             for _ in range(3):
@@ -207,8 +207,12 @@ def test_a_dead_judge_loses_pairs_counted_and_records_nothing(
             # Four calls a minute is two pairs: the third is over budget, not half judged.
             assert _outcome(evaluators, "arbiter:pairs", "dropped", "budget") >= 1
             assert _outcome(evaluators, "arbiter:pairs", "done") == 0
+            # A half still waiting at shutdown will not see its other half now.
+            evaluators.finished(_pair(app, PLAIN, KEEN)[1])
+        return evaluators
 
-    asyncio.run(go())
+    evaluators = asyncio.run(go())
+    assert _outcome(evaluators, "arbiter:pairs", "dropped", "shutdown") == 1
     assert _preferences(tmp_path) == []
 
 
