@@ -240,3 +240,29 @@ def test_a_judge_that_favours_the_first_answer_gives_ties_not_wins(
     assert {(p["metadata"]["primary_first"], p["metadata"]["shadow_first"]) for p in prefs} == {
         ("a", "b")
     }
+
+
+def test_roles_shadow_scores_shadow_answers_alone_marked_as_shadow(
+    sim_factory: Callable[..., SimServer], tmp_path: Path
+) -> None:
+    judge = sim_factory(model="judge-model")
+    policy = sim_factory(model="policy-a")
+    settings = _settings(tmp_path, judge.base_url, policy.base_url, pairs=False, roles=["shadow"])
+
+    async def go() -> Exchange:
+        async with running(settings) as (app, _):
+            evaluators: Evaluators = app.state.runtime.evaluators
+            primary, shadow = _pair(app, PLAIN, KEEN)
+            evaluators.finished(primary)
+            evaluators.finished(shadow)
+            await _until(lambda: _outcome(evaluators, "arbiter", "done") == 1, "1 score")
+            assert evaluators.pair_scorers == []
+            return shadow
+
+    shadow = asyncio.run(go())
+    events = spooled_events(tmp_path / "spool")
+    (scored,) = [e["body"] for e in events if e["type"] == "evaluation"]
+    assert (scored["response_id"], scored["role"], scored["variant"]) == (
+        shadow.response_id, "shadow", "b",
+    )  # fmt: skip
+    assert _preferences(tmp_path) == []
