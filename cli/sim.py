@@ -89,6 +89,10 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(help="/pooling rewards TERM by WEIGHT per use, TERM=WEIGHT; repeatable."),
         ] = None,
+        judge_position_bias: Annotated[
+            float | None,
+            typer.Option(help="As a pairwise judge, favour the answer shown first by this much."),
+        ] = None,
     ) -> None:
         """Run a vLLM simulator: vLLM's OpenAI API, latency profile, faults and /metrics."""
         # Imported here so other commands do not pay for aiohttp and pydantic at start.
@@ -110,6 +114,7 @@ def register(app: typer.Typer) -> None:
             "jitter": jitter,
             "seed": seed,
             "reward_terms": _parse_terms(reward_term or []) or None,
+            "judge_position_bias": judge_position_bias,
         }
         try:
             profile = SimProfile(**{k: v for k, v in given.items() if v is not None})

@@ -132,6 +132,13 @@ def create_app(
                 if tracing is not None
                 else Recorder(**recording)
             )
+            if evaluators is not None and events is not None:
+                # A judge's verdict on a shadow pair is feedback like a person's (event, metrics,
+                # experiment counts): the recorder's path, which exists only from here on.
+                pipeline, judged = events, recorder
+                evaluators.record_preference = lambda body: judged.feedback_received(
+                    body, pipeline, time.time()
+                )
             runtime = Runtime(
                 settings=settings,
                 upstreams=upstreams,

@@ -5,6 +5,11 @@ queue (no I/O, no await). Worker tasks per evaluator call its pool with a timeou
 `evaluation` event and the score metric. Everything that goes wrong (queue full, over the
 per-minute budget, pool down, slow, a verdict not in the asked shape) is dropped and counted;
 no request ever waits on, or fails because of, an evaluator.
+
+A judge with `pairs: true` also compares shadow pairs: each half waits in a bounded PairBook
+until the other has finished, then the pair is queued like an answer and judged twice, once
+in each order, into one `preference` handed to `record_preference` (the recorder's feedback
+path, so experiment counters count it like a person's).
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -25,27 +30,40 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from feedback.schema import EvaluationBody, EvaluationEvent, Event, FeedbackBody
 from gateway.config import EvaluatorConfig
 from gateway.errors import GatewayError, UpstreamTimeout
+from gateway.evaluator_pairs import PairBook
 from gateway.exchange import Exchange
 from gateway.httpclient import ClientError
 from gateway.rubric import (
     BadVerdict,
+    PairWinner,
+    as_pair,
     conversation,
     judge_request,
+    pair_request,
+    pair_version,
+    parse_pair_verdict,
     parse_reward,
     parse_verdict,
     reward_request,
     sampled,
+    swapped_winner,
     version,
 )
 from gateway.tracing import Tracing
 from gateway.upstream import Upstreams
 
 log = logging.getLogger("loopgate.evaluators")
+_T = TypeVar("_T")
 
 SCORE_BUCKETS = (-4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 # Why a score was not recorded: a bounded label set.
 DROP_REASONS = ("queue_full", "budget", "shutdown")
+# Why a pair was not judged, beyond those: its other half never came, or room was needed.
+PAIR_DROP_REASONS = ("pair_expired", "pair_overflow")
 FAIL_REASONS = ("timeout", "unavailable", "bad_status", "bad_verdict", "error")
+# The `evaluator` label of a judge's pair series: its name with this suffix.
+PAIRS_SUFFIX = ":pairs"
 
 
 class EvaluatorMetrics:
@@ -65,22 +83,33 @@ class EvaluatorMetrics:
             ["evaluator", "outcome", "reason"],
             registry=registry,
         )
+        self.latency = Histogram(
+            "loopgate_evaluation_duration_seconds",
+            "Time an evaluator took per score, or per pair judgement (its two calls).",
+            ["evaluator"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self._registry = registry
 
-    def label_known(self, names: list[str]) -> None:
+    def label_known(self, names: Sequence[str], pair_names: Sequence[str] = ()) -> None:
         """Create every outcome series at 0, so rates exist before the first failure."""
-        for name in names:
+        for name in [*names, *pair_names]:
             self.outcomes.labels(name, "done", "")
             for reason in DROP_REASONS:
                 self.outcomes.labels(name, "dropped", reason)
             for reason in FAIL_REASONS:
                 self.outcomes.labels(name, "failed", reason)
+        for name in pair_names:
+            for reason in PAIR_DROP_REASONS:
+                self.outcomes.labels(name, "dropped", reason)
 
     def unregister(self) -> None:
         """Free the names (the app may start again on the same registry, as tests do)."""
         if self._registry is not None:
             self._registry.unregister(self.score)
             self._registry.unregister(self.outcomes)
+            self._registry.unregister(self.latency)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +124,25 @@ class Job:
     request: dict[str, Any]
     answer: str
     trace_id: str
+    role: str = "primary"
+    unit_hash: str = ""
+    started_at: float = 0.0
+
+    @classmethod
+    def of(cls, ex: Exchange) -> Job:
+        """The parts of a finished exchange an evaluator reads."""
+        return cls(
+            ex.response_id, ex.flag, ex.flag_version, ex.variant, ex.app_id, ex.request,
+            ex.text, ex.trace_id, ex.role, ex.unit_hash, ex.started_at,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PairJob:
+    """A shadow pair to compare: the primary (answer a) and its shadow (answer b)."""
+
+    primary: Job
+    shadow: Job
 
 
 class Budget:
@@ -106,13 +154,13 @@ class Budget:
         self.tokens = float(per_minute)
         self.at = now
 
-    def take(self, now: float) -> bool:
-        """Spend one call if one is left."""
+    def take(self, now: float, calls: int = 1) -> bool:
+        """Spend `calls` calls if that many are left (a pair costs two), else none."""
         self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
         self.at = now
-        if self.tokens < 1.0:
+        if self.tokens < calls:
             return False
-        self.tokens -= 1.0
+        self.tokens -= calls
         return True
 
 
@@ -124,20 +172,36 @@ class _Scorer:
         self.config = config
         self.model = model
         self.version = version(config, model)
-        self.queue: deque[Job] = deque()
+        self.queue: deque[Job | PairJob] = deque()
         self.wake = asyncio.Event()
         self.budget = Budget(config.per_minute, now)
         self.busy = 0
         self.warned: dict[str, float] = {}
+        # Pairs: the halves waiting for their other half, and the label of the pair series.
+        self.book: PairBook[Job] | None = (
+            PairBook(config.pair_wait_s, config.max_waiting) if config.pairs else None
+        )
+        self.pair_label = name + PAIRS_SUFFIX
+        self.pair_version = pair_version(config, model)
 
     def wants(self, ex: Exchange) -> bool:
         c = self.config
         return (
-            "primary" in c.roles  # shadows are not recorded yet: every answer is a primary
+            ex.role in c.roles
             and (not c.flags or ex.flag in c.flags)
             and (not c.variants or ex.variant in c.variants)
             and sampled(self.name, ex.response_id, c.sample_rate)
         )
+
+    def wants_pair(self, ex: Exchange, key: str) -> bool:
+        """A half of a pair this judge compares: its flag, and a sample of primary ids."""
+        c = self.config
+        return (not c.flags or ex.flag in c.flags) and sampled(self.name, key, c.sample_rate)
+
+    def wants_variants(self, pair: PairJob) -> bool:
+        """Either half's variant is one of `variants` (empty: every pair)."""
+        variants = self.config.variants
+        return not variants or pair.primary.variant in variants or pair.shadow.variant in variants
 
 
 class Evaluators:
@@ -151,9 +215,13 @@ class Evaluators:
         metrics: EvaluatorMetrics,
         instance: str,
         clock: Callable[[], float] = time.monotonic,
+        record_preference: Callable[[FeedbackBody], object] | None = None,
     ) -> None:
         self.upstreams = upstreams
         self.emit = emit
+        # Where a pair's verdict goes: the recorder's feedback path (set by the app once the
+        # recorder exists, as it observes these evaluators); None: judged, counted, not kept.
+        self.record_preference = record_preference
         self.metrics = metrics
         self.instance = instance
         self.clock = clock
@@ -165,7 +233,10 @@ class Evaluators:
         self._tasks: set[asyncio.Task[None]] = set()
         # Set once tracing is open: each score becomes a gen_ai.evaluation.result event.
         self.tracing: Tracing | None = None
-        metrics.label_known([s.name for s in self.scorers])
+        self.pair_scorers = [s for s in self.scorers if s.book is not None]
+        metrics.label_known(
+            [s.name for s in self.scorers], [s.pair_label for s in self.pair_scorers]
+        )
 
     def start(self) -> None:
         """Start each evaluator's workers (inside a running loop)."""
@@ -195,8 +266,10 @@ class Evaluators:
         """Human judgements are read from the events, not here."""
 
     def finished(self, ex: Exchange) -> None:
-        """The request is over: offer the answer to the evaluators."""
+        """The request is over: offer the answer to the evaluators, and a pair's half."""
         self.offer(ex)
+        if self.pair_scorers:
+            self.offer_half(ex)
 
     def offer(self, ex: Exchange) -> None:
         """Queue a finished answer for the evaluators that want it; never waits, never raises."""
@@ -207,14 +280,46 @@ class Evaluators:
             if not scorer.wants(ex):
                 continue
             if len(scorer.queue) >= scorer.config.queue_size:
-                self._count(scorer, "dropped", "queue_full")
+                self._count(scorer.name, "dropped", "queue_full")
                 continue
             if job is None:
-                job = Job(
-                    ex.response_id, ex.flag, ex.flag_version, ex.variant, ex.app_id,
-                    ex.request, ex.text, ex.trace_id,
-                )  # fmt: skip
+                job = Job.of(ex)
             scorer.queue.append(job)
+            scorer.wake.set()
+
+    def offer_half(self, ex: Exchange) -> None:
+        """A half of a shadow pair finished: pair it with the other, or let it wait (no I/O)."""
+        if ex.role == "shadow" and ex.pair_of:
+            key = ex.pair_of
+        elif ex.role == "primary" and ex.shadowed and ex.response_id:
+            key = ex.response_id
+        else:
+            return
+        judgeable = (
+            ex.status == "ok"
+            and ex.consent != "none"
+            and bool(ex.response_id)
+            and bool(ex.text_parts)
+        )
+        job = Job.of(ex) if judgeable else None
+        now = self.clock()
+        for scorer in self.pair_scorers:
+            if scorer.book is None or not scorer.wants_pair(ex, key):
+                continue
+            arrival = scorer.book.arrive(key, ex.role, job, now)
+            for _ in range(arrival.expired):
+                self._count(scorer.pair_label, "dropped", "pair_expired")
+            for _ in range(arrival.overflowed):
+                self._count(scorer.pair_label, "dropped", "pair_overflow")
+            if arrival.pair is None:
+                continue
+            pair = PairJob(*arrival.pair)
+            if not scorer.wants_variants(pair):
+                continue
+            if len(scorer.queue) >= scorer.config.queue_size:
+                self._count(scorer.pair_label, "dropped", "queue_full")
+                continue
+            scorer.queue.append(pair)
             scorer.wake.set()
 
     def pending(self) -> int:
@@ -223,7 +328,8 @@ class Evaluators:
 
     async def aclose(self) -> None:
         """Let pending scores finish within each evaluator's timeout; count the rest dropped."""
-        grace = max((s.config.timeout_s for s in self.scorers), default=0.0)
+        # A pair is two calls in a row, each with its own timeout.
+        grace = max((s.config.timeout_s * (2 if s.book else 1) for s in self.scorers), default=0.0)
         deadline = self.clock() + grace
         while self.pending() and self.clock() < deadline:  # noqa: ASYNC110 - a drain poll
             await asyncio.sleep(0.02)
@@ -232,9 +338,13 @@ class Evaluators:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for scorer in self.scorers:
             # Workers cancelled mid-call counted theirs; what never left the queue is counted here.
-            for _ in range(len(scorer.queue)):
-                self._count(scorer, "dropped", "shutdown")
+            for item in scorer.queue:
+                self._count(self._label(scorer, item), "dropped", "shutdown")
             scorer.queue.clear()
+            # Halves still waiting for their other half will not see it now.
+            if scorer.book is not None:
+                for _ in range(scorer.book.drain()):
+                    self._count(scorer.pair_label, "dropped", "shutdown")
 
     def _warn(self, scorer: _Scorer, reason: str, message: str) -> None:
         # A dead pool fails every call: one line a minute per reason, the counter has the rest.
@@ -244,8 +354,12 @@ class Evaluators:
             log.warning("evaluator %s: %s (more counted in loopgate_evaluations_total)",
                         scorer.name, message)  # fmt: skip
 
-    def _count(self, scorer: _Scorer, outcome: str, reason: str) -> None:
-        self.metrics.outcomes.labels(scorer.name, outcome, reason).inc()
+    def _count(self, label: str, outcome: str, reason: str) -> None:
+        self.metrics.outcomes.labels(label, outcome, reason).inc()
+
+    @staticmethod
+    def _label(scorer: _Scorer, item: Job | PairJob) -> str:
+        return scorer.pair_label if isinstance(item, PairJob) else scorer.name
 
     async def _worker(self, scorer: _Scorer) -> None:
         while True:
@@ -253,59 +367,71 @@ class Evaluators:
                 scorer.wake.clear()
                 await scorer.wake.wait()
                 continue
-            job = scorer.queue.popleft()
-            if not scorer.budget.take(self.clock()):
-                self._count(scorer, "dropped", "budget")
+            item = scorer.queue.popleft()
+            label = self._label(scorer, item)
+            if not scorer.budget.take(self.clock(), 2 if isinstance(item, PairJob) else 1):
+                self._count(label, "dropped", "budget")
                 continue
             scorer.busy += 1
             try:
-                await self._score(scorer, job)
+                if isinstance(item, PairJob):
+                    await self._judge_pair(scorer, item)
+                else:
+                    await self._score(scorer, item)
             except asyncio.CancelledError:
-                self._count(scorer, "dropped", "shutdown")
+                self._count(label, "dropped", "shutdown")
                 raise
             except Exception:  # the edge: one answer's score is lost, never the worker
-                log.exception("evaluator %s: scoring %s failed", scorer.name, job.response_id)
-                self._count(scorer, "failed", "error")
+                key = item.primary.response_id if isinstance(item, PairJob) else item.response_id
+                log.exception("evaluator %s: scoring %s failed", label, key)
+                self._count(label, "failed", "error")
             finally:
                 scorer.busy -= 1
+
+    async def _call(
+        self, scorer: _Scorer, label: str, path: str, payload: dict[str, Any],
+        parse: Callable[[Any], _T],
+    ) -> _T | None:  # fmt: skip
+        """One call to the evaluator's pool under its timeout, parsed; None: failed, counted."""
+        config = scorer.config
+        try:
+            async with asyncio.timeout(config.timeout_s):
+                return parse(await self._post(config.pool, path, payload))
+        except TimeoutError:
+            self._count(label, "failed", "timeout")
+        except _BadStatus as exc:
+            self._warn(scorer, "bad_status", f"pool {config.pool} answered {exc}")
+            self._count(label, "failed", "bad_status")
+        except BadVerdict as exc:
+            self._warn(scorer, "bad_verdict", str(exc))
+            self._count(label, "failed", "bad_verdict")
+        except UpstreamTimeout:
+            self._count(label, "failed", "timeout")
+        except (GatewayError, ClientError, OSError, ValueError) as exc:
+            # No endpoint reachable, a broken connection, a body that is not JSON.
+            self._count(label, "failed", "unavailable")
+            self._warn(scorer, "unavailable", f"pool {config.pool}: {exc}")
+        return None
 
     async def _score(self, scorer: _Scorer, job: Job) -> None:
         config = scorer.config
         prompt = conversation(job.request, config.max_chars)
         started = time.perf_counter()
-        try:
-            async with asyncio.timeout(config.timeout_s):
-                if config.kind == "judge":
-                    payload = judge_request(config, scorer.model, prompt, job.answer)
-                    score, reason = parse_verdict(
-                        await self._post(config.pool, "/v1/chat/completions", payload)
-                    )
-                else:
-                    payload = reward_request(scorer.model, prompt, job.answer, config.max_chars)
-                    doc = await self._post(config.pool, "/pooling", payload)
-                    score, reason = parse_reward(doc), ""
-        except TimeoutError:
-            self._count(scorer, "failed", "timeout")
+        if config.kind == "judge":
+            payload = judge_request(config, scorer.model, prompt, job.answer)
+            verdict = await self._call(
+                scorer, scorer.name, "/v1/chat/completions", payload, parse_verdict
+            )
+        else:
+            payload = reward_request(scorer.model, prompt, job.answer, config.max_chars)
+            verdict = await self._call(scorer, scorer.name, "/pooling", payload, _reward_verdict)
+        if verdict is None:
             return
-        except _BadStatus as exc:
-            self._warn(scorer, "bad_status", f"pool {config.pool} answered {exc}")
-            self._count(scorer, "failed", "bad_status")
-            return
-        except BadVerdict as exc:
-            self._warn(scorer, "bad_verdict", str(exc))
-            self._count(scorer, "failed", "bad_verdict")
-            return
-        except UpstreamTimeout:
-            self._count(scorer, "failed", "timeout")
-            return
-        except (GatewayError, ClientError, OSError, ValueError) as exc:
-            # No endpoint reachable, a broken connection, a body that is not JSON.
-            self._count(scorer, "failed", "unavailable")
-            self._warn(scorer, "unavailable", f"pool {config.pool}: {exc}")
-            return
-        latency_ms = (time.perf_counter() - started) * 1000.0
+        score, reason = verdict
+        elapsed = time.perf_counter() - started
+        self.metrics.latency.labels(scorer.name).observe(elapsed)
         self.metrics.score.labels(job.flag, job.variant, scorer.name).observe(score)
-        self._count(scorer, "done", "")
+        self._count(scorer.name, "done", "")
         if self.emit is not None:
             body = EvaluationBody(
                 response_id=job.response_id,
@@ -313,12 +439,13 @@ class Evaluators:
                 flag_version=job.flag_version or None,
                 variant=job.variant or None,
                 app=job.app,
+                role="shadow" if job.role == "shadow" else "primary",
                 evaluator=scorer.name,
                 evaluator_kind=config.kind,
                 version=scorer.version,
                 score=score,
                 reason=reason or None,
-                latency_ms=latency_ms,
+                latency_ms=elapsed * 1000.0,
             )
             event = EvaluationEvent.create(
                 body, gateway=self.instance, now=time.time(), trace_id=job.trace_id or None
@@ -329,6 +456,55 @@ class Evaluators:
                 job.response_id, "", value=score, flag=job.flag or None,
                 variant=job.variant or None, category=reason or None, name=scorer.name,
             )  # fmt: skip
+
+    async def _judge_pair(self, scorer: _Scorer, pair: PairJob) -> None:
+        """Two calls, the primary shown first and then the shadow: one preference from both."""
+        config, label = scorer.config, scorer.pair_label
+        primary, shadow = pair.primary, pair.shadow
+        # The shadow was sent the primary's body (model rewritten): one conversation for both.
+        prompt = conversation(primary.request, config.max_chars)
+        started = time.perf_counter()
+        verdicts: list[tuple[PairWinner, str]] = []
+        for first, second in ((primary, shadow), (shadow, primary)):
+            payload = pair_request(config, scorer.model, prompt, first.answer, second.answer)
+            verdict = await self._call(
+                scorer, label, "/v1/chat/completions", payload, parse_pair_verdict
+            )
+            if verdict is None:
+                return  # one order alone would carry the judge's position bias
+            verdicts.append(verdict)
+        elapsed = time.perf_counter() - started
+        (said_first, reason_first), (said_second, reason_second) = verdicts
+        winner = swapped_winner(said_first, said_second)
+        self.metrics.latency.labels(label).observe(elapsed)
+        self._count(label, "done", "")
+        if self.record_preference is None:
+            return
+        body = FeedbackBody(
+            response_id=primary.response_id,
+            flag=primary.flag or None,
+            flag_version=primary.flag_version or None,
+            variant=primary.variant or None,
+            app=primary.app,
+            unit_hash=primary.unit_hash or None,
+            response_time=int(primary.started_at) or None,
+            kind="preference",
+            source="judge",
+            reviewer=scorer.name,
+            other_response_id=shadow.response_id,
+            other_variant=shadow.variant or None,
+            winner=winner,
+            time_spent_ms=round(elapsed * 1000.0),
+            # Each order's verdict in a/b terms: how often they differ is the judge's
+            # position bias (or indecision) on this traffic.
+            metadata={
+                "judge_version": scorer.pair_version,
+                "primary_first": as_pair(said_first, primary_first=True),
+                "shadow_first": as_pair(said_second, primary_first=False),
+            },
+            comment=f"primary first: {reason_first}\nshadow first: {reason_second}"[:10_000],
+        )
+        self.record_preference(body)
 
     async def _post(self, pool_name: str, path: str, payload: dict[str, Any]) -> Any:
         pool = self.upstreams.pools[pool_name]
@@ -349,6 +525,10 @@ class Evaluators:
 
 class _BadStatus(Exception):
     """The evaluator's pool answered, but not 200."""
+
+
+def _reward_verdict(doc: Any) -> tuple[float, str]:
+    return parse_reward(doc), ""
 
 
 @contextlib.asynccontextmanager

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any
+import re
+from typing import Any, Literal
 
+from feedback.schema import Winner
 from gateway.config import EvaluatorConfig
 
 MAX_REASON = 2000
@@ -84,6 +86,19 @@ def parse_verdict(doc: Any) -> tuple[float, str]:
     `reason`, and nothing else: a judge that rambles, wraps the JSON in prose or fences, or
     adds keys has not followed the rubric, and its number is not trusted.
     """
+    verdict = _verdict_object(doc)
+    if set(verdict) != {"score", "reason"}:
+        raise BadVerdict("the verdict must have exactly `score` and `reason`")
+    score, reason = verdict["score"], verdict["reason"]
+    if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5:
+        raise BadVerdict("`score` must be an integer from 1 to 5")
+    if not isinstance(reason, str):
+        raise BadVerdict("`reason` must be a string")
+    return float(score), reason[:MAX_REASON]
+
+
+def _verdict_object(doc: Any) -> dict[str, Any]:
+    """The one JSON object a judge's chat answer consists of; BadVerdict for anything else."""
     try:
         content = doc["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
@@ -94,14 +109,9 @@ def parse_verdict(doc: Any) -> tuple[float, str]:
         verdict = json.loads(content)
     except json.JSONDecodeError:
         raise BadVerdict("the judge's content is not one JSON object") from None
-    if not isinstance(verdict, dict) or set(verdict) != {"score", "reason"}:
-        raise BadVerdict("the verdict must have exactly `score` and `reason`")
-    score, reason = verdict["score"], verdict["reason"]
-    if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5:
-        raise BadVerdict("`score` must be an integer from 1 to 5")
-    if not isinstance(reason, str):
-        raise BadVerdict("`reason` must be a string")
-    return float(score), reason[:MAX_REASON]
+    if not isinstance(verdict, dict):
+        raise BadVerdict("the judge's content is not one JSON object")
+    return verdict
 
 
 def parse_reward(doc: Any) -> float:
@@ -118,3 +128,77 @@ def parse_reward(doc: Any) -> float:
     if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
         raise BadVerdict("the score is not a finite number")
     return float(score)
+
+
+# Pairs. Each answer goes between these markers, whatever the template around it says; `loopgate
+# sim` finds the answers by them (sim/reward.py keeps the same strings, tests check both agree).
+PAIR_MARKERS = {
+    "A": ("<<<ANSWER A>>>", "<<<END OF ANSWER A>>>"),
+    "B": ("<<<ANSWER B>>>", "<<<END OF ANSWER B>>>"),
+}
+PairWinner = Literal["A", "B", "tie"]
+_SIDES: dict[str, PairWinner] = {"A": "A", "B": "B", "tie": "tie"}
+
+
+def pair_version(config: EvaluatorConfig, model: str) -> str:
+    """`model@hash` of the pair template: a changed word is a new judge of pairs."""
+    return f"{model}@{hashlib.sha256(config.pair_rubric.encode()).hexdigest()[:12]}"
+
+
+def _unmarked(answer: str) -> str:
+    # An answer must not be able to close its own section and open a fake one.
+    for start, end in PAIR_MARKERS.values():
+        answer = answer.replace(start, "").replace(end, "")
+    return answer
+
+
+def pair_request(
+    config: EvaluatorConfig, model: str, prompt: str, answer_a: str, answer_b: str
+) -> dict[str, Any]:
+    """The chat request comparing two answers: A shown first, each between its markers."""
+    sections = {}
+    for side, answer in (("A", answer_a), ("B", answer_b)):
+        start, end = PAIR_MARKERS[side]
+        sections[side] = f"{start}\n{_unmarked(answer[: config.max_chars])}\n{end}"
+    # One pass over the template: an answer that contains "{answer_b}" is not filled in again.
+    fills = {"{prompt}": prompt, "{answer_a}": sections["A"], "{answer_b}": sections["B"]}
+    content = re.sub(r"\{prompt\}|\{answer_a\}|\{answer_b\}", lambda m: fills[m.group(0)],
+                     config.pair_rubric)  # fmt: skip
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+        "max_tokens": config.max_tokens,
+        "response_format": {"type": "json_object"},
+    }
+
+
+def parse_pair_verdict(doc: Any) -> tuple[PairWinner, str]:
+    """(winner, reason) from a judge's chat answer: exactly {"winner": "A"|"B"|"tie", "reason"}."""
+    verdict = _verdict_object(doc)
+    if set(verdict) != {"winner", "reason"}:
+        raise BadVerdict("the verdict must have exactly `winner` and `reason`")
+    winner, reason = verdict["winner"], verdict["reason"]
+    if not isinstance(winner, str) or winner not in _SIDES:
+        raise BadVerdict('`winner` must be "A", "B" or "tie"')
+    if not isinstance(reason, str):
+        raise BadVerdict("`reason` must be a string")
+    return _SIDES[winner], reason[:MAX_REASON]
+
+
+def as_pair(verdict: PairWinner, primary_first: bool) -> Winner:
+    """A verdict in the preference's terms (a = the primary, b = the shadow)."""
+    if verdict == "tie":
+        return "tie"
+    shown_first = verdict == "A"
+    return "a" if shown_first == primary_first else "b"
+
+
+def swapped_winner(primary_first: PairWinner, shadow_first: PairWinner) -> Winner:
+    """The two position-swapped verdicts as one: the same answer both times wins, else a tie.
+
+    A judge that prefers whatever it reads first says "A" both times, which names each answer
+    once: that is no preference, and it cancels to a tie.
+    """
+    first, second = as_pair(primary_first, True), as_pair(shadow_first, False)
+    return first if first == second else "tie"

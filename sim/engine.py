@@ -12,7 +12,7 @@ from sim.metrics import SimMetrics
 from sim.profile import STYLES, SimProfile
 from sim.protocol import Job
 from sim.recorder import Recorder
-from sim.reward import verdict
+from sim.reward import judge_answer
 from sim.scheduler import Scheduler
 from sim.text import answer_rng, compose, split_tokens
 
@@ -126,7 +126,10 @@ class SimEngine:
                 limit = min(limit, job.max_tokens)
             for index in range(job.n):
                 if job.json_object:
-                    text = verdict(topic, self.profile.seed, self.profile.reward_terms)
+                    profile = self.profile
+                    text = judge_answer(
+                        topic, profile.seed, profile.reward_terms, profile.judge_position_bias
+                    )
                     pieces = split_tokens(text)
                 else:
                     pieces = list(self._write(seed, style, topic, index))

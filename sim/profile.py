@@ -30,6 +30,8 @@ class SimProfile(BaseModel):
     jitter: float = Field(0.1, ge=0, le=0.9)
     # /pooling as a reward model: term -> weight added per occurrence (sim/reward.py).
     reward_terms: dict[str, float] = Field(default_factory=dict)
+    # As a pairwise judge: added to the reward of the answer shown first (a position bias).
+    judge_position_bias: float = 0.0
 
     @field_validator("style")
     @classmethod

@@ -7,7 +7,10 @@ as vLLM's one-label classify pooler does. The simulator answers in that shape. I
 noise drawn from a hash of the seed and the text, plus weighted counts of configured terms,
 so a test or a demo can make one policy's style score better (`--reward-term '!=0.5'`).
 A chat request with `response_format: {"type": "json_object"}` is answered as a judge would,
-with a 1-5 verdict derived from the same reward.
+with a 1-5 verdict derived from the same reward; one that shows two answers between the pair
+markers (gateway/rubric.py's PAIR_MARKERS) gets a pairwise verdict: the answer with the
+higher reward wins, a tie within TIE_MARGIN; it favours the answer shown first only when
+told to (`--judge-position-bias`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +41,46 @@ def verdict(text: str, seed: int, terms: Mapping[str, float]) -> str:
     """A simulated judge's answer to a rubric: {"score": 1-5, "reason": ...}, from reward()."""
     score = min(5, max(1, round(3.0 + reward(text, seed, terms))))
     return json.dumps({"score": score, "reason": f"simulated judge: {score} of 5"})
+
+
+# The same strings as gateway/rubric.py's PAIR_MARKERS (the sim imports nothing of the gateway;
+# tests/unit/sim/test_pair_judge.py checks that the two agree).
+_PAIR = re.compile(
+    r"<<<ANSWER A>>>\n(?P<a>.*?)\n<<<END OF ANSWER A>>>.*?"
+    r"<<<ANSWER B>>>\n(?P<b>.*?)\n<<<END OF ANSWER B>>>",
+    re.DOTALL,
+)
+# Rewards closer than this are a tie.
+TIE_MARGIN = 0.1
+
+
+def pair_answers(text: str) -> tuple[str, str] | None:
+    """The two answers a pairwise rubric shows (A, B), or None when it shows no pair."""
+    found = _PAIR.search(text)
+    return (found["a"], found["b"]) if found else None
+
+
+def pair_verdict(
+    a: str, b: str, seed: int, terms: Mapping[str, float], position_bias: float = 0.0
+) -> str:
+    """A simulated pairwise judge: {"winner": "A"|"B"|"tie", "reason": ...}, from reward().
+
+    `position_bias` is added to the first answer's reward, as judges that favour what they
+    read first do (the pair judge's swap must cancel it).
+    """
+    ra, rb = reward(a, seed, terms) + position_bias, reward(b, seed, terms)
+    winner = "tie" if abs(ra - rb) <= TIE_MARGIN else ("A" if ra > rb else "B")
+    return json.dumps({"winner": winner, "reason": f"simulated judge: A {ra:.2f}, B {rb:.2f}"})
+
+
+def judge_answer(
+    rubric: str, seed: int, terms: Mapping[str, float], position_bias: float = 0.0
+) -> str:
+    """What a judge says to a filled-in rubric: a pairwise verdict for a pair, else a score."""
+    pair = pair_answers(rubric)
+    if pair is not None:
+        return pair_verdict(*pair, seed, terms, position_bias)
+    return verdict(rubric, seed, terms)
 
 
 def _text_of(content: Any) -> str:

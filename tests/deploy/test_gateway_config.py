@@ -93,3 +93,25 @@ def test_shipped_flag_files_parse_against_their_pools() -> None:
         configmap = find(rendered, "ConfigMap", "lg-loopgate-config")["data"]
         pools = yaml.safe_load(configmap["config.yaml"])["pools"]
         assert parse_flags(configmap["flags.yaml"], set(pools), f"{example.name} flags.yaml")
+
+
+def test_evaluators_in_values_reach_the_gateway_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in SECRET_ENV.items():
+        monkeypatch.setenv(name, value)
+    values = {
+        "externalPools": {
+            "judge": {"endpoints": ["http://judge.models:8000"], "servedModel": "judge-7b"}
+        },
+        "evaluators": {
+            "helpfulness": {"kind": "judge", "pool": "judge", "sample_rate": 0.05, "pairs": True},
+            "reward": {"kind": "reward_model", "pool": "v1"},
+        },
+    }
+    configmap = find(objects(render(values)), "ConfigMap", "lg-loopgate-config")
+    settings = Settings(**without_pending(yaml.safe_load(configmap["data"]["config.yaml"])))
+    assert set(settings.evaluators) == {"helpfulness", "reward"}
+    assert settings.evaluators["helpfulness"].pairs
+    assert settings.evaluators["helpfulness"].sample_rate == 0.05
+    assert not settings.evaluators["reward"].pairs
+    # None by default.
+    assert "evaluators" not in chart_config(None)

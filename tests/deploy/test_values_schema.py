@@ -25,6 +25,11 @@ BROKEN: dict[str, dict[str, Any]] = {
         "policyVersions": [{"name": "v2", "model": "m", "adapters": [{"name": "a"}]}]
     },
     "model route without pool": {"models": {"chat": {"description": "x"}}},
+    "evaluator without pool": {"evaluators": {"judge": {"kind": "judge"}}},
+    "evaluator of an unknown kind": {"evaluators": {"judge": {"kind": "vibes", "pool": "v1"}}},
+    "pairs not a boolean": {
+        "evaluators": {"judge": {"kind": "judge", "pool": "v1", "pairs": "yes"}}
+    },
     "redis url not redis": {"redis": {"url": "http://redis:6379"}},
     "kafka server without port": {"kafka": {"bootstrapServers": ["kafka"]}},
     "secret env not LOOPGATE_": {
@@ -37,6 +42,10 @@ BROKEN: dict[str, dict[str, Any]] = {
 
 REFUSED_BY_TEMPLATES: dict[str, tuple[dict[str, Any], str]] = {
     "model on unknown pool": ({"models": {"chat": {"pool": "nope"}}}, "unknown pool"),
+    "evaluator on unknown pool": (
+        {"evaluators": {"judge": {"kind": "judge", "pool": "nope"}}},
+        "evaluators.judge.pool: unknown pool",
+    ),
     "grace period too short": (
         {"gateway": {"terminationGracePeriodSeconds": 20, "drainSeconds": 30}},
         "must exceed",

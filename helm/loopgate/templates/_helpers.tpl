@@ -125,6 +125,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- fail (printf "models.%s.pool: unknown pool %q (pools: %s)" $alias $route.pool (keys $pools | sortAlpha | join ", ")) -}}
 {{- end -}}
 {{- end -}}
+{{- range $name, $evaluator := .Values.evaluators -}}
+{{- if not (hasKey $pools $evaluator.pool) -}}
+{{- fail (printf "evaluators.%s.pool: unknown pool %q (pools: %s)" $name $evaluator.pool (keys $pools | sortAlpha | join ", ")) -}}
+{{- end -}}
+{{- end -}}
 {{- $flags := dict "source" "file" "path" "/etc/loopgate/flags.yaml" -}}
 {{- if include "loopgate.hasRedis" . -}}
 {{- /* An empty Redis store is seeded from flags.yaml; after that Redis is the truth. */ -}}
@@ -146,6 +151,7 @@ app.kubernetes.io/component: {{ .component }}
   "ids" $ids
 -}}
 {{- with .Values.limits -}}{{- $_ := set $config "limits" . -}}{{- end -}}
+{{- with .Values.evaluators -}}{{- $_ := set $config "evaluators" . -}}{{- end -}}
 {{- with .Values.redis.url -}}{{- $_ := set $config "console" (dict "redis_url" .) -}}{{- end -}}
 {{- $merged := mustMergeOverwrite $config (deepCopy .Values.gateway.config) -}}
 {{- toYaml $merged -}}
