@@ -401,6 +401,14 @@ def test_abort_a_rollout(signed_in: Callable[..., Any], stack: dict[str, Any]) -
     page.get_by_label("Reason").fill("pause while we look")
     page.get_by_role("button", name="Pause").click()
     expect(page.locator("#rollout-status")).to_have_text("paused")
+    # The reason reaches the controller's history through the admin API (X-Loopgate-Reason).
+    assert (
+        "hold by edda: pause while we look"
+        in page.get_by_role("region", name="Rollout").inner_text()
+    )
+    page.get_by_label("Reason").fill("looked: go on")
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator("#rollout-status")).to_have_text("running")
     page.get_by_label("Reason").fill("canary breaks billing questions")
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Abort").click()
@@ -408,6 +416,15 @@ def test_abort_a_rollout(signed_in: Callable[..., Any], stack: dict[str, Any]) -
     assert _weights(gateway, "rollout-bot")["canary"] == 0.0
     history = page.get_by_role("region", name="Rollout").inner_text()
     assert "rollback by edda: canary breaks billing questions" in history
+    # Abort changes the flag's weights, so it lands as an audit event with its reason.
+    change = _wait_events(
+        stack["spool"],
+        lambda e: (
+            e["type"] == "flag_change"
+            and e["body"].get("reason") == "canary breaks billing questions"
+        ),
+    )[0]["body"]
+    assert (change["who"], change["what"]) == ("edda", "rollout-bot")
     _shot(stack, page, "experiment-aborted")
 
 
