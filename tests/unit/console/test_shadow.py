@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from fastapi import FastAPI
 
 from console.admin import AdminClient, AdminError
+from console.app import install_console
 from console.config import ConsoleConfig
 from console.feed import Feed
 from console.queues import MemoryQueues
 from console.routes import _shadow_fields
-from feedback.schema import COMPLETIONS_TOPIC
+from console.session import COOKIE, Sessions
+from console.state import ConsoleState
+from feedback.schema import COMPLETIONS_TOPIC, FeedbackEvent
 from feedback.sinks.base import Record
 
 
@@ -162,3 +168,107 @@ def test_update_flag_puts_the_flag_with_the_reason() -> None:
     assert (request.method, request.url.path) == ("PUT", "/admin/flags/support-bot")
     assert request.headers["X-Loopgate-Reason"] == "try it"
     assert orjson.loads(request.content) == body
+
+
+def _console(gateway: Any, feed: Feed, emitted: list[FeedbackEvent]) -> tuple[FastAPI, str, str]:
+    """The console's routes in process against a fake admin API; a reviewer's cookie, CSRF."""
+    app = FastAPI()
+    install_console(app)
+    sessions = Sessions(b"k" * 32, 3600)
+    app.state.console = ConsoleState(
+        config=feed.config,
+        sessions=sessions,
+        admin=_client(gateway),
+        queues=feed.queues,
+        feed=feed,
+        emit=emitted.append,
+        instance="test",
+    )
+    session, cookie = sessions.new("rui", "reviewer", "rui-token", time.time())
+    return app, cookie, session.csrf
+
+
+def _judge(app: FastAPI, cookie: str, csrf: str) -> tuple[dict[str, str], httpx.Response]:
+    """Open side by side, press B; the form shown and the answer to the POST."""
+
+    async def main() -> tuple[dict[str, str], httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://console", cookies={COOKIE: cookie}
+        ) as http:
+            page = await http.get("/console/compare")
+            assert page.status_code == 200
+            assert "Shadow pair" in page.text
+            shown = dict(re.findall(r'name="(\w+)" value="([^"]*)"', page.text))
+            answer = await http.post(
+                "/console/compare", data={**shown, "csrf": csrf, "winner": "b"}
+            )
+            return shown, answer
+
+    return asyncio.run(main())
+
+
+def _shadow_feed() -> Feed:
+    return _feed(
+        ("p1", _completion("p1", "control", "refunds?")),
+        ("s1", _completion("s1", "canary", "refunds?", "shadow", pair_of="p1")),
+    )
+
+
+def test_a_shadow_pair_choice_goes_to_the_gateways_admin_feedback() -> None:
+    posted: list[dict[str, Any]] = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:  # a fake admin API
+        assert (request.method, request.url.path) == ("POST", "/admin/feedback")
+        assert request.headers["Authorization"] == "Bearer rui-token"
+        posted.append(orjson.loads(request.content))
+        return httpx.Response(200, json={"object": "feedback", **posted[-1]})
+
+    emitted: list[FeedbackEvent] = []
+    app, cookie, csrf = _console(gateway, _shadow_feed(), emitted)
+    shown, answer = _judge(app, cookie, csrf)
+    assert {shown["response_a"], shown["response_b"]} == {"p1", "s1"}
+    assert answer.status_code == 303
+    assert "preference%20saved" in answer.headers["location"]
+    (body,) = posted
+    assert body == {
+        "response_id": shown["response_a"],
+        "other_response_id": shown["response_b"],
+        "kind": "preference",
+        "winner": "b",
+        "source": "reviewer",
+        "reviewer": "rui",
+        "queue": "side_by_side",
+        "time_spent_ms": body["time_spent_ms"],
+    }
+    assert body["time_spent_ms"] >= 0
+    assert emitted == []  # the gateway recorded it: the console wrote nothing itself
+
+
+def test_without_admin_feedback_the_console_records_the_preference_itself() -> None:
+    emitted: list[FeedbackEvent] = []
+    missing = _error(404, "Not Found")  # a gateway from before /admin/feedback
+    app, cookie, csrf = _console(lambda r: missing, _shadow_feed(), emitted)
+    shown, answer = _judge(app, cookie, csrf)
+    assert "has%20no%20/admin/feedback" in answer.headers["location"]
+    (event,) = emitted
+    body = event.body
+    assert (body.kind, body.winner, body.source, body.reviewer) == (
+        "preference",
+        "b",
+        "reviewer",
+        "rui",
+    )
+    assert (body.response_id, body.other_response_id) == (shown["response_a"], shown["response_b"])
+    assert (body.variant, body.other_variant) == (shown["variant_a"], shown["variant_b"])
+    assert {body.variant, body.other_variant} == {"control", "canary"}
+
+
+def test_a_refused_preference_is_shown_and_not_recorded_elsewhere() -> None:
+    emitted: list[FeedbackEvent] = []
+    gone = _error(422, "response_id: the answer is older than feedback.max_age_s")
+    app, cookie, csrf = _console(lambda r: gone, _shadow_feed(), emitted)
+    _, answer = _judge(app, cookie, csrf)
+    assert "error=not%20recorded" in answer.headers["location"]
+    assert "older%20than" in answer.headers["location"]
+    assert emitted == []
