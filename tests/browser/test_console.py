@@ -529,6 +529,22 @@ def _shadow_events(spool: Path, primary_ids: set[str]) -> list[dict[str, Any]]:
     ]
 
 
+def _has_admin_feedback(gateway: GatewayServer) -> bool:
+    """The gateway takes reviewers' judgements at POST /admin/feedback (422 for an empty one)."""
+    try:
+        _admin(gateway, "POST", "/admin/feedback", {})
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code == 422
+    return True
+
+
+def _judged_pairs(gateway: GatewayServer, key: str) -> int:
+    """Judged pairs the rollout's counters hold for a flag (0 where the gateway has none)."""
+    doc = _admin(gateway, "GET", f"/admin/experiments/{key}")
+    return sum(int(p["pairs"]) for p in (doc.get("shadow") or {}).get("pairs", []))
+
+
 def test_shadow_settings_are_edited_through_the_admin_api_with_a_reason(
     signed_in: Callable[..., Any], stack: dict[str, Any]
 ) -> None:
@@ -617,9 +633,13 @@ def test_a_reviewer_judges_a_shadow_pair_and_the_preference_is_recorded(
         assert shadows[shadow_id]["pair_of"] == primary_id
         assert all("canary" not in t for t in page.locator("article").all_inner_texts())  # blind
         _shot(stack, page, "compare-shadow")
+        admin_feedback = _has_admin_feedback(gateway)
+        judged_before = _judged_pairs(gateway, "support-bot")
         page.keyboard.press("b")
         status = page.get_by_role("status").inner_text()
         assert "preference saved" in status
+        # Through the gateway's admin API when it has one (else the console's own events).
+        assert ("has no /admin/feedback" in status) != admin_feedback
         (event,) = _wait_events(
             stack["spool"],
             lambda e: e["type"] == "feedback" and e["body"].get("other_response_id") in (a, b)
@@ -635,6 +655,20 @@ def test_a_reviewer_judges_a_shadow_pair_and_the_preference_is_recorded(
             "side_by_side",
         )
         assert {pref["variant"], pref["other_variant"]} == {"control", "canary"}
+        if admin_feedback:
+            # Recorded as the answers' own (the signed ids say whose), counted by the rollout.
+            assert pref["app"] != "console"
+            wait_until(
+                lambda: _judged_pairs(gateway, "support-bot") == judged_before + 1,
+                10,
+                "the preference in the rollout's counters",
+            )
+            page.goto(gateway.base_url + "/console/experiments/support-bot")
+            judged = page.get_by_role("region", name="Judged pairs").inner_text()
+            assert "canary vs control" in judged
+            _shot(stack, page, "experiment-judged-pairs")
+        else:
+            assert pref["app"] == "console"
         # The pair is not offered to the same reviewer again.
         page.goto(gateway.base_url + "/console/compare")
         shown = {
