@@ -632,6 +632,10 @@ def test_a_reviewer_judges_a_shadow_pair_and_the_preference_is_recorded(
         assert primary_id in primaries
         assert shadows[shadow_id]["pair_of"] == primary_id
         assert all("canary" not in t for t in page.locator("article").all_inner_texts())  # blind
+        events = page.context.new_page()
+        events.goto(gateway.base_url + "/console/events?flag=support-bot&type=completion")
+        assert "shadow of" in events.locator("main").inner_text()
+        events.close()
         _shot(stack, page, "compare-shadow")
         admin_feedback = _has_admin_feedback(gateway)
         judged_before = _judged_pairs(gateway, "support-bot")
