@@ -47,6 +47,7 @@ class Answer:
     answer: str
     time: str
     safety: dict[str, int]
+    app: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,7 @@ def answer_of(event: dict[str, Any]) -> Answer:
         answer=str(response.get("text") or ""),
         time=str(event.get("time", "")),
         safety=dict(body.get("safety") or {}),
+        app=body.get("app"),
     )
 
 
@@ -233,7 +235,9 @@ class Feed:
                     shadows.append((str(body["pair_of"]), answer))
                 continue  # a shadow pairs with its own primary only
             primaries[answer.response_id] = answer
-            digest = hashlib.sha256(f"{answer.flag}\0{answer.prompt}".encode()).hexdigest()[:16]
+            # One app's answers only: the gateway takes a preference on two answers to one app.
+            key = f"{answer.flag}\0{answer.app}\0{answer.prompt}"
+            digest = hashlib.sha256(key.encode()).hexdigest()[:16]
             seen = by_prompt.setdefault(digest, {})
             for variant, other in seen.items():
                 if variant != answer.variant:

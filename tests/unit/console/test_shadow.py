@@ -34,6 +34,7 @@ def _completion(
         "body": {
             "response_id": rid,
             "flag": "support-bot",
+            "app": "support-app",
             "variant": variant,
             "request": {"messages": [{"role": "user", "content": prompt}]},
             "response": {"text": f"answer {rid}"},
@@ -76,6 +77,19 @@ def test_a_shadow_pairs_with_its_own_primary_and_comes_first() -> None:
     assert pairs[-1].second.answer == "answer s2"
     # The shadow's record did not take the primary's place among the answers feedback uses.
     assert orjson.loads(feed.answers["p1"])["body"]["response_id"] == "p1"
+
+
+def test_same_prompt_pairs_are_of_one_app() -> None:
+    other_app = _completion("q2", "canary", "refunds?")
+    other_app["body"]["app"] = "billing"
+    feed = _feed(("q1", _completion("q1", "control", "refunds?")), ("q2", other_app))
+    assert not feed.pairs  # the gateway refuses a preference across apps: none is offered
+    feed = _feed(
+        ("q1", _completion("q1", "control", "refunds?")),
+        ("q3", _completion("q3", "canary", "refunds?")),
+    )
+    ((_, pair),) = feed.pairs.items()
+    assert (pair.first.app, pair.second.app) == ("support-app", "support-app")
 
 
 def test_pairs_beyond_the_cap_drop_same_prompt_pairs_before_shadow_pairs() -> None:
