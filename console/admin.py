@@ -92,6 +92,29 @@ class AdminClient:
             raise
         return found
 
+    async def update_flag(
+        self, token: str, key: str, body: dict[str, Any], reason: str
+    ) -> dict[str, Any]:
+        """Replace a flag (PUT); the body's `version` is the version it was read at."""
+        found: dict[str, Any] = await self.call(
+            token, "PUT", f"/admin/flags/{quote(key)}", body, reason=reason
+        )
+        return found
+
+    async def record_feedback(self, token: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Record a feedback (a reviewer's preference) at the gateway: what it recorded.
+
+        None when the gateway has no `POST /admin/feedback` (an older gateway): the caller
+        records the event itself, and the rollout's counters do not see it.
+        """
+        try:
+            found: dict[str, Any] = await self.call(token, "POST", "/admin/feedback", body)
+        except AdminError as exc:
+            if exc.status in (404, 405) and exc.message in ("Not Found", "Method Not Allowed"):
+                return None  # the route is missing, not the response id
+            raise
+        return found
+
     async def aclose(self) -> None:
         """Close the HTTP client."""
         await self._http.aclose()

@@ -6,6 +6,10 @@ the pipeline); `Feed.drain`, a background task, keeps the recent records as they
 parses only what selects review items (feedback, sampled or flagged completions): parsing
 every completion cost ~14 us an event on the gateway's loop. The events page and the
 side-by-side pairs parse the recent records when someone looks.
+
+Pairs are of two kinds: a shadow pair (a completion with `role: shadow` and `pair_of`, the
+primary's response id, next to that primary: one request, two variants) and, failing those,
+two variants' answers to the same prompt. Reviewers get shadow pairs first.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from feedback.sinks.base import Record
 log = logging.getLogger(__name__)
 
 _BACKLOG = 10_000  # records waiting for the drain task; more are dropped (counted)
+_SHADOW = b'"role":"shadow"'  # as orjson writes it: a cheap test before parsing
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,16 +47,18 @@ class Answer:
     answer: str
     time: str
     safety: dict[str, int]
+    app: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Pair:
-    """Two variants' answers to the same prompt under one flag."""
+    """Two variants' answers to the same prompt under one flag (first: the primary)."""
 
     pair_id: str
     flag: str
     first: Answer
     second: Answer
+    shadow: bool = False  # a shadow pair: `second` answered the very request `first` did
 
 
 def prompt_text(request: dict[str, Any] | None) -> str:
@@ -85,6 +92,7 @@ def answer_of(event: dict[str, Any]) -> Answer:
         answer=str(response.get("text") or ""),
         time=str(event.get("time", "")),
         safety=dict(body.get("safety") or {}),
+        app=body.get("app"),
     )
 
 
@@ -172,7 +180,10 @@ class Feed:
             return
         self.recent.append(record)
         if record.topic == COMPLETIONS_TOPIC:
-            self.answers[record.key] = record.value
+            # A shadow's record may be keyed by its primary's id (one partition for the pair):
+            # it never takes the primary's place here, where feedback looks answers up.
+            if record.key not in self.answers or _SHADOW not in record.value:
+                self.answers[record.key] = record.value
             while len(self.answers) > self.config.recent_events:
                 self.answers.popitem(last=False)
             # Cheap tests first: only a sampled or flagged completion is parsed.
@@ -202,29 +213,47 @@ class Feed:
 
     @property
     def pairs(self) -> OrderedDict[str, Pair]:
-        """Two variants' answers to the same prompt, from the recent completions (cached)."""
+        """Shadow pairs, then two variants' answers to one prompt, newest last (cached)."""
         if self._pairs[0] == self._seen:
             return self._pairs[1]
-        pairs: OrderedDict[str, Pair] = OrderedDict()
+        same: OrderedDict[str, Pair] = OrderedDict()
         by_prompt: dict[str, dict[str, Answer]] = {}
+        primaries: dict[str, Answer] = {}
+        shadows: list[tuple[str, Answer]] = []
         for record in self.recent:
             if record.topic != COMPLETIONS_TOPIC:
                 continue
             event = orjson.loads(record.value)
-            if (event.get("body") or {}).get("status", "ok") != "ok":
+            body = event.get("body") or {}
+            if body.get("status", "ok") != "ok":
                 continue
             answer = answer_of(event)
             if not answer.flag or not answer.variant or not answer.prompt:
                 continue
-            digest = hashlib.sha256(f"{answer.flag}\0{answer.prompt}".encode()).hexdigest()[:16]
+            if body.get("role") == "shadow":
+                if body.get("pair_of"):
+                    shadows.append((str(body["pair_of"]), answer))
+                continue  # a shadow pairs with its own primary only
+            primaries[answer.response_id] = answer
+            # One app's answers only: the gateway takes a preference on two answers to one app.
+            key = f"{answer.flag}\0{answer.app}\0{answer.prompt}"
+            digest = hashlib.sha256(key.encode()).hexdigest()[:16]
             seen = by_prompt.setdefault(digest, {})
             for variant, other in seen.items():
                 if variant != answer.variant:
                     pair_id = f"{digest}:{other.response_id[-12:]}:{answer.response_id[-12:]}"
-                    pairs[pair_id] = Pair(pair_id, answer.flag, other, answer)
+                    same[pair_id] = Pair(pair_id, answer.flag, other, answer)
             seen[answer.variant] = answer
-        while len(pairs) > self.config.max_pairs:
-            pairs.popitem(last=False)
+        shadow: OrderedDict[str, Pair] = OrderedDict()
+        for primary_id, answer in shadows:
+            primary = primaries.get(primary_id)
+            if primary is None or primary.variant == answer.variant:
+                continue  # the primary left the recent window (or is not one to compare)
+            pair_id = f"shadow:{primary_id[-16:]}:{answer.response_id[-16:]}"
+            shadow[pair_id] = Pair(pair_id, primary.flag or "", primary, answer, shadow=True)
+        while len(same) + len(shadow) > self.config.max_pairs:
+            (same or shadow).popitem(last=False)
+        pairs = OrderedDict(list(same.items()) + list(shadow.items()))
         self._pairs = (self._seen, pairs)
         return pairs
 

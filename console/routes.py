@@ -265,6 +265,33 @@ def console_router(templates: Jinja2Templates, prefix: str = "/console") -> APIR
         body = {"expected_version": int(_number(fields, "expected_version", int))}
         return await _change(state, session, key, "unkill", body, _reason(fields), back)
 
+    @router.post("/flags/{key:path}/shadow")
+    async def set_shadow(
+        request: Request, key: str, state: StateDep, session: SessionDep
+    ) -> Response:
+        """Set, change or remove the flag's shadow: the flag PUT back through the admin API."""
+        fields = await _form_checked(request, session, "flag_editor")
+        reason = _reason(fields)
+        url = f"{prefix}/flags/{key}"
+        expected = int(_number(fields, "expected_version", int))
+        try:
+            shadow = None if fields.get("action") == "remove" else _shadow_fields(fields)
+        except ValueError as exc:
+            return back(url, error=f"shadow not saved: {exc}")
+        flag = await state.admin.flag(session.token, key)
+        if flag["version"] != expected:
+            return back(
+                url, error=_stale(f"the flag is at v{flag['version']}, the page at v{expected}")
+            )
+        body = {**_without_object(flag), "shadow": shadow, "version": expected}
+        try:
+            await state.admin.update_flag(session.token, key, body, reason)
+        except AdminError as exc:
+            if exc.status == 409:
+                return back(url, error=_stale(exc.message))
+            return back(url, error=f"shadow not saved: {exc.status}: {exc.message}")
+        return back(url, flash="shadow: removed" if shadow is None else "shadow: saved")
+
     @router.post("/experiments/{key:path}/rollout/{action}")
     async def rollout_action(
         request: Request, key: str, action: str, state: StateDep, session: SessionDep
@@ -306,9 +333,10 @@ def console_router(templates: Jinja2Templates, prefix: str = "/console") -> APIR
         if experiment is not None:
             state.sample(key, experiment)
             chart = difference_chart(list(state.series.get(key, ())))
+        live = request.headers.get("hx-request")  # the page's poll: just the numbers
         return page(
             request,
-            "experiment.html",
+            "experiment_live.html" if live else "experiment.html",
             session,
             key=key,
             experiment=experiment,
@@ -392,31 +420,48 @@ def console_router(templates: Jinja2Templates, prefix: str = "/console") -> APIR
 
     @router.post("/compare")
     async def compare(request: Request, state: StateDep, session: SessionDep) -> Response:
-        """A, B, tie or both bad -> a `preference` feedback event."""
+        """A, B, tie or both bad -> a `preference` feedback, recorded by the gateway."""
         fields = await _form_checked(request, session, "reviewer")
         winner = fields.get("winner", "")
         if winner not in ("a", "b", "tie", "both_bad"):
             raise Refused(422, "winner must be a, b, tie or both_bad")
-        if state.emit is None:
-            return back(f"{prefix}/compare", error="events are disabled here")
-        body = FeedbackBody(
-            response_id=_required(fields, "response_a"),
-            other_response_id=_required(fields, "response_b"),
-            winner=winner,
-            flag=fields.get("flag") or None,
-            variant=fields.get("variant_a") or None,
-            app="console",
-            kind="preference",
-            source="reviewer",
-            reviewer=session.name,
-            queue="side_by_side",
-            time_spent_ms=_spent(fields),
-            metadata={"variant_b": fields.get("variant_b", "")},
-        )
-        state.emit(FeedbackEvent.create(body, gateway=state.instance, now=time.time()))
+        url = f"{prefix}/compare"
+        wire: dict[str, Any] = {
+            "response_id": _required(fields, "response_a"),
+            "other_response_id": _required(fields, "response_b"),
+            "kind": "preference",
+            "winner": winner,
+            "source": "reviewer",
+            "reviewer": session.name,
+            "queue": "side_by_side",
+            "time_spent_ms": _spent(fields),
+        }
+        try:
+            recorded = await state.admin.record_feedback(session.token, wire)
+        except AdminError as exc:
+            return back(
+                url, error=f"not recorded: the gateway answered {exc.status}: {exc.message}"
+            )
+        flash = "preference saved"
+        if recorded is None:
+            # An older gateway: record it ourselves, as before (the counters miss it).
+            if state.emit is None:
+                return back(url, error="events are disabled here: preferences cannot be recorded")
+            body = FeedbackBody(
+                **wire,
+                flag=fields.get("flag") or None,
+                variant=fields.get("variant_a") or None,
+                other_variant=fields.get("variant_b") or None,
+                app="console",
+            )
+            state.emit(FeedbackEvent.create(body, gateway=state.instance, now=time.time()))
+            flash = (
+                "preference saved by the console's own events: this gateway has no "
+                "/admin/feedback, so the rollout's counters do not see it"
+            )
         state.choices.append((fields.get("variant_a", "?"), fields.get("variant_b", "?"), winner))
         state.mark_judged(session.name, fields.get("pair_id", ""))
-        return back(f"{prefix}/compare", flash="preference saved")
+        return back(url, flash=flash)
 
     @router.get("/events", response_class=HTMLResponse)
     async def events_page(
@@ -456,15 +501,36 @@ async def _change(
         )
     except AdminError as exc:
         if exc.status == 409:
-            return back(
-                url,
-                error=(
-                    "409 conflict: someone changed this flag since you loaded the page "
-                    f"({exc.message}). Nothing was changed: review the new values and retry."
-                ),
-            )
+            return back(url, error=_stale(exc.message))
         return back(url, error=f"{exc.status}: {exc.message}")
     return back(url, flash=f"{what}: saved")
+
+
+def _stale(detail: str) -> str:
+    return (
+        f"409 conflict: someone changed this flag since you loaded the page ({detail}). "
+        "Nothing was changed: review the new values and retry."
+    )
+
+
+def _shadow_fields(fields: dict[str, str]) -> dict[str, Any]:
+    """The shadow the form describes (the admin API validates ranges; ValueError: not numbers)."""
+    variant = fields.get("shadow_variant", "").strip()
+    if not variant:
+        raise ValueError("choose the variant that shadows the flag")
+    numbers: dict[str, Any] = {}
+    for name, kind in (("share", float), ("max_in_flight", int), ("timeout_s", float),
+                       ("tokens_per_minute", int)):  # fmt: skip
+        raw = fields.get(f"shadow_{name}", "").strip()
+        if raw:
+            try:
+                numbers[name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, not {raw!r}") from None
+    if "share" not in numbers:
+        raise ValueError("give the share of units the shadow mirrors")
+    numbers.setdefault("tokens_per_minute", None)
+    return {"variant": variant, "stream": fields.get("shadow_stream") == "on", **numbers}
 
 
 def state_prefix(state: ConsoleState) -> str:
@@ -517,6 +583,11 @@ def _overview_row(
         "flag": flag,
         "split": split,
         "per_minute": state.exposures_per_minute(flag["key"]),
+        "exposures": (
+            sum(int(v.get("exposures") or 0) for v in experiment["report"]["variants"])
+            if experiment is not None
+            else None
+        ),
         "feedback": feedback,
         "rollout": rollout,
         "planned": bool(experiment and experiment.get("planned")),

@@ -227,6 +227,7 @@ def test_sign_in_as_each_role_shows_what_the_role_may_do(
         editor = role in ("flag_editor", "admin")
         assert (page.get_by_role("button", name="Save weights").count() == 1) == editor
         assert (page.get_by_role("button", name="Kill").count() == 1) == editor
+        assert (page.get_by_role("button", name="Save shadow").count() == 1) == editor
         _shot(stack, page, f"flag-as-{role}")
         if not reviews:
             page.goto(stack["gateway"].base_url + "/console/review")
@@ -400,6 +401,14 @@ def test_abort_a_rollout(signed_in: Callable[..., Any], stack: dict[str, Any]) -
     page.get_by_label("Reason").fill("pause while we look")
     page.get_by_role("button", name="Pause").click()
     expect(page.locator("#rollout-status")).to_have_text("paused")
+    # The reason reaches the controller's history through the admin API (X-Loopgate-Reason).
+    assert (
+        "hold by edda: pause while we look"
+        in page.get_by_role("region", name="Rollout").inner_text()
+    )
+    page.get_by_label("Reason").fill("looked: go on")
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator("#rollout-status")).to_have_text("running")
     page.get_by_label("Reason").fill("canary breaks billing questions")
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Abort").click()
@@ -407,6 +416,15 @@ def test_abort_a_rollout(signed_in: Callable[..., Any], stack: dict[str, Any]) -
     assert _weights(gateway, "rollout-bot")["canary"] == 0.0
     history = page.get_by_role("region", name="Rollout").inner_text()
     assert "rollback by edda: canary breaks billing questions" in history
+    # Abort changes the flag's weights, so it lands as an audit event with its reason.
+    change = _wait_events(
+        stack["spool"],
+        lambda e: (
+            e["type"] == "flag_change"
+            and e["body"].get("reason") == "canary breaks billing questions"
+        ),
+    )[0]["body"]
+    assert (change["who"], change["what"]) == ("edda", "rollout-bot")
     _shot(stack, page, "experiment-aborted")
 
 
@@ -501,6 +519,209 @@ def test_side_by_side_choice_becomes_a_preference_event(
     _shot(stack, page, "compare-after")
 
 
+def _shadow_events(spool: Path, primary_ids: set[str]) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in _events(spool)
+        if e["type"] == "completion"
+        and e["body"].get("role") == "shadow"
+        and e["body"].get("pair_of") in primary_ids
+    ]
+
+
+def _has_admin_feedback(gateway: GatewayServer) -> bool:
+    """The gateway takes reviewers' judgements at POST /admin/feedback (422 for an empty one)."""
+    try:
+        _admin(gateway, "POST", "/admin/feedback", {})
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code == 422
+    return True
+
+
+def _judged_pairs(gateway: GatewayServer, key: str) -> int:
+    """Judged pairs the rollout's counters hold for a flag (0 where the gateway has none)."""
+    doc = _admin(gateway, "GET", f"/admin/experiments/{key}")
+    return sum(int(p["pairs"]) for p in (doc.get("shadow") or {}).get("pairs", []))
+
+
+def test_shadow_settings_are_edited_through_the_admin_api_with_a_reason(
+    signed_in: Callable[..., Any], stack: dict[str, Any]
+) -> None:
+    gateway = stack["gateway"]
+    assert _admin(gateway, "GET", "/admin/flags/support-bot").get("shadow") is None
+    page = signed_in("flag_editor")
+    page.goto(gateway.base_url + "/console/flags/support-bot")
+    assert "No shadow" in page.locator("#shadow-now").inner_text()
+    # The admin API validates; its answer is shown on the page and nothing changes.
+    page.get_by_label("Shadow variant").select_option("canary")
+    page.get_by_label("Share of units (0 to 1)").fill("1.5")
+    page.get_by_label("Reason for the shadow change").fill("too much")
+    page.get_by_role("button", name="Save shadow").click()
+    alert = page.get_by_role("alert").inner_text()
+    assert "shadow not saved: 422" in alert
+    assert "shadow.share" in alert
+    assert _admin(gateway, "GET", "/admin/flags/support-bot").get("shadow") is None
+    page.get_by_label("Share of units (0 to 1)").fill("0.5")
+    page.get_by_label("Most in flight per gateway").fill("8")
+    page.get_by_label("Tokens per minute per gateway (empty: no budget)").fill("20000")
+    page.get_by_label("Reason for the shadow change").fill("mirror canary for review")
+    page.get_by_role("button", name="Save shadow").click()
+    assert "shadow: saved" in page.get_by_role("status").inner_text()
+    shadow = _admin(gateway, "GET", "/admin/flags/support-bot")["shadow"]
+    assert shadow == {
+        "variant": "canary",
+        "share": 0.5,
+        "max_in_flight": 8,
+        "timeout_s": 60.0,
+        "stream": False,
+        "tokens_per_minute": 20000,
+    }
+    change = _wait_events(
+        stack["spool"],
+        lambda e: (
+            e["type"] == "flag_change" and e["body"].get("reason") == "mirror canary for review"
+        ),
+    )[0]["body"]
+    assert (change["who"], change["what"]) == ("edda", "support-bot")
+    assert change["before"]["shadow"] is None
+    assert change["after"]["shadow"]["variant"] == "canary"
+    assert "canary also answers 50% of units" in page.locator("#shadow-now").inner_text()
+    history = page.get_by_role("region", name="Audit history").inner_text()
+    assert "mirror canary for review" in history
+    assert "shadow canary 50%" in history
+    _shot(stack, page, "flag-shadow")
+    page.get_by_label("Reason for the shadow change").fill("done reviewing")
+    page.get_by_role("button", name="Remove shadow").click()
+    assert "shadow: removed" in page.get_by_role("status").inner_text()
+    assert _admin(gateway, "GET", "/admin/flags/support-bot").get("shadow") is None
+
+
+def test_a_reviewer_judges_a_shadow_pair_and_the_preference_is_recorded(
+    signed_in: Callable[..., Any], stack: dict[str, Any]
+) -> None:
+    gateway = stack["gateway"]
+    flag = _admin(gateway, "GET", "/admin/flags/support-bot")
+    shadow = {"variant": "canary", "share": 1.0}
+    weights = {"control": 100.0, "canary": 0.0}
+    body = {**flag, "shadow": shadow, "variants": [
+        {**v, "weight": weights[v["name"]]} for v in flag["variants"]
+    ]}  # fmt: skip
+    _admin(gateway, "PUT", "/admin/flags/support-bot", body)
+    try:
+        primaries = {
+            _chat_answer(gateway, f"shadow-user-{i}", f"Shadow question {i}: opening hours?")["id"]
+            for i in range(3)
+        }
+        try:
+            wait_until(
+                lambda: len(_shadow_events(stack["spool"], primaries)) >= 3, 10, "shadow answers"
+            )
+        except TimeoutError:
+            pytest.skip("this gateway does not run shadows yet (the shadow-gateway change)")
+        page = signed_in("reviewer")
+        page.goto(gateway.base_url + "/console/compare")
+        assert "Shadow pair" in page.locator("#pair-kind").inner_text()
+        a = page.locator("input[name=response_a]").input_value()
+        b = page.locator("input[name=response_b]").input_value()
+        shadows = {
+            e["body"]["response_id"]: e["body"] for e in _shadow_events(stack["spool"], primaries)
+        }
+        shadow_id = a if a in shadows else b
+        primary_id = b if shadow_id == a else a
+        assert primary_id in primaries
+        assert shadows[shadow_id]["pair_of"] == primary_id
+        assert all("canary" not in t for t in page.locator("article").all_inner_texts())  # blind
+        events = page.context.new_page()
+        events.goto(gateway.base_url + "/console/events?flag=support-bot&type=completion")
+        assert "shadow of" in events.locator("main").inner_text()
+        events.close()
+        _shot(stack, page, "compare-shadow")
+        admin_feedback = _has_admin_feedback(gateway)
+        judged_before = _judged_pairs(gateway, "support-bot")
+        page.keyboard.press("b")
+        status = page.get_by_role("status").inner_text()
+        assert "preference saved" in status
+        # Through the gateway's admin API when it has one (else the console's own events).
+        assert ("has no /admin/feedback" in status) != admin_feedback
+        (event,) = _wait_events(
+            stack["spool"],
+            lambda e: e["type"] == "feedback" and e["body"].get("other_response_id") in (a, b)
+            and e["body"]["response_id"] in (a, b),
+        )  # fmt: skip
+        pref = event["body"]
+        assert pref["kind"] == "preference"
+        winner_id = {"a": pref["response_id"], "b": pref["other_response_id"]}[pref["winner"]]
+        assert winner_id == b  # the answer shown as B won, whichever order the gateway keeps
+        assert (pref["source"], pref["reviewer"], pref["queue"]) == (
+            "reviewer",
+            "rui",
+            "side_by_side",
+        )
+        assert {pref["variant"], pref["other_variant"]} == {"control", "canary"}
+        if admin_feedback:
+            # Recorded as the answers' own (the signed ids say whose), counted by the rollout.
+            assert pref["app"] != "console"
+            wait_until(
+                lambda: _judged_pairs(gateway, "support-bot") == judged_before + 1,
+                10,
+                "the preference in the rollout's counters",
+            )
+            page.goto(gateway.base_url + "/console/experiments/support-bot")
+            judged = page.get_by_role("region", name="Judged pairs").inner_text()
+            assert "canary vs control" in judged
+            _shot(stack, page, "experiment-judged-pairs")
+        else:
+            assert pref["app"] == "console"
+        # The pair is not offered to the same reviewer again.
+        page.goto(gateway.base_url + "/console/compare")
+        shown = {
+            page.locator("input[name=response_a]").input_value(),
+            page.locator("input[name=response_b]").input_value(),
+        } if page.locator("input[name=response_a]").count() else set()  # fmt: skip
+        assert shown != {a, b}
+    finally:
+        flag = _admin(gateway, "GET", "/admin/flags/support-bot")
+        _admin(gateway, "PUT", "/admin/flags/support-bot", {**flag, "shadow": None})
+        _admin(
+            gateway,
+            "POST",
+            "/admin/flags/support-bot/weights",
+            {"weights": {"control": 50, "canary": 50}},
+        )
+
+
+def test_overview_and_experiment_numbers_update_without_a_reload(
+    signed_in: Callable[..., Any], stack: dict[str, Any]
+) -> None:
+    gateway = stack["gateway"]
+    page = signed_in("viewer")
+
+    def grows_live(total: Callable[[], int], users: str) -> None:
+        page.evaluate("window.loopgateMarker = 'same page'")
+        before = total()
+        assert before >= 0
+        for i in range(4):
+            _chat(gateway, f"{users}-{i}", "Live numbers?")
+        # htmx polls every 5 s; the page is never reloaded (the marker survives).
+        wait_until(lambda: total() >= before + 4, 20, "the numbers to update", interval=0.5)
+        assert page.evaluate("window.loopgateMarker") == "same page"
+
+    def overview_total() -> int:
+        cell = page.locator("#flag-rows tr", has_text="support-bot").locator("td.exposures")
+        found = re.search(r"(\d+) in all", cell.inner_text())
+        return int(found.group(1)) if found else -1
+
+    grows_live(overview_total, "live-overview")
+    page.goto(gateway.base_url + "/console/experiments/support-bot")
+
+    def experiment_total() -> int:
+        cells = page.locator("#experiment-live td.exposures").all_inner_texts()
+        return sum(int(c) for c in cells) if cells else -1
+
+    grows_live(experiment_total, "live-experiment")
+
+
 def test_events_page_shows_redacted_events_with_filters(
     signed_in: Callable[..., Any], stack: dict[str, Any]
 ) -> None:
@@ -566,6 +787,11 @@ def test_a_viewer_cannot_change_anything_even_by_posting_directly(
         "/console/flags/support-bot/kill": {"confirm": "support-bot", "expected_version": version},
         "/console/flags/support-bot/weights": {"weight_canary": "0", "expected_version": version},
         "/console/experiments/rollout-bot/rollout/resume": {},
+        "/console/flags/support-bot/shadow": {
+            "shadow_variant": "canary",
+            "shadow_share": "1",
+            "expected_version": version,
+        },
         "/console/review/audit": {"response_id": "lg1.x.y", "verdict": "good"},
         "/console/compare": {"response_a": "a", "response_b": "b", "winner": "a"},
     }
