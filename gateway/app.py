@@ -40,6 +40,7 @@ from gateway.routes.admin_privacy import admin_privacy_router
 from gateway.routes.admin_whoami import admin_whoami_router
 from gateway.runtime import Readiness, Runtime
 from gateway.settings import Settings, load_settings
+from gateway.shadow import ShadowRunner
 from gateway.tracing import open_tracing
 from gateway.upstream import Upstreams
 from rollout.service import open_experiments
@@ -132,6 +133,15 @@ def create_app(
                 if tracing is not None
                 else Recorder(**recording)
             )
+            shadows = None
+            if store is not None:
+                shadows = ShadowRunner(
+                    upstreams=upstreams, recorder=recorder, signer=signer, metrics=app_metrics
+                )
+                # Closed before the recorder's sinks (LIFO), and only once the lifespan exits,
+                # which uvicorn does after the primaries have drained: then what is left of
+                # the shadows is cancelled and counted.
+                stack.push_async_callback(shadows.aclose)
             runtime = Runtime(
                 settings=settings,
                 upstreams=upstreams,
@@ -150,6 +160,7 @@ def create_app(
                 experiments=experiments,
                 tracing=tracing,
                 evaluators=evaluators,
+                shadows=shadows,
             )
             app.state.runtime = runtime
             if settings.console.enabled:
