@@ -7,6 +7,7 @@ the completion events are read back from the gateway's spool once it has stopped
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import signal
@@ -20,7 +21,13 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
+from feedback.schema import FeedbackBody
+from gateway.exchange import Exchange
+from gateway.metrics import Metrics
+from gateway.settings import Settings
 from router.evaluate import evaluate
 from router.model import EvalContext, parse_flag
 from router.shadow import shadow_for
@@ -28,6 +35,7 @@ from tests.support.events import spooled_events
 from tests.support.gateway import GatewayServer, pool
 from tests.support.ports import free_port, wait_until
 from tests.support.sim import SimServer
+from tests.unit.observability.live import running
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Where is my parcel?"}]
 
@@ -361,3 +369,114 @@ def test_a_shadow_is_sent_once_to_one_endpoint_and_never_falls_back(
     assert len(failing.requests()) == 3  # once each: no retry
     assert len(control.requests()) == 3  # and no fallback to the control's pool
     assert metric(gw, "loopgate_requests_total", role="shadow", status="500") == 3
+
+
+class FinishedLog:
+    """An observer that keeps what it saw finish (as the evaluators and the console see it)."""
+
+    reads_chunks = False
+
+    def __init__(self) -> None:
+        self.ended: list[tuple[str, str, str, str]] = []
+
+    def started(self, ex: Exchange) -> None:
+        pass
+
+    def routed(self, ex: Exchange) -> None:
+        pass
+
+    def first_byte(self, ex: Exchange) -> None:
+        pass
+
+    def chunk(self, ex: Exchange, data: bytes) -> None:
+        pass
+
+    def finished(self, ex: Exchange) -> None:
+        self.ended.append((ex.role, ex.response_id, ex.pair_of, ex.status))
+
+    def feedback_received(self, body: FeedbackBody) -> None:
+        pass
+
+
+def test_observers_and_traces_see_the_pair_and_shutdown_counts_the_cancelled(
+    sim_factory: Callable[..., SimServer], tmp_path: Path
+) -> None:
+    """In process: the shadow's span links to the primary's; observers see the primary finish,
+    then its shadow with pair_of; a shadow still running when the app stops is counted."""
+    control = sim_factory(model="control")
+    candidate = sim_factory(model="candidate")
+    slow = sim_factory(model="slow", ttft=10.0)
+    flags = tmp_path / "flags.yaml"
+    flags.write_text(
+        yaml.safe_dump(
+            {
+                "flags": [
+                    flag_doc("bot", {"share": 1.0, "stream": True}),
+                    flag_doc("slow-bot", {"share": 1.0}, "slow"),
+                ]
+            }
+        )
+    )
+    settings = Settings(
+        pools={
+            "control": {"endpoints": [control.base_url], "served_model": "control"},
+            "candidate": {"endpoints": [candidate.base_url], "served_model": "candidate"},
+            "slow": {"endpoints": [slow.base_url], "served_model": "slow"},
+        },
+        flags={"source": "file", "path": str(flags)},
+        events={"spool": {"dir": str(tmp_path / "spool")}},
+        ids={"keys": ["k" * 40]},
+    )
+    exporter = InMemorySpanExporter()
+    seen = FinishedLog()
+    body = {"model": "bot", "messages": MESSAGES, "user": "u-1", "max_tokens": 8}
+
+    async def go() -> tuple[str, Metrics]:
+        async with running(settings, exporter, observers=[seen]) as (app, client):
+            answer = await client.post("/v1/chat/completions", json=body)
+            assert answer.status_code == 200
+            runner = app.state.runtime.shadows
+            for _ in range(200):
+                if not runner.calls:
+                    break
+                await asyncio.sleep(0.02)
+            slow_answer = await client.post(
+                "/v1/chat/completions", json={**body, "model": "slow-bot"}
+            )
+            assert slow_answer.status_code == 200
+            assert len(runner.calls) == 1  # still waiting on the slow pool when the app stops
+            return str(answer.json()["id"]), app.state.runtime.metrics
+
+    primary_id, metrics = asyncio.run(go())
+    roles = [(role, pair_of == primary_id) for role, _, pair_of, _ in seen.ended[:2]]
+    assert roles == [("primary", False), ("shadow", True)]
+    assert seen.ended[0][1] == primary_id
+    cancelled = seen.ended[-1]
+    assert (cancelled[0], cancelled[3]) == ("shadow", "cancelled")
+    assert metrics.shadow_dropped.labels("slow-bot", "shutdown")._value.get() == 1
+    assert metrics.shadow_dropped.labels("bot", "shutdown")._value.get() == 0
+
+    spans = exporter.get_finished_spans()
+    (shadow_span,) = [
+        s
+        for s in spans
+        if s.attributes
+        and s.attributes.get("loopgate.role") == "shadow"
+        and s.attributes.get("gen_ai.response.id") == seen.ended[1][1]
+    ]
+    (primary_span,) = [
+        s
+        for s in spans
+        if s.attributes
+        and s.attributes.get("gen_ai.response.id") == primary_id
+        and s.kind == SpanKind.SERVER
+    ]
+    assert shadow_span.parent is None  # a trace of its own ...
+    assert [link.context.span_id for link in shadow_span.links] == [
+        primary_span.context.span_id  # ... linked to the primary's
+    ]
+    assert shadow_span.attributes is not None
+    ttft = shadow_span.attributes["gen_ai.response.time_to_first_chunk"]
+    assert isinstance(ttft, float)
+    assert ttft > 0
+    assert shadow_span.attributes["feature_flag.result.variant"] == "candidate"
