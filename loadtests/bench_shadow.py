@@ -17,7 +17,6 @@ import asyncio
 import itertools
 import os
 import signal
-import statistics
 import subprocess
 import tempfile
 import time
@@ -175,7 +174,6 @@ def main() -> None:
                 f"{key:<8} {p50:8.2f} {p99:8.2f} {p50 / base50:6.2f} {p99 / base99:6.2f} "
                 f"{errors[key]:6d}  {shown}"
             )
-        print(f"mean primary ms overall: {statistics.mean(sum(latencies.values(), [])) * 1000:.2f}")
         print(f"wall time {time.monotonic() - began:.0f}s")
     finally:
         for p in procs:
