@@ -170,7 +170,7 @@ class TracedRecorder(Recorder):
     def begin_shadow(self, ex: Exchange, route_label: str, primary: Recording) -> Recording:
         """A shadow call started: its own trace, whose span links to the primary's."""
         link = primary.trace.server if isinstance(primary, TracedRecording) else None
-        trace = self.tracing.begin_shadow(ex.kind, link)
+        trace = self.tracing.begin_shadow(ex.kind, ex.model, link)
         ex.trace_id = trace.trace_id
         trace.routed(ex, ex.request)
         rec = TracedRecording(self, ex, route_label, trace)

@@ -139,7 +139,7 @@ class Tracing:
         )
         return RequestTrace(self, span, operation)
 
-    def begin_shadow(self, kind: str, primary: trace.Span | None) -> RequestTrace:
+    def begin_shadow(self, kind: str, model: str, primary: trace.Span | None) -> RequestTrace:
         """The span of a shadow call (gateway.shadow): a trace of its own, linked to the primary's.
 
         A link rather than a parent: the shadow outlives its primary and is no part of the
@@ -148,10 +148,15 @@ class Tracing:
         operation = _OPERATIONS.get(kind, kind)
         links = [Link(primary.get_span_context())] if primary is not None else []
         span = self.tracer.start_span(
-            operation,
+            f"{operation} {model}",
             context=Context(),
             kind=SpanKind.INTERNAL,
-            attributes={"gen_ai.operation.name": operation, "loopgate.role": "shadow"},
+            attributes={
+                "gen_ai.operation.name": operation,
+                "gen_ai.request.model": model,
+                "gen_ai.provider.name": PROVIDER,
+                "loopgate.role": "shadow",
+            },
             links=links,
         )
         return RequestTrace(self, span, operation)

@@ -471,6 +471,7 @@ def test_observers_and_traces_see_the_pair_and_shutdown_counts_the_cancelled(
         and s.attributes.get("gen_ai.response.id") == primary_id
         and s.kind == SpanKind.SERVER
     ]
+    assert shadow_span.name == "chat bot"
     assert shadow_span.parent is None  # a trace of its own ...
     assert [link.context.span_id for link in shadow_span.links] == [
         primary_span.context.span_id  # ... linked to the primary's
