@@ -481,3 +481,45 @@ def test_observers_and_traces_see_the_pair_and_shutdown_counts_the_cancelled(
     assert isinstance(ttft, float)
     assert ttft > 0
     assert shadow_span.attributes["feature_flag.result.variant"] == "candidate"
+
+
+def test_a_failed_primary_cancels_its_shadow_which_leaves_no_event(
+    gateway_factory: Callable[..., GatewayServer],
+    sim_factory: Callable[..., SimServer],
+    tmp_path: Path,
+) -> None:
+    failing = sim_factory(model="control", error_rate=1.0)
+    slow = sim_factory(model="slow", ttft=10.0)
+    gw, spool = start(
+        gateway_factory,
+        tmp_path,
+        {"control": failing.base_url, "slow": slow.base_url},
+        [flag_doc("fail-bot", {"share": 1.0}, "slow")],
+    )
+    body = {"model": "fail-bot", "messages": MESSAGES, "max_tokens": 8}
+    with httpx.Client(timeout=30) as http:
+        for user in users("fail", 3):
+            answer = http.post(gw.v1 + "/chat/completions", json={**body, "user": user})
+            assert answer.status_code == 500
+    # Nothing to pair with: each shadow is cut at once (before or after it reached the slow
+    # pool) rather than left to run for 10 s.
+    wait_until(
+        lambda: metric(gw, "loopgate_shadow_dropped_total", reason="primary_failed") == 3,
+        5,
+        "shadows of failed primaries cancelled",
+    )
+    time.sleep(0.5)
+    stats = slow.stats()
+    assert stats["completed"] == 0
+    assert stats["cancelled"] == stats["received"]
+    assert (
+        sum(
+            metric(gw, "loopgate_shadow_dropped_total", flag="fail-bot", reason=r)
+            for r in ("timeout", "error", "shutdown", "pool_unavailable")
+        )
+        == 0
+    )
+    assert gw.stop() == 0
+    events = completions(spool)
+    assert len(events) == 3
+    assert all(e["role"] == "primary" and e["shadowed"] for e in events)
