@@ -40,6 +40,7 @@ from gateway.routes.admin_privacy import admin_privacy_router
 from gateway.routes.admin_whoami import admin_whoami_router
 from gateway.runtime import Readiness, Runtime
 from gateway.settings import Settings, load_settings
+from gateway.shadow import ShadowRunner
 from gateway.tracing import open_tracing
 from gateway.upstream import Upstreams
 from rollout.service import open_experiments
@@ -139,6 +140,15 @@ def create_app(
                 evaluators.record_preference = lambda body: judged.feedback_received(
                     body, pipeline, time.time()
                 )
+            shadows = None
+            if store is not None:
+                shadows = ShadowRunner(
+                    upstreams=upstreams, recorder=recorder, signer=signer, metrics=app_metrics
+                )
+                # Closed before the recorder's sinks (LIFO), and only once the lifespan exits,
+                # which uvicorn does after the primaries have drained: then what is left of
+                # the shadows is cancelled and counted.
+                stack.push_async_callback(shadows.aclose)
             runtime = Runtime(
                 settings=settings,
                 upstreams=upstreams,
@@ -157,6 +167,7 @@ def create_app(
                 experiments=experiments,
                 tracing=tracing,
                 evaluators=evaluators,
+                shadows=shadows,
             )
             app.state.runtime = runtime
             if settings.console.enabled:

@@ -63,6 +63,13 @@ _ITL = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
 
 ROUTE_LABELS = ("flag", "variant", "model")
+# Who a request series counts: the client's own request, or its unseen shadow (gateway.shadow).
+ROLES = ("primary", "shadow")
+# Why a shadow was not sent or not answered (loopgate_shadow_dropped_total); bounded.
+SHADOW_DROP_REASONS = (
+    "in_flight", "budget", "consent", "pool_unavailable", "timeout", "error", "shutdown",
+    "primary_failed",
+)  # fmt: skip
 # Outcomes of the external safety classifier, and where a safety finding was made.
 CLASSIFIER_OUTCOMES = ("ok", "error", "timeout", "dropped")
 SAFETY_SOURCES = ("prompt", "answer")
@@ -106,7 +113,7 @@ class Metrics:
             )
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.multiprocess_dir = multiprocess_dir
-        self._routes: dict[tuple[str, str, str, str], RouteMetrics] = {}
+        self._routes: dict[tuple[str, str, str, str, str], RouteMetrics] = {}
         self._mirror: _Mirror | None = None
         self._runtime: Scraped | None = None
         # Label values known from the config, made into series at 0 (see label_known).
@@ -116,28 +123,28 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "loopgate_requests_total",
-            "Requests answered, by route and HTTP status.",
-            (*ROUTE_LABELS, "route", "status"),
+            "Requests answered, by route and HTTP status (role: primary, or a shadow's call).",
+            (*ROUTE_LABELS, "route", "status", "role"),
             registry=r,
         )
         self.duration = Histogram(
             "loopgate_request_duration_seconds",
             "Time from request received to last byte sent.",
-            (*ROUTE_LABELS, "route"),
+            (*ROUTE_LABELS, "route", "role"),
             buckets=_LATENCY,
             registry=r,
         )
         self.ttft = Histogram(
             "loopgate_time_to_first_token_seconds",
             "Time from request received to the first content chunk sent.",
-            ROUTE_LABELS,
+            (*ROUTE_LABELS, "role"),
             buckets=_TTFT,
             registry=r,
         )
         self.itl = Histogram(
             "loopgate_inter_token_latency_seconds",
             "Gap between content chunks of a stream.",
-            ROUTE_LABELS,
+            (*ROUTE_LABELS, "role"),
             buckets=_ITL,
             registry=r,
         )
@@ -154,7 +161,7 @@ class Metrics:
         self.tokens = Counter(
             "loopgate_tokens_total",
             "Tokens in prompts (input) and answers (output).",
-            (*ROUTE_LABELS, "direction"),
+            (*ROUTE_LABELS, "direction", "role"),
             registry=r,
         )
         self.in_flight = Gauge(
@@ -210,6 +217,12 @@ class Metrics:
             ("outcome",),
             registry=r,
         )
+        self.shadow_dropped = Counter(
+            "loopgate_shadow_dropped_total",
+            "Shadow calls not sent, or sent and not answered, by flag and reason.",
+            ("flag", "reason"),
+            registry=r,
+        )
         self.drift_psi = Gauge(
             "loopgate_drift_psi",
             "Population stability index of the recent profile against the frozen baseline.",
@@ -232,31 +245,37 @@ class Metrics:
             multiprocess_mode="livemax",
         )
 
-    def route(self, flag: str, variant: str, model: str, route: str) -> RouteMetrics:
+    def route(
+        self, flag: str, variant: str, model: str, route: str, role: str = "primary"
+    ) -> RouteMetrics:
         """Children for these labels, cached so the hot path skips labels() lookups."""
-        key = (flag, variant, model, route)
+        key = (flag, variant, model, route, role)
         found = self._routes.get(key)
         if found is None:
             if len(self._routes) >= _CHILD_CACHE_MAX:
                 self._routes.clear()
             labels = (flag, variant, model)
             found = RouteMetrics(
-                duration=self.duration.labels(*labels, route),
-                ttft=self.ttft.labels(*labels),
-                itl=self.itl.labels(*labels),
-                tokens_in=self.tokens.labels(*labels, "input"),
-                tokens_out=self.tokens.labels(*labels, "output"),
+                duration=self.duration.labels(*labels, route, role),
+                ttft=self.ttft.labels(*labels, role),
+                itl=self.itl.labels(*labels, role),
+                tokens_in=self.tokens.labels(*labels, "input", role),
+                tokens_out=self.tokens.labels(*labels, "output", role),
                 cancelled=self.cancelled.labels(*labels, route),
                 by_status={},
             )
             self._routes[key] = found
         return found
 
-    def requests_child(self, rm: RouteMetrics, key: tuple[str, str, str, str], status: int) -> Any:
+    def requests_child(
+        self, rm: RouteMetrics, key: tuple[str, str, str, str, str], status: int
+    ) -> Any:
         """The requests counter child for a status, cached beside the route's children."""
         child = rm.by_status.get(status)
         if child is None:
-            child = rm.by_status[status] = self.requests.labels(*key, str(status))
+            flag, variant, model, route, role = key
+            child = self.requests.labels(flag, variant, model, route, str(status), role)
+            rm.by_status[status] = child
         return child
 
     def observe_overhead(self, route: str, ex: Exchange) -> None:
@@ -313,6 +332,11 @@ class Metrics:
                 self.reports.labels(flag, variant, category)
         for outcome in CLASSIFIER_OUTCOMES:
             self.safety_classifier.labels(outcome)
+        if rt.flags is not None:
+            for f in rt.flags.snapshot().flags.values():
+                if f.shadow is not None:
+                    for reason in SHADOW_DROP_REASONS:
+                        self.shadow_dropped.labels(f.key, reason)
 
     def mirror(self) -> None:
         """Multiprocess mode: copy this worker's scrape-time state into shared collectors."""

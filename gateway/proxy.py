@@ -8,6 +8,9 @@ Each request is one ProxyRequest going through named phases:
     relay   the whole answer, or the stream event by event (gateway.streaming)
     finish  one place: release what is held, and the recorder's `finished`
 
+A request its flag mirrors also starts its shadow once admitted, routed and reserved
+(gateway.shadow): in the background, never awaited here; `finish` hands it the response id.
+
 The body is parsed once with orjson, only `model` (and stream_options, see below) is changed,
 and the answer is relayed as it comes. Everything recorded goes through the Recording
 (gateway.recorder), including the signed response id, which is minted there.
@@ -51,8 +54,9 @@ from gateway.httpclient import ClientError
 from gateway.protocol import Inbound, Kind, TooDeep, choices_asked, encode_forward, parse_inbound
 from gateway.ratelimit import Reservation, estimate_tokens
 from gateway.recorder import Recording
-from gateway.resolver import RequestContext, Route
+from gateway.resolver import RequestContext, Route, ShadowRoute
 from gateway.runtime import Runtime
+from gateway.shadow import ShadowCall, ShadowRunner
 from gateway.streaming import relay_stream
 from gateway.upstream import UpstreamCall
 
@@ -86,7 +90,8 @@ class ProxyRequest:
 
     __slots__ = (
         "app", "body", "call", "endpoint", "ex", "headers", "inbound", "limits", "raw", "rec",
-        "reply", "reservation", "route", "rt", "started", "strip_usage", "tokens_out", "watch",
+        "reply", "reservation", "route", "rt", "shadow", "started", "strip_usage", "tokens_out",
+        "watch",
     )  # fmt: skip
 
     def __init__(
@@ -104,6 +109,7 @@ class ProxyRequest:
         self.watch: DisconnectWatch | None = None
         self.call: UpstreamCall | None = None
         self.reservation: Reservation | None = None
+        self.shadow: ShadowCall | None = None
         self.strip_usage = False
         self.tokens_out = 0
         self.raw = b""
@@ -231,8 +237,10 @@ class ProxyRequest:
                 app, estimate_tokens(len(self.raw), self.tokens_out)
             )
             self.ex.headers_out = reservation.headers
-        upstreams, path, stream = self.rt.upstreams, self.endpoint.path, self.inbound.stream
         route = self.route
+        if route.shadow is not None and self.rt.shadows is not None:
+            self._start_shadow(route.shadow, self.rt.shadows)
+        upstreams, path, stream = self.rt.upstreams, self.endpoint.path, self.inbound.stream
         while True:  # over the candidates: the chosen route, then the flag's control
             self.body["model"] = route.served_model
             payload = self._encode()
@@ -252,6 +260,21 @@ class ProxyRequest:
             self.route = route
             self.rec.first_byte(self.call.endpoint.url)
             return
+
+    def _start_shadow(self, shadow: ShadowRoute, runner: ShadowRunner) -> None:
+        """The flag mirrors this request: its shadow starts now, in the background."""
+        endpoint = self.endpoint
+        self.shadow = runner.start(
+            shadow,
+            self.ex,
+            self.rec,
+            self.body,
+            endpoint.path,
+            endpoint.route_label,
+            estimate_tokens(len(self.raw), self.tokens_out),
+        )
+        if self.shadow is not None:
+            self.ex.shadowed = True
 
     def _encode(self) -> bytes:
         """The upstream payload; a body too deep to record is refused and left out of the event."""
@@ -398,6 +421,10 @@ class ProxyRequest:
             ex = self.ex
             self.rt.limiter.settle(self.reservation, ex.prompt_tokens + ex.completion_tokens)
         self.rec.finished(self.started)
+        if self.shadow is not None:
+            # After the primary's own recording: observers see the primary finish first.
+            ex = self.ex
+            self.shadow.primary_done(ex.response_id if ex.status == "ok" else "")
 
 
 def _asked_tokens(body: dict[str, Any], n: int, ceiling: int | None) -> int | None:

@@ -24,7 +24,7 @@ from gateway.exchange import Exchange
 from gateway.ids import Claims, ResponseIdSigner, new_nonce
 from gateway.metrics import REPORT_CATEGORIES, Metrics, RouteMetrics
 from gateway.observer import Observer
-from gateway.resolver import Route
+from gateway.resolver import Route, ShadowRoute
 from gateway.tracing import RequestTrace, Tracing
 from rollout.counters import ExperimentCounters
 from router.stores.base import AuditRecord, AuditSink, log_audit
@@ -91,6 +91,19 @@ class Recorder:
             o.started(ex)
         return rec
 
+    def begin_shadow(self, ex: Exchange, route_label: str, primary: Recording) -> Recording:
+        """A shadow call started (gateway.shadow): a Recording that is not a client request.
+
+        `ex` comes routed (flag, variant, served model set). Not in the in-flight gauge or the
+        overhead histogram (no client waits on it); its series carry role="shadow"; observers
+        see it like any request, with ex.role "shadow".
+        """
+        rec = Recording(self, ex, route_label)
+        for o in self.observers:
+            o.started(ex)
+            o.routed(ex)
+        return rec
+
     def unit_hash(self, ex: Exchange) -> str:
         """The keyed hash of the request's unit id, computed once."""
         if not ex.unit_hash:
@@ -106,9 +119,9 @@ class Recorder:
                 ex, instance=self.instance, unit_hash=self.unit_hash(ex), safety=safety
             )
             self.events.emit(event)
-        if self.counters is not None and ex.reason == "split":
+        if self.counters is not None and ex.reason == "split" and ex.role == "primary":
             # Only the weighted split is an exposure: QA, forced and allow-listed traffic
-            # would bias the comparison and the sample ratio check.
+            # would bias the comparison and the sample ratio check; a shadow is seen by no one.
             self.counters.count_exchange(
                 ex.flag, ex.flag_version, ex.variant, self.unit_hash(ex),
                 ex.status, ex.latency_s, ex.ttft_s,
@@ -152,6 +165,18 @@ class TracedRecorder(Recorder):
         self.metrics.in_flight_by_route[route_label].inc()
         for o in self.observers:
             o.started(ex)
+        return rec
+
+    def begin_shadow(self, ex: Exchange, route_label: str, primary: Recording) -> Recording:
+        """A shadow call started: its own trace, whose span links to the primary's."""
+        link = primary.trace.server if isinstance(primary, TracedRecording) else None
+        trace = self.tracing.begin_shadow(ex.kind, ex.model, link)
+        ex.trace_id = trace.trace_id
+        trace.routed(ex, ex.request)
+        rec = TracedRecording(self, ex, route_label, trace)
+        for o in self.observers:
+            o.started(ex)
+            o.routed(ex)
         return rec
 
     def _feedback_trace(self, body: FeedbackBody) -> str | None:
@@ -203,7 +228,7 @@ class Recording:
         ex.reason, ex.served_model = control.reason, control.served_model
         ex.fallback = True
 
-    def sending(self, route: Route, headers: dict[str, str]) -> None:
+    def sending(self, route: Route | ShadowRoute, headers: dict[str, str]) -> None:
         """The upstream call starts (tracing puts its span's context in `headers`)."""
 
     def first_byte(self, url: str) -> None:
@@ -216,8 +241,11 @@ class Recording:
         """The upstream failed in this way (timeout, bad_response, midstream, http_5xx, ...)."""
         self.r.upstream_metrics.errors.labels(pool, kind).inc()
 
-    def response_id(self, upstream_id: str) -> str:
-        """The signed id that replaces the upstream's `id`: minted here and only here."""
+    def response_id(self, upstream_id: str, pair: str | None = None) -> str:
+        """The signed id that replaces the upstream's `id`: minted here and only here.
+
+        `pair`: a shadow's, its primary's nonce (the signed pair claim, gateway.ids).
+        """
         ex = self.ex
         ex.upstream_id = upstream_id
         claims = Claims(
@@ -228,6 +256,7 @@ class Recording:
             unit=self.r.unit_hash(ex),
             time=int(ex.started_at),
             nonce=new_nonce(upstream_id),
+            pair=pair,
         )
         ex.response_id = self.r.signer.sign(claims)
         return ex.response_id
@@ -242,7 +271,7 @@ class Recording:
         rm = self.rm
         if rm is None:
             ex = self.ex
-            rm = self.rm = self.r.metrics.route(ex.flag, ex.variant, ex.model, self.label)
+            rm = self.rm = self.r.metrics.route(ex.flag, ex.variant, ex.model, self.label, ex.role)
         rm.itl.observe(now - last)
         return False
 
@@ -258,26 +287,30 @@ class Recording:
         if status == "error" and (not ex.model or not ex.flag):
             ex.model = ex.flag = ex.variant = ""
 
-    def finished(self, started: float) -> None:
-        """The request is over: metrics, the completion event, observers."""
+    def finished(self, started: float, ended: float | None = None) -> None:
+        """The request is over: metrics, the completion event, observers.
+
+        `ended`: when the answer ended, if earlier than now (a shadow waits for its pair).
+        """
         ex = self.ex
-        ex.latency_s = time.perf_counter() - started
+        ex.latency_s = (time.perf_counter() if ended is None else ended) - started
         self._metrics()
-        if ex.flag:
+        if ex.flag and (ex.pair_of or ex.role == "primary"):
             self.r.emit_completion(ex)
         for o in self.r.observers:
             o.finished(ex)
 
     def _metrics(self) -> None:
         ex, m = self.ex, self.r.metrics
-        m.in_flight_by_route[self.label].dec()
-        key = (ex.flag, ex.variant, ex.model, self.label)
+        key = (ex.flag, ex.variant, ex.model, self.label, ex.role)
         rm = m.route(*key)
         m.requests_child(rm, key, ex.http_status).inc()
         rm.duration.observe(ex.latency_s)
-        m.observe_overhead(self.label, ex)
-        if ex.status == "cancelled":
-            rm.cancelled.inc()
+        if ex.role == "primary":  # a shadow is no client's request (Recorder.begin_shadow)
+            m.in_flight_by_route[self.label].dec()
+            m.observe_overhead(self.label, ex)
+            if ex.status == "cancelled":
+                rm.cancelled.inc()
         if ex.ttft_s is not None:
             rm.ttft.observe(ex.ttft_s)
         if ex.prompt_tokens:
@@ -304,7 +337,7 @@ class TracedRecording(Recording):
         super().routed(route, unit_from)
         self.trace.routed(self.ex, self.ex.request)
 
-    def sending(self, route: Route, headers: dict[str, str]) -> None:
+    def sending(self, route: Route | ShadowRoute, headers: dict[str, str]) -> None:
         """The upstream span; its context replaces the caller's in `headers`."""
         self.trace.upstream(route.served_model, route.pool.name, headers)
 
@@ -313,12 +346,12 @@ class TracedRecording(Recording):
         super().first_byte(url)
         self.trace.connected(url)
 
-    def finished(self, started: float) -> None:
+    def finished(self, started: float, ended: float | None = None) -> None:
         """Metrics and event as without tracing, the hand-off in its own span, then the end."""
         ex = self.ex
-        ex.latency_s = time.perf_counter() - started
+        ex.latency_s = (time.perf_counter() if ended is None else ended) - started
         self._metrics()
-        if ex.flag:
+        if ex.flag and (ex.pair_of or ex.role == "primary"):
             sink = self.trace.sink()
             self.r.emit_completion(ex)
             sink.end()

@@ -9,11 +9,22 @@ from types import MappingProxyType
 from gateway.errors import UnknownModel, shown
 from gateway.settings import Settings
 from gateway.upstream import Pool, Upstreams
-from router.model import EvalContext
+from router.model import EvalContext, Shadow, Variant
+from router.shadow import shadow_for
 from router.snapshot import assign
 from router.stores.base import FlagStore
 
 _NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowRoute:
+    """Where a request's shadow goes (gateway.shadow): the flag's shadow variant."""
+
+    config: Shadow
+    variant: str
+    pool: Pool
+    served_model: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +38,8 @@ class Route:
     reason: str
     pool: Pool
     served_model: str
+    # The flag's shadow, when this request is one it mirrors (router.shadow.shadow_for).
+    shadow: ShadowRoute | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,10 +82,17 @@ class Resolver:
         model = ctx.model
         if self._flags is not None:
             # The router's own lookup (router.snapshot.assign): what bench_router measures.
-            assignment = assign(self._flags.snapshot(), model, ctx)
+            snapshot = self._flags.snapshot()
+            assignment = assign(snapshot, model, ctx)
             if assignment is not None:
                 variant = assignment.variant
                 pool = self._upstreams.pools[variant.pool]
+                flag = snapshot.flags[model]
+                shadow = None
+                if flag.shadow is not None:
+                    config = shadow_for(flag, assignment, ctx.unit_id)
+                    if config is not None:
+                        shadow = self._shadow_route(config, flag.variant(config.variant))
                 return Route(
                     model=model,
                     flag=assignment.flag_key,
@@ -81,11 +101,23 @@ class Resolver:
                     reason=assignment.reason,
                     pool=pool,
                     served_model=variant.served_model or pool.config.served_model,
+                    shadow=shadow,
                 )
         route = self._static.get(model)
         if route is None:
             raise UnknownModel(f"The model `{shown(model)}` does not exist.", param="model")
         return route
+
+    def _shadow_route(self, config: Shadow, variant: Variant) -> ShadowRoute | None:
+        pool = self._upstreams.pools.get(variant.pool)
+        if pool is None:  # the store checks pools; a flag naming none is not mirrored
+            return None
+        return ShadowRoute(
+            config=config,
+            variant=config.variant,
+            pool=pool,
+            served_model=variant.served_model or pool.config.served_model,
+        )
 
     def fallback(self, route: Route) -> Route | None:
         """The flag's control variant when `route`'s pool is down; None if there is none."""

@@ -15,6 +15,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.recorder import Recorder
 from gateway.resolver import Resolver
 from gateway.settings import Settings
+from gateway.shadow import ShadowRunner
 from gateway.tracing import Tracing
 from gateway.upstream import Upstreams
 from rollout.service import Experiments
@@ -60,6 +61,8 @@ class Runtime:
     tracing: Tracing | None = None
     # Online evaluators (reward model, judge), one of the recorder's observers; None: off.
     evaluators: Evaluators | None = None
+    # Shadow calls of flags that have a shadow (gateway.shadow); None: no flag store.
+    shadows: ShadowRunner | None = None
 
     @property
     def ready(self) -> bool:

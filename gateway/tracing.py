@@ -13,6 +13,9 @@ Span tree of a request (GenAI semantic conventions, OpenFeature flag attributes)
       chat {served model}          CLIENT  the upstream call; its context goes upstream
       emit completion              INTERNAL hand-off of the completion event to the pipeline
 
+A shadow call (gateway.shadow) has the same tree under a root span of its own (INTERNAL,
+loopgate.role=shadow) with a link to the primary's server span.
+
 With tracing on, the GenAI metrics gen_ai.client.token.usage and
 gen_ai.server.time_to_first_token are recorded too, through a MeterProvider the app owns and
 exported like the spans (OTLP or console; OTEL_METRICS_EXPORTER=none turns them off).
@@ -133,6 +136,28 @@ class Tracing:
             context=parent,
             kind=SpanKind.SERVER,
             attributes={"gen_ai.operation.name": operation},
+        )
+        return RequestTrace(self, span, operation)
+
+    def begin_shadow(self, kind: str, model: str, primary: trace.Span | None) -> RequestTrace:
+        """The span of a shadow call (gateway.shadow): a trace of its own, linked to the primary's.
+
+        A link rather than a parent: the shadow outlives its primary and is no part of the
+        client's request.
+        """
+        operation = _OPERATIONS.get(kind, kind)
+        links = [Link(primary.get_span_context())] if primary is not None else []
+        span = self.tracer.start_span(
+            f"{operation} {model}",
+            context=Context(),
+            kind=SpanKind.INTERNAL,
+            attributes={
+                "gen_ai.operation.name": operation,
+                "gen_ai.request.model": model,
+                "gen_ai.provider.name": PROVIDER,
+                "loopgate.role": "shadow",
+            },
+            links=links,
         )
         return RequestTrace(self, span, operation)
 

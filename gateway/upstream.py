@@ -199,11 +199,23 @@ class Upstreams:
             await client.aclose()
 
     async def send(
-        self, pool: Pool, path: str, body: bytes, headers: Mapping[str, str], stream: bool = False
+        self,
+        pool: Pool,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        stream: bool = False,
+        *,
+        once: bool = False,
     ) -> UpstreamCall:
-        """POST to the first endpoint that answers; retry others only before any response byte."""
+        """POST to the first endpoint that answers; retry others only before any response byte.
+
+        `once`: one endpoint, no retry at all (a shadow call, gateway.shadow).
+        """
         last_error: BaseException | None = None
         candidates = pool.candidates()
+        if once:
+            candidates = candidates[:1]
         for endpoint in candidates:
             if last_error is not None:
                 self.metrics.retries.labels(pool.name).inc()
