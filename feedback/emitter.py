@@ -218,15 +218,24 @@ class EventPipeline:
         if self.config.linger_s and not closing and len(waiting) < self.config.batch_max:
             await asyncio.sleep(self.config.linger_s)
 
-    async def _keys_ready(self, waiting: deque[Any], size: int) -> None:
+    async def _keys_ready(self, waiting: deque[Any], size: int) -> int:
         """Fetch the content keys of the next batch while it still waits in the deque (so
-        a switch to the spool meanwhile moves it, in order); taking it is then immediate."""
+        a switch to the spool meanwhile moves it, in order); taking it is then immediate.
+
+        Returns how many of the first items to take: those whose keys were checked or
+        fetched. Items that arrived during the last fetch wait for the next batch rather than
+        have their content withheld for want of a key."""
+        count = min(len(waiting), size)
         sealer = self.sealer
+        if sealer is None:
+            return count
         for _ in range(3):  # units may arrive while it fetches; a few rounds, not forever
-            missing = sealer.missing(itertools.islice(waiting, size)) if sealer else None
-            if sealer is None or not missing:
-                return
+            count = min(len(waiting), size)
+            missing = sealer.missing(itertools.islice(waiting, count))
+            if not missing:
+                return count
             await sealer.fetch(missing)
+        return count
 
     async def _prepare(
         self, items: list[Event | PlainEvent | Record], waiting: Sized
@@ -279,12 +288,11 @@ class EventPipeline:
                 await self._queue_ready.wait()
                 continue
             await self._linger(self._queue, self._closing)
-            await self._keys_ready(self._queue, self.config.batch_max)
-            if not self._queue:
+            ready = await self._keys_ready(self._queue, self.config.batch_max)
+            ready = min(ready, len(self._queue))
+            if not ready:
                 continue  # moved to the spool while the keys were fetched
-            batch: list[Event | PlainEvent | Record] = [
-                self._queue.popleft() for _ in range(min(len(self._queue), self.config.batch_max))
-            ]
+            batch: list[Event | PlainEvent | Record] = [self._queue.popleft() for _ in range(ready)]
             records = await self._prepare(batch, self._queue)
             self._inflight, self._inflight_spooled = records, False
             try:
@@ -311,8 +319,10 @@ class EventPipeline:
                 await self._spool_ready.wait()
                 continue
             await self._linger(self._spool_buf, self._spool_closing)
-            await self._keys_ready(self._spool_buf, self.config.batch_max * 4)
-            size = min(len(self._spool_buf), self.config.batch_max * 4)
+            ready = await self._keys_ready(self._spool_buf, self.config.batch_max * 4)
+            size = min(len(self._spool_buf), ready)
+            if not size:
+                continue
             # Busy from the moment the batch leaves the buffer: while it is being prepared
             # the buffer can look empty, and the replayer must not go back to direct mode
             # then (the batch would land in the spool with nothing left to replay it).

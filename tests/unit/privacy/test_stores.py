@@ -184,3 +184,22 @@ def test_a_key_about_to_expire_is_fetched_again_not_left_to_lapse(tmp_path: Path
         assert sealer.missing([event]) == set()
 
     asyncio.run(main())
+
+
+def test_units_arriving_while_keys_are_fetched_are_sealed_never_withheld(tmp_path: Path) -> None:
+    # New units keep arriving while the worker fetches the batch's keys (a file store fsyncs
+    # each new key); a unit whose key was not fetched must wait for the next batch, not have
+    # its content withheld. Shadows make this common: two events per unit, back to back.
+    config = EventsConfig(spool=SpoolConfig(dir=tmp_path / "spool"))
+    sent = [completion(f"lg1.{i}.m", text=f"secret-{i}", unit_hash=f"{i:064x}") for i in range(300)]
+
+    async def main() -> None:
+        async with open_pipeline(config, "gw") as pipeline:
+            for event in sent:
+                pipeline.emit(event)
+                await asyncio.sleep(0.0005)
+        assert pipeline.sealer is not None
+        assert (pipeline.sealer.stats.withheld, pipeline.sealer.stats.sealed) == (0, 300)
+
+    asyncio.run(main())
+    assert len(_spooled(tmp_path / "spool")) == 300
