@@ -10,6 +10,9 @@ gateway's own key.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -144,6 +147,16 @@ def test_a_preference_lands_as_an_event_is_counted_and_becomes_a_dpo_row(
     assert (pair["wins"], pair["losses"], pair["ties"], pair["both_bad"]) == (2, 0, 1, 0)
     assert pair["win_rate"]["estimate"] == pytest.approx(5 / 6)
     assert 0 < pair["win_rate"]["low"] < 5 / 6 < pair["win_rate"]["high"] <= 1
+    env = {**os.environ, "COLUMNS": "80", "LOOPGATE_ADMIN_TOKEN": VIEWER}
+    shown = subprocess.run(
+        [sys.executable, "-m", "cli", "experiments", "show", FLAG, "--url", gw.base_url],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "canary vs control" in shown.stdout
+    assert "2/0/1/0" in shown.stdout
+    assert "83.3% [" in shown.stdout
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 80
     assert gw.stop() == 0
 
     events = spooled_events(spool)
