@@ -78,7 +78,7 @@ def _judge_until_decided(gw: GatewayServer, candidate_wins: float, seed: int) ->
         while time.monotonic() < deadline:
             for _ in range(10):
                 i += 1
-                question = [{"role": "user", "content": f"question {i}"}]
+                question: list[Any] = [{"role": "user", "content": f"question {i}"}]
                 live = sdk.chat.completions.create(model=FLAG, messages=question, user=f"u{i}")
                 shadow = sdk.chat.completions.create(model=FLAG, messages=question, user="pinned")
                 # Shown in a random order; the winner follows the candidate's seeded quality.
