@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rollout.winrate import PreferenceCounts, win_rate
 
@@ -97,3 +99,29 @@ def test_a_fixed_sample_interval_would_not_survive_the_same_looking() -> None:
                     misses += 1
                     break
     assert misses > 13
+
+
+@given(
+    wins=st.integers(0, 5000),
+    losses=st.integers(0, 5000),
+    ties=st.integers(0, 500),
+    both_bad=st.integers(0, 500),
+)
+def test_the_band_holds_its_estimate_and_mirrors_when_flipped(
+    wins: int, losses: int, ties: int, both_bad: int
+) -> None:
+    counts = _counts(wins, losses, ties, both_bad)
+    rate = win_rate(counts)
+    if counts.pairs == 0:
+        assert rate is None
+        return
+    flipped = win_rate(counts.flipped())
+    assert rate is not None
+    assert flipped is not None
+    cs = rate.confidence_sequence
+    assert 0.0 <= cs.low <= rate.estimate <= cs.high <= 1.0
+    assert flipped.confidence_sequence.low == pytest.approx(1 - cs.high, abs=1e-9)
+    # One more win never lowers the lower bound.
+    more = win_rate(_counts(wins + 1, losses, ties, both_bad))
+    assert more is not None
+    assert more.confidence_sequence.low >= cs.low - 1e-9
