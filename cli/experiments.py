@@ -205,6 +205,49 @@ def experiment_panel(view: Json, width: int) -> Group:
     return Group(experiment_table(view, width), decision_text(view), bullets(reasons))
 
 
+def shadow_panel(view: Json) -> Group | None:
+    """Each judged variant pair's win rate (ties half) with its always-valid confidence
+    sequence, and the plan's shadow gate; None when there are no pairs and no gate."""
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    shadow = view.get("shadow") or {}
+    pairs, gate = shadow.get("pairs") or [], shadow.get("gate")
+    if not pairs and not gate:
+        return None
+    parts: list[RenderableType] = []
+    if pairs:
+        table = Table(title="judged pairs (shadow, side by side)", title_justify="left")
+        table.add_column("candidate vs baseline", no_wrap=True)
+        for header in ("pairs", "won/lost/tie/bad", "win rate (95% CS)"):
+            table.add_column(header, justify="right", no_wrap=True)
+        for p in pairs:
+            rate = p["win_rate"]
+            table.add_row(
+                escape(f"{p['candidate']} vs {p['baseline']}"),
+                str(p["pairs"]),
+                f"{p['wins']}/{p['losses']}/{p['ties']}/{p['both_bad']}",
+                "-"
+                if not rate
+                else f"{100 * rate['estimate']:.1f}% [{100 * rate['low']:.1f}, "
+                f"{100 * rate['high']:.1f}]",
+            )
+        parts.append(table)
+    if gate:
+        style = {"pass": "green", "fail": "bold red"}.get(gate["status"], "yellow")
+        text = Text()
+        text.append("shadow gate: ", style="bold")
+        text.append(gate["status"], style=style)
+        text.append(
+            f"   needs {gate['min_pairs']} pairs and a lower bound >= "
+            f"{100 * gate['min_win_rate']:.0f}%"
+        )
+        parts.extend([text, bullets([escape(r) for r in gate["reasons"]])])
+    return Group(*parts)
+
+
 def register(app: typer.Typer) -> None:
     """Add `loopgate experiments`."""
     group = typer.Typer(help="Experiment statistics per flag.", no_args_is_help=True)
@@ -227,6 +270,9 @@ def register(app: typer.Typer) -> None:
             return
         out = console()
         out.print(experiment_panel(view, out.width))
+        shadow = shadow_panel(view)
+        if shadow is not None:
+            out.print(shadow)
 
     @group.command("list")
     def list_(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:

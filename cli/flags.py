@@ -270,6 +270,28 @@ def _print_flag(out: Console, flag: Json) -> None:
     for i, rule in enumerate(flag["rules"]):
         details = ", ".join(f"{k}={v}" for k, v in rule.items() if k != "kind")
         out.print(f"rule {i}: [cyan]{rule['kind']}[/cyan] {escape(details)}")
+    if flag.get("shadow"):
+        out.print(shadow_line(flag))
+
+
+def shadow_line(flag: Json) -> str:
+    """The flag's shadow settings in one line (markup), and whether they apply now."""
+    from rich.markup import escape
+
+    sh = flag["shadow"]
+    budget = (
+        f"{sh['tokens_per_minute']:,} tokens/min"
+        if sh.get("tokens_per_minute")
+        else "no token budget"
+    )
+    off = ""
+    if not flag["enabled"] or flag["killed"]:
+        off = f" [yellow](off: the flag is {'killed' if flag['enabled'] else 'disabled'})[/yellow]"
+    return (
+        f"shadow: [cyan]{escape(sh['variant'])}[/cyan] answers {100 * sh['share']:.4g}% of units "
+        f"unseen; at most {sh['max_in_flight']} in flight, timeout {sh['timeout_s']:g}s, "
+        f"{'streamed' if sh['stream'] else 'not streamed'}, {budget}{off}"
+    )
 
 
 def _show_flag(flag: Json, as_json: bool) -> None:

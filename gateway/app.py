@@ -35,6 +35,7 @@ from gateway.resolver import Resolver
 from gateway.routes import feedback, health, models
 from gateway.routes.admin_drift import admin_drift_router
 from gateway.routes.admin_experiments import admin_experiments_router
+from gateway.routes.admin_feedback import admin_feedback_router
 from gateway.routes.admin_flags import admin_flags_router
 from gateway.routes.admin_privacy import admin_privacy_router
 from gateway.routes.admin_whoami import admin_whoami_router
@@ -210,6 +211,7 @@ def create_app(
     app.include_router(feedback.router)
     app.include_router(admin_flags_router())
     app.include_router(admin_experiments_router())
+    app.include_router(admin_feedback_router())
     app.include_router(admin_drift_router())
     app.include_router(admin_whoami_router())
     if settings.console.enabled:

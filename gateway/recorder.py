@@ -140,6 +140,10 @@ class Recorder:
         self.metrics.feedback.labels(flag, variant, kind).inc()
         if self.counters is not None and flag and variant:
             self.counters.count_feedback(flag, body.flag_version or 0, variant, kind, body.value)
+            if kind == "preference" and body.other_variant and body.winner:
+                self.counters.count_preference(
+                    flag, body.flag_version or 0, variant, body.other_variant, body.winner
+                )
         if kind == "report" and body.category:
             self.metrics.reports.labels(flag, variant, _bounded(body.category)).inc()
         for o in self.observers:

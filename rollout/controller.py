@@ -21,6 +21,7 @@ from rollout.decision import decide
 from rollout.model import Decision, ExperimentReport
 from rollout.plan import ActionKind, RolloutAction, RolloutPlan, RolloutState, RolloutStatus
 from rollout.readout import experiment_input, phases
+from rollout.shadow_gate import check_shadow_gate, pair_counts
 from rollout.stores.lock import Leadership
 from rollout.stores.plans import PlanStore
 from router.errors import ConflictError, StoreUnavailable
@@ -28,6 +29,10 @@ from router.model import Flag
 from router.stores.base import FlagStore
 
 log = logging.getLogger("loopgate.controller")
+
+
+# The gate's verdict as the decision the controller reports and counts.
+_GATE_DECISION: dict[str, Decision] = {"pending": "hold", "pass": "advance", "fail": "rollback"}
 
 
 class ControllerMetrics:
@@ -156,6 +161,8 @@ class Controller:
             reason = f"flag {plan.flag!r} or its variants {plan.control}/{plan.canary} not found"
             await self.plans.put_state(state.model_copy(update={"last_reasons": (reason,)}))
             return None
+        if state.step < 0 and plan.shadow_gate is not None:
+            return await self._shadow_stage(plan, state, flag, now)
         if state.step < 0:
             return await self._set_share(plan, state, flag, 0, "start", None, ("rollout started",))
         if state.share is not None and abs(canary_share(flag, plan) - state.share) > 0.01:
@@ -333,6 +340,92 @@ class Controller:
         return await self._set_share(
             plan, state, flag, state.step, "allocate", report, (reason,), share=target
         )
+
+    async def _shadow_stage(
+        self, plan: RolloutPlan, state: RolloutState, flag: Flag, now: float
+    ) -> RolloutAction | None:
+        """Before the first step: hold the canary at 0% until the shadow gate passes; start the
+        ladder when it does, roll the plan back when it fails (rollout/shadow_gate.py)."""
+        assert plan.shadow_gate is not None
+        if state.share is not None and abs(canary_share(flag, plan) - state.share) > 0.01:
+            return await self._pause(plan, state, now, flag)
+        counts = await self.counters.read(plan.flag)
+        verdict = check_shadow_gate(
+            plan.shadow_gate, pair_counts(counts, plan.canary, plan.control), plan.alpha, plan.tau
+        )
+        reasons = verdict.reasons
+        if verdict.status == "pending" and (
+            flag.shadow is None or flag.shadow.variant != plan.canary or flag.killed
+        ):
+            # Reviewers may still compare primaries, but no shadow pairs will come: say so.
+            why = "the kill switch is on" if flag.killed else f"no shadow of {plan.canary!r}"
+            reasons = (*reasons, f"{why}: no shadow pairs are being made for the gate")
+        decision = _GATE_DECISION[verdict.status]
+        if self.metrics is not None:
+            self.metrics.decisions.labels(plan.flag, decision).inc()
+        state = state.model_copy(
+            update={"last_decision": decision, "last_reasons": reasons, "checked_at": now}
+        )
+        if verdict.status == "pass":
+            return await self._set_share(plan, state, flag, 0, "start", None, reasons)
+        if verdict.status == "fail":
+            return await self._gate_failed(plan, state, flag, now, reasons)
+        if canary_share(flag, plan) > 0.01 or state.share is None:
+            # The first look (or a canary already serving): pin it at 0% and say why.
+            weights = {v.name: 0.0 for v in flag.variants} | plan.weights(0.0)
+            stored = flag
+            if canary_share(flag, plan) > 0.01:
+                stored = await self._write(flag, flag.with_weights(weights), "set_weights")
+            action = RolloutAction(
+                time=now,
+                action="hold",
+                decision="hold",
+                from_share=canary_share(flag, plan),
+                to_share=0.0,
+                flag_version=stored.version,
+                reasons=reasons,
+            )
+            held = state.model_copy(update={"share": 0.0, "flag_version": stored.version})
+            return await self._record(plan, held, action)
+        now_stored = await self.plans.state(plan.flag)
+        if now_stored is not None and now_stored.status != "running":
+            return None
+        await self.plans.put_state(state)
+        return None
+
+    async def _gate_failed(
+        self,
+        plan: RolloutPlan,
+        state: RolloutState,
+        flag: Flag,
+        now: float,
+        reasons: tuple[str, ...],
+    ) -> RolloutAction:
+        if plan.rollback == "kill":
+            stored = await self._write(flag, flag.replace(killed=True), "kill")
+        elif canary_share(flag, plan) > 0.01:
+            weights = {v.name: 0.0 for v in flag.variants} | plan.weights(0.0)
+            stored = await self._write(flag, flag.with_weights(weights), "set_weights")
+        else:
+            stored = flag  # already at 0%: nothing to write
+        action = RolloutAction(
+            time=now,
+            action="rollback",
+            decision="rollback",
+            from_share=canary_share(flag, plan),
+            to_share=0.0,
+            flag_version=stored.version,
+            reasons=reasons,
+        )
+        state = state.model_copy(
+            update={
+                "status": "rolled_back",
+                "share": 0.0,
+                "step_started_at": now,
+                "flag_version": stored.version,
+            }
+        )
+        return await self._record(plan, state, action)
 
 
 async def run_controller(

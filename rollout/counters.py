@@ -34,6 +34,12 @@ HIST_BUCKETS = 64  # the last one holds everything above ~2 minutes
 EXPOSURES, COMPLETIONS, ERRORS, SAFETY = "exposures", "completions", "errors", "safety"
 RATING_N, RATING_SUM, RATING_SQ = "rating_n", "rating_sum", "rating_sq"
 LATENCY, TTFT, FEEDBACK = "lat:", "ttft:", "fb:"
+# Judged pairs: in the tally of the variant whose name sorts first, `pref:<other>:<outcome>`
+# counts outcomes from that variant's point of view (win, loss, tie, both_bad).
+PREFERENCE = "pref:"
+PREFERENCE_OUTCOMES = ("win", "loss", "tie", "both_bad")
+_OUTCOME_OF_A = {"a": "win", "b": "loss", "tie": "tie", "both_bad": "both_bad"}
+_MIRROR = {"win": "loss", "loss": "win", "tie": "tie", "both_bad": "both_bad"}
 # Sums of ratings are fractional; Redis refuses HINCRBY on a field once it holds a float.
 _FLOAT_FIELDS = frozenset({RATING_SUM, RATING_SQ})
 
@@ -405,6 +411,26 @@ class ExperimentCounters:
             fields[RATING_SUM] = fields.get(RATING_SUM, 0.0) + value
             fields[RATING_SQ] = fields.get(RATING_SQ, 0.0) + value * value
 
+    def count_preference(
+        self, flag: str, version: int, variant_a: str, variant_b: str, winner: str
+    ) -> None:
+        """One judged pair: answer A of variant_a against answer B of variant_b, and the winner.
+
+        Stored once per pair, in the tally of the variant whose name sorts first, so the same
+        pair judged as (A, B) or as (B, A) lands in the same fields.
+        """
+        outcome = _OUTCOME_OF_A.get(winner)
+        if outcome is None or variant_a == variant_b:
+            return  # two answers of one variant say nothing about which variant is better
+        self._note_version(flag, version)
+        if variant_b < variant_a:
+            variant_a, variant_b, outcome = variant_b, variant_a, _MIRROR[outcome]
+        fields = self._tally((flag, version, variant_a))
+        if fields is None:
+            return
+        name = f"{PREFERENCE}{variant_b}:{outcome}"
+        fields[name] = fields.get(name, 0.0) + 1
+
     async def flush(self) -> None:
         """Hand the batch to the backend; on failure keep it for the next try (bounded)."""
         if self._batch.empty():
@@ -441,6 +467,34 @@ class ExperimentCounters:
         while True:
             await asyncio.sleep(interval)
             await self.flush()
+
+
+def preference_pairs(counts: ExperimentCounts) -> list[tuple[str, str]]:
+    """Every pair of variants with a judged pair, each once (names in sorted order)."""
+    found: set[tuple[str, str]] = set()
+    for (_, variant), tally in counts.tallies.items():
+        for name in tally.fields:
+            if name.startswith(PREFERENCE):
+                other = name[len(PREFERENCE) :].rsplit(":", 1)[0]
+                found.add((variant, other))
+    return sorted(found)
+
+
+def preferences(
+    counts: ExperimentCounts, candidate: str, baseline: str, min_version: int = 0
+) -> dict[str, int]:
+    """Judged pairs of candidate against baseline over the flag's versions (>= min_version),
+    from the candidate's point of view: {win, loss, tie, both_bad}."""
+    first, second = sorted((candidate, baseline))
+    out = dict.fromkeys(PREFERENCE_OUTCOMES, 0)
+    for (version, variant), tally in counts.tallies.items():
+        if variant != first or version < min_version:
+            continue
+        for outcome in PREFERENCE_OUTCOMES:
+            out[outcome] += int(tally.get(f"{PREFERENCE}{second}:{outcome}"))
+    if first != candidate:
+        out = {outcome: out[_MIRROR[outcome]] for outcome in PREFERENCE_OUTCOMES}
+    return out
 
 
 def open_backend(

@@ -56,6 +56,27 @@ class BanditConfig(BaseModel):
     seed: int = 0
 
 
+class ShadowGate(BaseModel):
+    """Before the first canary step: enough judged shadow pairs, and a win rate not below a bound.
+
+    Passes once at least min_pairs pairs are judged and the lower bound of the canary's win
+    rate against control (always-valid, at the plan's alpha) is >= min_win_rate; fails once the
+    upper bound is below it, or when max_pairs pairs did not show it (docs/shadow.md).
+    """
+
+    model_config = _FROZEN
+
+    min_pairs: int = Field(200, ge=1, description="judged pairs before the gate may decide")
+    min_win_rate: float = Field(0.45, gt=0.0, lt=1.0, description="bound on the canary's win rate")
+    max_pairs: int | None = Field(None, ge=1, description="fail when not passed by this many")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ShadowGate:
+        if self.max_pairs is not None and self.max_pairs < self.min_pairs:
+            raise ValueError("max_pairs must be at least min_pairs")
+        return self
+
+
 class RolloutPlan(BaseModel):
     """How a canary is ramped on one flag, and what may stop it."""
 
@@ -79,6 +100,8 @@ class RolloutPlan(BaseModel):
     # kill: the flag's kill switch (everyone to control, rules included).
     rollback: Literal["weight", "kill"] = "weight"
     bandit: BanditConfig | None = None
+    # Hold the canary at 0% until the shadow pairs pass this gate (rollout/shadow_gate.py).
+    shadow_gate: ShadowGate | None = None
 
     @field_validator("steps")
     @classmethod

@@ -17,6 +17,7 @@ from gateway.errors import Conflict, NotFound, UnprocessableEntity
 from gateway.routes.admin_flags import EditorDep, change_reason_header, require_role
 from rollout.plan import ActionKind, RolloutAction, RolloutPlan
 from rollout.service import view
+from rollout.shadow_gate import shadow_view
 from router.errors import ConflictError
 from router.model import Flag
 from router.stores.base import FlagStore, change_reason
@@ -159,8 +160,23 @@ def admin_experiments_router() -> APIRouter:
 
     @router.get("/{key:path}")
     async def get_experiment(key: str, store: FlagsDep, exp: ExperimentsDep) -> dict[str, Any]:
-        """Per variant counts, shares with intervals, lift, sequential test, SRM and decision."""
-        return await view(exp, await _flag(store, key))
+        """Per variant counts, shares with intervals, lift, sequential test, SRM and decision;
+        each judged variant pair's win rate and the plan's shadow gate."""
+        flag = await _flag(store, key)
+        doc = await view(exp, flag)
+        plan = await exp.plans.plan(key)
+        doc["shadow"] = {
+            "settings": flag.shadow.model_dump(mode="json") if flag.shadow else None,
+            **shadow_view(
+                await exp.counters.read(key),
+                flag.control,
+                plan.shadow_gate if plan else None,
+                plan.canary if plan else None,
+                plan.alpha if plan else 0.05,
+                plan.tau if plan else 0.05,
+            ),
+        }
+        return doc
 
     return router
 

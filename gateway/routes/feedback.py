@@ -2,18 +2,21 @@
 
 Feedback needs nothing but the answer's signed id: it says which flag, variant and app
 produced the answer. Only the app that got the answer may judge it, within the id's age.
+A `preference` judges two answers of one flag (A = response_id, B = other_response_id):
+both ids must verify, and a shadow answer's id may only be paired with its own primary's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from feedback.schema import FeedbackBody, FeedbackKind, Metadata
+from feedback.schema import FeedbackBody, FeedbackKind, Metadata, Source, Winner
 from gateway.deps import CallerDep, RuntimeDep
 from gateway.errors import (
     Conflict,
@@ -23,6 +26,7 @@ from gateway.errors import (
     UnprocessableEntity,
     UpstreamUnavailable,
 )
+from gateway.ids import Claims
 from gateway.runtime import Runtime
 
 router = APIRouter(tags=["feedback"])
@@ -41,6 +45,10 @@ class FeedbackIn(BaseModel):
     comment: str | None = Field(None, max_length=10_000)
     metadata: Metadata = Field(default_factory=dict)
     idempotency_key: str | None = Field(None, min_length=1, max_length=256)
+    other_response_id: str | None = Field(
+        None, min_length=1, max_length=2048, description="For `preference`: answer B"
+    )
+    winner: Winner | None = Field(None, description="For `preference`: a, b, tie or both_bad")
 
     @model_validator(mode="after")
     def _fits_kind(self) -> FeedbackIn:
@@ -52,8 +60,13 @@ class FeedbackIn(BaseModel):
             raise ValueError("a report needs a category")
         if self.kind == "comment" and not self.comment:
             raise ValueError("a comment needs comment text")
-        if self.kind == "preference":  # a pair (other_response_id, winner): the console's
-            raise ValueError("preferences are not accepted on /v1/feedback yet")
+        if self.kind == "preference":
+            if not self.other_response_id or not self.winner:
+                raise ValueError("a preference needs other_response_id (answer B) and a winner")
+            if self.other_response_id == self.response_id:
+                raise ValueError("a preference compares two different answers")
+        elif self.other_response_id is not None or self.winner is not None:
+            raise ValueError("other_response_id and winner are for kind `preference` only")
         return self
 
 
@@ -68,6 +81,10 @@ class FeedbackOut(BaseModel):
     variant: str | None
     recorded: bool
     duplicate: bool
+    source: Source = "user"
+    other_response_id: str | None = None
+    other_variant: str | None = None
+    winner: Winner | None = None
 
 
 class FeedbackBatchIn(BaseModel):
@@ -106,15 +123,35 @@ class FeedbackBatchOut(BaseModel):
     recorded: int
 
 
+@dataclass(frozen=True, slots=True)
+class Judge:
+    """Who judged, when not the app's end user: a reviewer or a judge model (admin API)."""
+
+    source: Source
+    name: str
+    queue: str | None = None
+    time_spent_ms: int | None = None
+
+
 async def record_feedback(
-    rt: Runtime, item: FeedbackIn, app_id: str, consent: str, now: float
+    rt: Runtime,
+    item: FeedbackIn,
+    app_id: str | None,
+    consent: str,
+    now: float,
+    judge: Judge | None = None,
 ) -> FeedbackOut:
-    """Verify the id, check the app, dedupe, emit the event; raises GatewayError when refused."""
+    """Verify the id(s), check the app, dedupe, emit the event; raises GatewayError when refused.
+
+    app_id None (the admin API) accepts any app's answers; the event names the answer's app.
+    """
     if rt.events is None:
         raise UpstreamUnavailable("the event pipeline is disabled (events.enabled is false)")
-    claims = rt.signer.verify(item.response_id, now=now, max_age=rt.settings.ids.max_age_s)
-    if claims.app != app_id:
-        raise Forbidden("this answer was given to another app", param="response_id")
+    claims = _verified(rt, item.response_id, app_id, now, "response_id")
+    other: Claims | None = None
+    if item.other_response_id is not None:
+        other = _verified(rt, item.other_response_id, app_id, now, "other_response_id")
+        check_pair(claims, other)
     out = FeedbackOut(
         id=None,
         response_id=item.response_id,
@@ -123,9 +160,14 @@ async def record_feedback(
         variant=claims.variant,
         recorded=False,
         duplicate=False,
+        source=judge.source if judge else "user",
+        other_response_id=item.other_response_id,
+        other_variant=other.variant if other else None,
+        winner=item.winner,
     )
     if item.idempotency_key is not None:
-        scoped = f"{app_id}\0{item.response_id}\0{item.idempotency_key}"
+        scope = app_id if judge is None else f"{judge.source}:{judge.name}"
+        scoped = f"{scope}\0{item.response_id}\0{item.idempotency_key}"
         use = await rt.idempotency.use(scoped, _fingerprint(item))
         if use == "conflict":
             raise Conflict(
@@ -138,7 +180,7 @@ async def record_feedback(
         flag=claims.flag,
         flag_version=claims.flag_version,
         variant=claims.variant,
-        app=app_id,
+        app=claims.app,
         unit_hash=claims.unit,
         response_time=claims.time,
         kind=item.kind,
@@ -149,9 +191,56 @@ async def record_feedback(
         metadata=item.metadata,
         idempotency_key=item.idempotency_key,
         consent="none" if consent == "none" else "full",
+        source=judge.source if judge else "user",
+        reviewer=judge.name if judge else None,
+        queue=judge.queue if judge else None,
+        time_spent_ms=judge.time_spent_ms if judge else None,
+        other_response_id=item.other_response_id,
+        other_variant=other.variant if other else None,
+        winner=item.winner,
     )
     event = rt.recorder.feedback_received(body, rt.events, now)
     return out.model_copy(update={"id": str(event.event_id), "recorded": True})
+
+
+def _verified(rt: Runtime, response_id: str, app_id: str | None, now: float, param: str) -> Claims:
+    """The claims of a valid id given to `app_id` (any app when None)."""
+    try:
+        claims = rt.signer.verify(response_id, now=now, max_age=rt.settings.ids.max_age_s)
+    except GatewayError as err:
+        err.param = param
+        raise
+    if app_id is not None and claims.app != app_id:
+        raise Forbidden("this answer was given to another app", param=param)
+    return claims
+
+
+def check_pair(a: Claims, b: Claims) -> None:
+    """Refuse two answers that cannot be compared (UnprocessableEntity); pure.
+
+    Both must be of one flag and one app, and not the same answer. A shadow answer's id
+    carries its primary's nonce (signed): it may only be compared with that primary, so a pair
+    cannot be forged from two unrelated ids. Two primaries shown side by side are fine.
+    """
+    if a.flag is None or a.flag != b.flag:
+        raise UnprocessableEntity(
+            f"the two answers are of different flags ({a.flag!r}, {b.flag!r})",
+            param="other_response_id",
+        )
+    if a.app != b.app:
+        raise UnprocessableEntity(
+            "the two answers were given to different apps", param="other_response_id"
+        )
+    if a == b or (a.nonce == b.nonce and a.pair == b.pair):
+        raise UnprocessableEntity(
+            "a preference compares two different answers", param="other_response_id"
+        )
+    for shadow, primary in ((a, b), (b, a)):
+        if shadow.pair is not None and shadow.pair != primary.nonce:
+            raise UnprocessableEntity(
+                "a shadow answer can only be compared with its own primary",
+                param="other_response_id",
+            )
 
 
 def _fingerprint(item: FeedbackIn) -> str:

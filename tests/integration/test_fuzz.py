@@ -23,7 +23,13 @@ from tests.support.sim import SimServer
 
 ADMIN = "lga-fuzz-admin-0123"
 EXAMPLES = 25
-PREFIXES = ("/v1/chat/completions", "/v1/completions", "/v1/feedback", "/admin/flags")
+PREFIXES = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/feedback",
+    "/admin/flags",
+    "/admin/feedback",
+)
 
 
 @pytest.fixture(scope="module")

@@ -186,10 +186,10 @@ def test_exact_moves_agree_with_bucketing_sample_units() -> None:
     assert exact_moves(four, {"a": 40, "b": 40, "c": 10, "d": 10}) is None
 
 
-def test_v1_feedback_refuses_a_preference_cleanly_until_it_takes_pairs() -> None:
+def test_v1_feedback_refuses_a_preference_without_its_pair() -> None:
     from pydantic import ValidationError
 
     from gateway.routes.feedback import FeedbackIn
 
-    with pytest.raises(ValidationError, match="preferences are not accepted"):
+    with pytest.raises(ValidationError, match="needs other_response_id"):
         FeedbackIn(response_id="lg1.a.b", kind="preference")
