@@ -429,7 +429,8 @@ async def _controller_main(
     from feedback.emitter import open_pipeline
     from gateway.events import audit_event
     from rollout.controller import Controller, ControllerMetrics, run_controller
-    from rollout.counters import ExperimentCounters, RedisCounterBackend
+    from rollout.counters import ExperimentCounters
+    from rollout.stores.counters import RedisCounterBackend
     from rollout.stores.lock import RedisLock
     from rollout.stores.plans import RedisPlanStore
     from router.stores import open_store

@@ -11,10 +11,11 @@ from typing import Any
 
 from rollout.config import ExperimentsConfig
 from rollout.controller import Controller, ControllerMetrics, run_controller
-from rollout.counters import ExperimentCounters, ExperimentCounts, open_backend, running_counters
+from rollout.counters import ExperimentCounters, ExperimentCounts, running_counters
 from rollout.decision import decide
 from rollout.plan import RolloutPlan, RolloutState
 from rollout.readout import experiment_input, phases, variant_metrics
+from rollout.stores.counters import open_backend
 from rollout.stores.lock import AlwaysLeader
 from rollout.stores.plans import PlanStore, open_plan_store
 from router.model import Flag

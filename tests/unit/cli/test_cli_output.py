@@ -18,9 +18,10 @@ from cli._common import parse_time, short_id
 from cli.experiments import experiment_panel
 from cli.flags import traffic
 from cli.rollout import arms, parse_steps, plan_effect, rollout_panel
-from rollout.counters import ExperimentCounters, MemoryCounterBackend
+from rollout.counters import ExperimentCounters
 from rollout.plan import RolloutPlan
 from rollout.service import experiment_view
+from rollout.stores.counters import MemoryCounterBackend
 from tests.unit.router.conftest import flag_data
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

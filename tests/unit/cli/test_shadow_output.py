@@ -11,9 +11,10 @@ from rich.console import Console
 
 from cli.experiments import shadow_panel
 from cli.flags import _print_flag
-from rollout.counters import ExperimentCounters, MemoryCounterBackend
+from rollout.counters import ExperimentCounters
 from rollout.plan import ShadowGate
 from rollout.shadow_gate import shadow_view
+from rollout.stores.counters import MemoryCounterBackend
 from router.model import parse_flag
 
 

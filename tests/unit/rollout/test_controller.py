@@ -13,8 +13,9 @@ import redis.asyncio as aioredis
 import yaml
 
 from rollout.controller import Controller, run_controller
-from rollout.counters import ExperimentCounters, MemoryCounterBackend
+from rollout.counters import ExperimentCounters
 from rollout.plan import BanditConfig, GuardrailSpec, RolloutPlan
+from rollout.stores.counters import MemoryCounterBackend
 from rollout.stores.lock import RedisLock
 from rollout.stores.plans import FilePlanStore, MemoryPlanStore, RedisPlanStore
 from router.stores.base import AuditRecord

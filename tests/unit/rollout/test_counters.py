@@ -10,13 +10,12 @@ import pytest
 from rollout.counters import (
     Batch,
     ExperimentCounters,
-    MemoryCounterBackend,
-    RedisCounterBackend,
     bucket_of,
     bucket_upper,
     quantile,
 )
 from rollout.readout import phases, variant_metrics
+from rollout.stores.counters import MemoryCounterBackend, RedisCounterBackend
 
 WEIGHTS = {"control": 90.0, "canary": 10.0}
 

@@ -18,14 +18,13 @@ import yaml
 from rollout.controller import Controller
 from rollout.counters import (
     ExperimentCounters,
-    MemoryCounterBackend,
-    RedisCounterBackend,
     preference_pairs,
     preferences,
 )
 from rollout.plan import RolloutPlan, ShadowGate
 from rollout.service import flag_lookup
 from rollout.shadow_gate import check_shadow_gate, pair_counts, shadow_view
+from rollout.stores.counters import MemoryCounterBackend, RedisCounterBackend
 from rollout.stores.plans import MemoryPlanStore
 from rollout.winrate import PreferenceCounts
 from router.stores.base import AuditRecord
