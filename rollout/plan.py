@@ -14,7 +14,8 @@ GuardrailMetric = Literal[
 ]
 PrimaryMetric = Literal["thumbs", "accept"]
 RolloutStatus = Literal["running", "rolled_back", "promoted", "paused"]
-ActionKind = Literal["start", "advance", "rollback", "promote", "allocate", "hold"]
+# "resume" is only ever a person's (the admin API); the controller takes the others.
+ActionKind = Literal["start", "advance", "rollback", "promote", "allocate", "hold", "resume"]
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 

@@ -11,11 +11,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Response
 from pydantic import ValidationError
 
+from feedback.schema import AuditBody, AuditEvent
 from gateway.auth import AdminPrincipal
-from gateway.deps import ExperimentsDep, FlagsDep
+from gateway.deps import ExperimentsDep, FlagsDep, RuntimeDep
 from gateway.errors import Conflict, NotFound, UnprocessableEntity
 from gateway.routes.admin_flags import EditorDep, change_reason_header, require_role
-from rollout.plan import ActionKind, RolloutAction, RolloutPlan
+from gateway.runtime import Runtime
+from rollout.plan import ActionKind, RolloutAction, RolloutPlan, RolloutState
 from rollout.service import view
 from rollout.shadow_gate import shadow_view
 from router.errors import ConflictError
@@ -98,8 +100,10 @@ def admin_experiments_router() -> APIRouter:
             "state": None,
         }
 
-    @router.post("/{key:path}/rollout/resume", dependencies=editor)
-    async def resume(key: str, store: FlagsDep, exp: ExperimentsDep) -> dict[str, Any]:
+    @router.post("/{key:path}/rollout/resume")
+    async def resume(
+        key: str, store: FlagsDep, exp: ExperimentsDep, who: EditorDep, rt: RuntimeDep
+    ) -> dict[str, Any]:
         """Let a paused rollout go on from the weights the flag has now."""
         from rollout.controller import canary_share
 
@@ -107,8 +111,12 @@ def admin_experiments_router() -> APIRouter:
         if plan is None or state is None:
             raise NotFound(f"flag {key!r} has no started rollout", param="key")
         flag = await _flag(store, key)
-        resumed = state.model_copy(update={"status": "running", "share": canary_share(flag, plan)})
+        share = canary_share(flag, plan)
+        resumed = state.model_copy(update={"status": "running", "share": share}).with_action(
+            _manual("resume", who, state.share, share, flag.version)
+        )
         await exp.plans.put_state(resumed)
+        _audit(rt, who, "rollout_resume", state, resumed)
         return {"object": "rollout", "flag": key, "state": resumed.model_dump(mode="json")}
 
     @router.post("/{key:path}/rollout/pause")
@@ -116,6 +124,7 @@ def admin_experiments_router() -> APIRouter:
         key: str,
         exp: ExperimentsDep,
         who: EditorDep,
+        rt: RuntimeDep,
     ) -> dict[str, Any]:
         """Stop the controller on this flag; the weights stay as they are until resumed."""
         state = await exp.plans.state(key)
@@ -125,6 +134,7 @@ def admin_experiments_router() -> APIRouter:
             _manual("hold", who, state.share, state.share, state.flag_version)
         )
         await exp.plans.put_state(paused)
+        _audit(rt, who, "rollout_pause", state, paused)
         return {"object": "rollout", "flag": key, "state": paused.model_dump(mode="json")}
 
     @router.post("/{key:path}/rollout/abort")
@@ -198,6 +208,26 @@ def _manual(
         flag_version=version,
         reasons=(text,),
     )
+
+
+def _audit(
+    rt: Runtime, who: AdminPrincipal, action: str, before: RolloutState, after: RolloutState
+) -> None:
+    """A rollout's pause or resume as an audit event (no flag changes, so the flag store's
+    own audit does not see it): who, why (X-Loopgate-Reason), status and share before/after."""
+    if rt.events is None:
+        return
+    body = AuditBody(
+        who=who.name,
+        action=action,
+        what=before.flag,
+        version=after.flag_version,
+        before={"status": before.status, "share": before.share},
+        after={"status": after.status, "share": after.share},
+        reason=change_reason.get(),
+    )
+    now = time.time()
+    rt.events.emit(AuditEvent.create(body, gateway=rt.settings.instance, now=now, type=action))
 
 
 def _first(exc: ValidationError) -> str:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.support.events import spooled_events
 from tests.support.gateway import GatewayServer, pool
 from tests.support.sim import SimServer
 
@@ -183,3 +184,59 @@ def test_safety_findings_feed_the_safety_guardrail(gw: GatewayServer) -> None:
     for variant in variants:
         assert metrics[variant]["safety_rate"] is not None
         assert metrics[variant]["safety_rate"] > 0
+
+
+def test_pause_and_resume_are_audited_with_their_reasons(
+    gateway_factory: Callable[..., GatewayServer],
+    sim_factory: Callable[..., SimServer],
+    tmp_path: Path,
+) -> None:
+    a, b = sim_factory(model="policy-a"), sim_factory(model="policy-b")
+    flags = tmp_path / "flags.yaml"
+    variants = [
+        {"name": "control", "pool": "policy-a", "weight": 100},
+        {"name": "canary", "pool": "policy-b", "weight": 0},
+    ]
+    flags.write_text(
+        yaml.safe_dump({"flags": {"bot": {"control": "control", "variants": variants}}})
+    )
+    plan = {"flag": "bot", "control": "control", "canary": "canary", "steps": [10, 50, 100]}
+    gw = gateway_factory(
+        {
+            "pools": {
+                "policy-a": pool(a.base_url, served_model="policy-a"),
+                "policy-b": pool(b.base_url, served_model="policy-b"),
+            },
+            "flags": {"source": "file", "path": str(flags), "admin_token": TOKEN},
+            "ids": {"keys": ["k" * 40]},
+            "events": {"spool": {"dir": str(tmp_path / "spool")}},
+            "experiments": {"plans": [plan], "controller": {"in_process": True, "interval_s": 0.3}},
+        }
+    )
+    with _admin(gw) as admin:
+        deadline = time.monotonic() + 20
+        while admin.get("/admin/experiments/bot/rollout").json()["state"] is None:
+            assert time.monotonic() < deadline, "the controller never started the rollout"
+            time.sleep(0.2)
+        why = {"X-Loopgate-Reason": "support tickets spiking"}
+        paused = admin.post("/admin/experiments/bot/rollout/pause", headers=why)
+        assert paused.status_code == 200, paused.text
+        assert paused.json()["state"]["status"] == "paused"
+        resumed = admin.post(
+            "/admin/experiments/bot/rollout/resume", headers={"X-Loopgate-Reason": "all clear"}
+        )
+        assert resumed.status_code == 200, resumed.text
+        state = resumed.json()["state"]
+        assert state["status"] == "running"
+        assert state["history"][-1]["action"] == "resume"
+        assert state["history"][-1]["reasons"] == ["resume by admin: all clear"]
+        assert state["history"][-2]["reasons"] == ["hold by admin: support tickets spiking"]
+    assert gw.stop() == 0
+    audits = [e for e in spooled_events(tmp_path / "spool") if "who" in e["body"]]
+    rollout = [(e["type"], e["body"]["reason"], e["body"]["after"]["status"]) for e in audits
+               if e["type"].startswith("rollout_")]  # fmt: skip
+    assert rollout == [
+        ("rollout_pause", "support tickets spiking", "paused"),
+        ("rollout_resume", "all clear", "running"),
+    ]
+    assert all(e["body"]["what"] == "bot" and e["body"]["who"] for e in audits)
