@@ -82,8 +82,12 @@ def test_every_queried_series_has_samples(
     sims = {name: sim_factory(model=f"policy-{name}", ttft=0.005, itl=0.001) for name in "ab"}
     flags = tmp_path / "flags.yaml"
     variants = [{"name": n, "pool": n, "served_model": f"policy-{n}", "weight": 50} for n in sims]
+    # Half of a's units are mirrored to b: the shadow panel's calls and its drop counter.
+    shadow = {"variant": "b", "share": 0.5}
     flags.write_text(
-        yaml.safe_dump({"flags": [{"key": "bot", "control": "a", "variants": variants}]})
+        yaml.safe_dump(
+            {"flags": [{"key": "bot", "control": "a", "variants": variants, "shadow": shadow}]}
+        )
     )
     pools = {n: pool(s.base_url, served_model=f"policy-{n}") for n, s in sims.items()}
     pools["broken"] = pool(f"http://127.0.0.1:{free_port()}", served_model="broken")
