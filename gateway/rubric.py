@@ -57,13 +57,7 @@ def judge_request(config: EvaluatorConfig, model: str, prompt: str, answer: str)
     content = config.rubric.replace("{prompt}", prompt).replace(
         "{answer}", answer[: config.max_chars]
     )
-    return {
-        "model": model,
-        "messages": [{"role": "user", "content": content}],
-        "temperature": 0,
-        "max_tokens": config.max_tokens,
-        "response_format": {"type": "json_object"},
-    }
+    return _json_chat(model, content, config.max_tokens)
 
 
 def reward_request(model: str, prompt: str, answer: str, max_chars: int) -> dict[str, Any]:
@@ -164,13 +158,7 @@ def pair_request(
     fills = {"{prompt}": prompt, "{answer_a}": sections["A"], "{answer_b}": sections["B"]}
     content = re.sub(r"\{prompt\}|\{answer_a\}|\{answer_b\}", lambda m: fills[m.group(0)],
                      config.pair_rubric)  # fmt: skip
-    return {
-        "model": model,
-        "messages": [{"role": "user", "content": content}],
-        "temperature": 0,
-        "max_tokens": config.max_tokens,
-        "response_format": {"type": "json_object"},
-    }
+    return _json_chat(model, content, config.max_tokens)
 
 
 def parse_pair_verdict(doc: Any) -> tuple[PairWinner, str]:
@@ -202,3 +190,14 @@ def swapped_winner(primary_first: PairWinner, shadow_first: PairWinner) -> Winne
     """
     first, second = as_pair(primary_first, True), as_pair(shadow_first, False)
     return first if first == second else "tie"
+
+
+def _json_chat(model: str, content: str, max_tokens: int) -> dict[str, Any]:
+    """One user message asking for a JSON object, deterministic: what every judge call sends."""
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "response_format": {"type": "json_object"},
+    }

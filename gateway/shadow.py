@@ -39,7 +39,7 @@ from gateway.metrics import Metrics
 from gateway.protocol import encode_forward
 from gateway.recorder import Recorder, Recording
 from gateway.resolver import ShadowRoute
-from gateway.streaming import MAX_EVENT_BYTES, NotEventStream, event_json
+from gateway.streaming import NotEventStream, event_json, take_events
 from gateway.upstream import UpstreamCall, Upstreams
 from router.model import Shadow
 
@@ -366,14 +366,7 @@ class ShadowCall:
         ex, rec, started = self.ex, self.rec, self.started
         pending = b""
         async for data in call.response.iter_any():
-            pending += data
-            cut = pending.rfind(b"\n\n")
-            if cut < 0:
-                if len(pending) > MAX_EVENT_BYTES:
-                    raise NotEventStream("no event ended within the size limit")
-                continue
-            events = pending[:cut].split(b"\n\n")
-            pending = pending[cut + 2 :]
+            events, pending = take_events(pending + data)
             for event in events:
                 doc = event_json(event)
                 if doc is None:

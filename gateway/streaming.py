@@ -90,14 +90,9 @@ async def _forward_events(req: StreamRelay, call: UpstreamCall) -> None:
     if not _event_stream_type(call.response.headers):
         raise NotEventStream("its content type is not text/event-stream")
     async for data in call.response.iter_any():
-        pending += data
-        cut = pending.rfind(b"\n\n")
-        if cut < 0:
-            if len(pending) > MAX_EVENT_BYTES:
-                raise NotEventStream("no event ended within the size limit")
+        events, pending = take_events(pending + data)
+        if not events:
             continue
-        events = pending[:cut].split(b"\n\n")
-        pending = pending[cut + 2 :]
         out: list[bytes] = []
         for event in events:
             doc = event_json(event)
@@ -152,6 +147,17 @@ def _harmless(event: bytes) -> bool:
             continue
         return False
     return True
+
+
+def take_events(pending: bytes) -> tuple[list[bytes], bytes]:
+    """The whole SSE events in what has arrived, and the start of the next one; raises
+    NotEventStream when no event ends within the size limit (the relay and the shadow's reader)."""
+    cut = pending.rfind(b"\n\n")
+    if cut < 0:
+        if len(pending) > MAX_EVENT_BYTES:
+            raise NotEventStream("no event ended within the size limit")
+        return [], pending
+    return pending[:cut].split(b"\n\n"), pending[cut + 2 :]
 
 
 def event_json(event: bytes) -> dict[str, Any] | None:

@@ -262,12 +262,28 @@ class Controller:
     async def _rollback(
         self, plan: RolloutPlan, state: RolloutState, flag: Flag, report: ExperimentReport
     ) -> RolloutAction:
-        now = self.clock()
+        return await self._roll_back(
+            plan, state, flag, self.clock(), tuple(report.reasons), report.p_value
+        )
+
+    async def _roll_back(
+        self,
+        plan: RolloutPlan,
+        state: RolloutState,
+        flag: Flag,
+        now: float,
+        reasons: tuple[str, ...],
+        p_value: float | None = None,
+    ) -> RolloutAction:
+        """The canary to 0% (or the kill switch), recorded with its reasons; a flag that has
+        the rollback's weights already (a failed shadow gate, say) is not written again."""
+        weights = {v.name: 0.0 for v in flag.variants} | plan.weights(0.0)
         if plan.rollback == "kill":
             stored = await self._write(flag, flag.replace(killed=True), "kill")
-        else:
-            weights = {v.name: 0.0 for v in flag.variants} | plan.weights(0.0)
+        elif any(v.weight != weights[v.name] for v in flag.variants):
             stored = await self._write(flag, flag.with_weights(weights), "set_weights")
+        else:
+            stored = flag
         action = RolloutAction(
             time=now,
             action="rollback",
@@ -275,8 +291,8 @@ class Controller:
             from_share=canary_share(flag, plan),
             to_share=0.0,
             flag_version=stored.version,
-            p_value=report.p_value,
-            reasons=tuple(report.reasons),
+            p_value=p_value,
+            reasons=reasons,
         )
         state = state.model_copy(
             update={
@@ -369,7 +385,7 @@ class Controller:
         if verdict.status == "pass":
             return await self._set_share(plan, state, flag, 0, "start", None, reasons)
         if verdict.status == "fail":
-            return await self._gate_failed(plan, state, flag, now, reasons)
+            return await self._roll_back(plan, state, flag, now, reasons)
         if canary_share(flag, plan) > 0.01 or state.share is None:
             # The first look (or a canary already serving): pin it at 0% and say why.
             weights = {v.name: 0.0 for v in flag.variants} | plan.weights(0.0)
@@ -392,40 +408,6 @@ class Controller:
             return None
         await self.plans.put_state(state)
         return None
-
-    async def _gate_failed(
-        self,
-        plan: RolloutPlan,
-        state: RolloutState,
-        flag: Flag,
-        now: float,
-        reasons: tuple[str, ...],
-    ) -> RolloutAction:
-        if plan.rollback == "kill":
-            stored = await self._write(flag, flag.replace(killed=True), "kill")
-        elif canary_share(flag, plan) > 0.01:
-            weights = {v.name: 0.0 for v in flag.variants} | plan.weights(0.0)
-            stored = await self._write(flag, flag.with_weights(weights), "set_weights")
-        else:
-            stored = flag  # already at 0%: nothing to write
-        action = RolloutAction(
-            time=now,
-            action="rollback",
-            decision="rollback",
-            from_share=canary_share(flag, plan),
-            to_share=0.0,
-            flag_version=stored.version,
-            reasons=reasons,
-        )
-        state = state.model_copy(
-            update={
-                "status": "rolled_back",
-                "share": 0.0,
-                "step_started_at": now,
-                "flag_version": stored.version,
-            }
-        )
-        return await self._record(plan, state, action)
 
 
 async def run_controller(
