@@ -21,6 +21,7 @@ from rollout.model import (
     Guardrail,
     GuardrailCheck,
     Policy,
+    ScoreComparison,
     VariantCounts,
 )
 
@@ -99,6 +100,21 @@ def _feedback_gaps(canary: VariantCounts, control: VariantCounts, policy: Policy
     return gaps
 
 
+def _score_gaps(score: ScoreComparison) -> list[str]:
+    """What an evaluator primary metric still lacks before its test may move the rollout."""
+    what = "labelled answers" if score.metric.startswith("approval:") else "scores"
+    if score.version is None:
+        return [f"{score.metric}: no scores from evaluator {score.evaluator!r} yet"]
+    gaps = [
+        f"{arm} has {count} {what} ({score.metric}), need {score.minimum}"
+        for arm, count in (("canary", score.canary_count), ("control", score.control_count))
+        if count < score.minimum
+    ]
+    if not gaps and score.sequential is None:
+        gaps.append(f"{score.metric}: no spread in the scores yet")
+    return gaps
+
+
 def _step_gaps(current: VariantCounts, elapsed: float, policy: Policy) -> list[str]:
     """What the current step still lacks before the canary may move up."""
     gaps = []
@@ -130,9 +146,13 @@ def decide(experiment: ExperimentInput) -> ExperimentReport:
     ]
     canary_report = reports[1]
     sequential = canary_report.sequential
+    score = x.primary_score
+    if score is not None:
+        # An evaluator metric is the primary: its test decides, feedback is shown beside it.
+        sequential = score.sequential
     p_value = sequential.p_value if sequential else x.previous_p_value
     srm_all, srm_now = srm(phases)
-    checks = [check_guardrail(g, policy) for g in x.guardrails]
+    checks = [check_guardrail(g, policy) for g in x.guardrails] + list(x.score_checks)
 
     def report(decision: Decision, reasons: list[str]) -> ExperimentReport:
         return ExperimentReport(
@@ -149,6 +169,7 @@ def decide(experiment: ExperimentInput) -> ExperimentReport:
             p_value=p_value,
             decision=decision,
             reasons=reasons,
+            primary_score=score,
         )
 
     breaches = [c.reason for c in checks if c.status == "breach"]
@@ -171,7 +192,8 @@ def decide(experiment: ExperimentInput) -> ExperimentReport:
             ],
         )
 
-    feedback_gaps = _feedback_gaps(canary, control, policy)
+    feedback_gaps = _feedback_gaps(canary, control, policy) if score is None else _score_gaps(score)
+    metric = "the primary metric" if score is None else score.metric
     if not feedback_gaps and sequential is not None:
         worse = p_value <= policy.alpha and sequential.difference < 0.0
         if worse:
@@ -179,7 +201,7 @@ def decide(experiment: ExperimentInput) -> ExperimentReport:
             return report(
                 "rollback",
                 [
-                    f"canary worse on the primary metric: difference {sequential.difference:+.4f} "
+                    f"canary worse on {metric}: difference {sequential.difference:+.4f} "
                     f"(confidence sequence {cs.low:+.4f} to {cs.high:+.4f}), "
                     f"always-valid p = {p_value:.3g} <= {policy.alpha}"
                 ],
@@ -201,7 +223,11 @@ def decide(experiment: ExperimentInput) -> ExperimentReport:
 
     held = [f"{len(checks)} guardrails hold"] if checks else ["no guardrails configured"]
     better = sequential is not None and p_value <= policy.alpha and sequential.difference > 0.0
-    verdict = f"primary metric: p = {p_value:.3g}" + (", canary better" if better else "")
+    verdict = f"primary metric{'' if score is None else ' ' + score.metric}: p = {p_value:.3g}"
+    if score is not None and sequential is not None:
+        cs = sequential.confidence_sequence
+        verdict += f", difference {cs.estimate:+.4g} (CS {cs.low:+.4g}, {cs.high:+.4g})"
+    verdict += ", canary better" if better else ""
     if policy.last_step:
         if policy.promote_requires_better and not better:
             return report("hold", [*held, verdict, "last step: promotion needs the canary better"])

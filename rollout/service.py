@@ -81,7 +81,7 @@ def experiment_view(
                 "weights": p.weights,
                 "exposures": {n: c.exposures for n, c in p.counts.items()},
             }
-            for p in phases(counts, plan.primary)
+            for p in phases(counts, plan.primary_kind)
         ],
     }
 
