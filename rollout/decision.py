@@ -5,6 +5,8 @@ Order of precedence, first match wins (docs/experiments.md explains each):
 2. no exposures at all                              -> insufficient_data
 3. sample ratio mismatch                            -> hold (the comparison cannot be trusted)
 4. enough sample and the sequential test says worse -> rollback
+   (the primary metric's test: feedback, or the plan's evaluator metric, rollout/scores.py;
+   evaluator guardrails arrive checked, in x.score_checks, and join step 1 and 5)
 5. too little sample, exposure, time or guardrail data so far -> insufficient_data
 6. a guardrail without data                         -> hold (never act on missing data)
 7. last step: promote (or hold while "better" is required and not shown)
