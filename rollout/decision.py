@@ -142,7 +142,11 @@ def decide(experiment: ExperimentInput) -> ExperimentReport:
             alpha=policy.alpha,
             tau=policy.tau,
             confidence=policy.confidence,
-            previous_p_value=x.previous_p_value if name == x.canary else 1.0,
+            # The running p belongs to the primary metric's test: with an evaluator primary,
+            # the feedback test shown beside it starts from its own look.
+            previous_p_value=(
+                x.previous_p_value if name == x.canary and x.primary_score is None else 1.0
+            ),
         )
         for name in variant_names(phases, x.control, x.canary)
     ]

@@ -14,8 +14,10 @@ import pytest
 
 from rollout.controller import Controller
 from rollout.counters import ExperimentCounters
+from rollout.decision import decide
 from rollout.plan import GuardrailSpec, RolloutPlan, ScoreMetric
 from rollout.ppi import LabelledMoments, ppi_from_moments, ppi_mean
+from rollout.readout import experiment_input
 from rollout.scores import compare_scores, point_biserial, scores_view
 from rollout.stores.counters import MemoryCounterBackend
 from router.stores.base import AuditRecord
@@ -287,3 +289,25 @@ def test_ppi_as_the_primary_metric_rolls_back_the_flattered_canary(tmp_path: Pat
         assert any("canary worse on approval:judge" in r for r in state.history[-1].reasons)
 
     _with_controller(tmp_path, plan, scenario)
+
+
+def test_the_running_p_of_a_score_primary_is_not_mixed_into_the_feedback_test() -> None:
+    async def go() -> None:
+        lookup = lambda key: (1, {"a": 50.0, "b": 50.0}, False)  # noqa: E731
+        counters = ExperimentCounters(MemoryCounterBackend(), lookup, clock=lambda: 1.0)
+        rng = random.Random(2)
+        for i in range(400):
+            variant = "a" if i % 2 else "b"
+            counters.count_exchange("bot", 1, variant, f"u{i}", "ok", 0.1, 0.02)
+            kind = "thumbs_up" if rng.random() < 0.6 else "thumbs_down"
+            counters.count_feedback("bot", 1, variant, kind, None)
+            counters.count_score("bot", 1, variant, "judge", VERSION, rng.gauss(3.0, 1.0))
+        counts = await counters.read("bot")
+        plan = _plan(primary=ScoreMetric(evaluator="judge", min_scores=100))
+        report = decide(experiment_input(counts, plan, 0, 100.0, previous_p_value=1e-9))
+        assert report.p_value == 1e-9  # the score test's running minimum
+        feedback = report.variants[1].sequential
+        assert feedback is not None
+        assert feedback.p_value > 0.01  # thumbs alike: the feedback test's own p
+
+    asyncio.run(go())
