@@ -248,6 +248,112 @@ def shadow_panel(view: Json) -> Group | None:
     return Group(*parts)
 
 
+# Evaluator scores: (key, header in the wide table, label in the narrow layouts)
+SCORE_COLUMNS = (
+    ("scores", "scores", "scores"),
+    ("mean", "mean", "mean score"),
+    ("diff", "vs control\n(95% CS)", "vs control (95% CS)"),
+    ("p", "p", "p"),
+    ("thumbed", "thumbed\n(up)", "thumbed (up)"),
+    ("ppi", "approval\nPPI (95% CI)", "approval, PPI (95% CI)"),
+    ("human", "approval\npeople only", "approval, people only"),
+)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _rate(iv: Json | None) -> str:
+    if not iv:
+        return "-"
+    return f"{100 * iv['estimate']:.1f}% [{100 * iv['low']:.0f}, {100 * iv['high']:.0f}]"
+
+
+def score_rows(evaluator: Json) -> list[tuple[str, str, dict[str, str]]]:
+    """Per variant of one evaluator: name, role, and each score column's text."""
+    rows = []
+    for r in evaluator["variants"]:
+        diff = r.get("vs_control")
+        cs = diff["confidence_sequence"] if diff else None
+        cells = {
+            "scores": str(r["scores"]),
+            "mean": _num(r["mean"]),
+            "diff": "-"
+            if not cs
+            else f"{cs['estimate']:+.3g} [{cs['low']:+.3g}, {cs['high']:+.3g}]",
+            "p": f"{diff['p_value']:.3g}" if diff else "-",
+            "thumbed": f"{r['labelled']} ({r['thumbs_up']})",
+            "ppi": _rate(r.get("approval_ppi")),
+            "human": _rate(r.get("approval_human_only")),
+        }
+        rows.append((r["name"], r["role"], cells))
+    return rows
+
+
+def _score_table(title: str, rows: list[tuple[str, str, dict[str, str]]], width: int) -> Any:
+    """One evaluator's numbers laid out for `width` columns, as the variant table is."""
+    from rich.console import Group
+    from rich.table import Table
+
+    wide = Table(title=title, title_justify="left")
+    wide.add_column("variant", no_wrap=True)
+    for _, header, _ in SCORE_COLUMNS:
+        wide.add_column(header, justify="right", no_wrap=True)
+    for name, role, cells in rows:
+        wide.add_row(_label(name, role), *(cells[key] for key, _, _ in SCORE_COLUMNS))
+    if _fits(wide, width):
+        return wide
+    by_variant = Table(title=title, title_justify="left")
+    by_variant.add_column("", style="bold", no_wrap=True)
+    for name, role, _ in rows:
+        by_variant.add_column(name if role in ("", name) else f"{name}\n{role}", justify="right",
+                              no_wrap=True)  # fmt: skip
+    for key, _, label in SCORE_COLUMNS:
+        by_variant.add_row(label, *(cells[key] for _, _, cells in rows))
+    if _fits(by_variant, width):
+        return by_variant
+    blocks: list[Any] = []
+    for name, role, cells in rows:
+        block = Table(title=f"{title}: {_label(name, role)}", title_justify="left",
+                      show_header=False)  # fmt: skip
+        block.add_column(style="bold")
+        block.add_column()
+        for key, _, label in SCORE_COLUMNS:
+            block.add_row(label, cells[key])
+        blocks.append(block)
+    return Group(*blocks)
+
+
+def scores_panel(view: Json, width: int) -> Group | None:
+    """Each evaluator's mean score per variant with the always-valid difference, approval by
+    PPI beside people's own, and agreement with thumbs; None when nothing was scored."""
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.text import Text
+
+    scores = view.get("scores") or []
+    if not scores:
+        return None
+    parts: list[RenderableType] = []
+    for e in scores:
+        title = f"evaluator [bold]{escape(e['evaluator'])}[/] ({escape(e['version'])})"
+        parts.append(_score_table(title, score_rows(e), width))
+        agreement = e["agreement"]
+        r = agreement["point_biserial"]
+        line = (
+            f"agreement with thumbs: r = {r:.2f} (point-biserial) over "
+            f"{agreement['labelled']} thumbed answers"
+            if r is not None
+            else f"agreement with thumbs: not yet ({agreement['labelled']} thumbed answers)"
+        )
+        others = e.get("other_versions") or {}
+        if others:
+            line += "; other versions: " + ", ".join(f"{v} ({n})" for v, n in others.items())
+        parts.append(Text(line, style="dim"))
+    return Group(*parts)
+
+
 def register(app: typer.Typer) -> None:
     """Add `loopgate experiments`."""
     group = typer.Typer(help="Experiment statistics per flag.", no_args_is_help=True)
@@ -270,6 +376,9 @@ def register(app: typer.Typer) -> None:
             return
         out = console()
         out.print(experiment_panel(view, out.width))
+        scores = scores_panel(view, out.width)
+        if scores is not None:
+            out.print(scores)
         shadow = shadow_panel(view)
         if shadow is not None:
             out.print(shadow)

@@ -117,6 +117,8 @@ def create_app(
                     )
                 )
                 evaluators.tracing = tracing
+                # Scores of exposures (and their thumbs) count for experiments, like feedback.
+                evaluators.counters = experiments.counters if experiments is not None else None
             signer = signer_from_config(settings.ids)
             recording: dict[str, Any] = {
                 "instance": settings.instance,

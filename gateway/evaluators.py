@@ -19,7 +19,7 @@ import contextlib
 import logging
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -51,6 +51,7 @@ from gateway.rubric import (
 )
 from gateway.tracing import Tracing
 from gateway.upstream import Upstreams
+from rollout.counters import ExperimentCounters
 
 log = logging.getLogger("loopgate.evaluators")
 _T = TypeVar("_T")
@@ -127,6 +128,9 @@ class Job:
     role: str = "primary"
     unit_hash: str = ""
     started_at: float = 0.0
+    # Assigned by the flag's weighted split and shown to the user: an exposure, so its score
+    # is counted for the experiment (QA, forced and shadow answers are not).
+    split: bool = False
 
     @classmethod
     def of(cls, ex: Exchange) -> Job:
@@ -134,6 +138,7 @@ class Job:
         return cls(
             ex.response_id, ex.flag, ex.flag_version, ex.variant, ex.app_id, ex.request,
             ex.text, ex.trace_id, ex.role, ex.unit_hash, ex.started_at,
+            ex.reason == "split" and ex.role == "primary" and bool(ex.flag),
         )  # fmt: skip
 
 
@@ -204,6 +209,12 @@ class _Scorer:
         return not variants or pair.primary.variant in variants or pair.shadow.variant in variants
 
 
+# A counted score, remembered until the answer's first thumbs: (flag, flag version, variant,
+# evaluator, evaluator version, score).
+ScoredAnswer = tuple[str, int, str, str, str, float]
+LABEL_KINDS = {"thumbs_up": True, "thumbs_down": False}
+
+
 class Evaluators:
     """All evaluators of one gateway process."""
 
@@ -216,6 +227,8 @@ class Evaluators:
         instance: str,
         clock: Callable[[], float] = time.monotonic,
         record_preference: Callable[[FeedbackBody], object] | None = None,
+        counters: ExperimentCounters | None = None,
+        max_remembered: int = 100_000,
     ) -> None:
         self.upstreams = upstreams
         self.emit = emit
@@ -225,6 +238,14 @@ class Evaluators:
         self.metrics = metrics
         self.instance = instance
         self.clock = clock
+        # Experiment counters (set by the app when experiments are on): each score of an
+        # exposure is counted per (flag, version, variant, evaluator version).
+        self.counters = counters
+        # Scored exposures by response id, until their first thumbs (or until pushed out,
+        # oldest first, past max_remembered: thumbs on those are then not joined to a score).
+        self.remembered: OrderedDict[str, list[ScoredAnswer]] = OrderedDict()
+        self.max_remembered = max_remembered
+        self.forgotten = 0
         now = clock()
         self.scorers = [
             _Scorer(name, cfg, cfg.model or upstreams.pools[cfg.pool].config.served_model, now)
@@ -263,7 +284,34 @@ class Evaluators:
         """Not scored before it is finished."""
 
     def feedback_received(self, body: FeedbackBody) -> None:
-        """Human judgements are read from the events, not here."""
+        """The first thumbs on a scored exposure: count its label beside its scores."""
+        thumbs_up = LABEL_KINDS.get(body.kind)
+        if thumbs_up is None or self.counters is None:
+            return
+        # Popped: one label per answer (a second click, or a reviewer's later label, is not
+        # counted again), so the labelled moments stay a sample of answers, not of clicks.
+        scored = self.remembered.pop(body.response_id, None)
+        for flag, flag_version, variant, evaluator, evaluator_version, score in scored or ():
+            self.counters.count_labelled_score(
+                flag, flag_version, variant, evaluator, evaluator_version, score, thumbs_up
+            )
+
+    def _remember(self, job: Job, scorer: _Scorer, score: float) -> None:
+        """Count the score of an exposure, and keep it for the answer's thumbs (bounded)."""
+        if self.counters is None or not job.split:
+            return
+        self.counters.count_score(
+            job.flag, job.flag_version, job.variant, scorer.name, scorer.version, score
+        )
+        entry = (job.flag, job.flag_version, job.variant, scorer.name, scorer.version, score)
+        scored = self.remembered.get(job.response_id)
+        if scored is not None:
+            scored.append(entry)
+            return
+        self.remembered[job.response_id] = [entry]
+        while len(self.remembered) > self.max_remembered:
+            self.remembered.popitem(last=False)
+            self.forgotten += 1
 
     def finished(self, ex: Exchange) -> None:
         """The request is over: offer the answer to the evaluators, and a pair's half."""
@@ -432,6 +480,7 @@ class Evaluators:
         self.metrics.latency.labels(scorer.name).observe(elapsed)
         self.metrics.score.labels(job.flag, job.variant, scorer.name).observe(score)
         self._count(scorer.name, "done", "")
+        self._remember(job, scorer, score)
         if self.emit is not None:
             body = EvaluationBody(
                 response_id=job.response_id,

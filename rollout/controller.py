@@ -331,7 +331,7 @@ class Controller:
         counts = await self.counters.read(plan.flag)
         pos = {plan.control: 0, plan.canary: 0}
         neg = dict(pos)
-        for phase in phases(counts, plan.primary):
+        for phase in phases(counts, plan.primary_kind):
             for name in pos:
                 pos[name] += phase.of(name).positive
                 neg[name] += phase.of(name).negative

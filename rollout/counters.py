@@ -36,8 +36,37 @@ PREFERENCE = "pref:"
 PREFERENCE_OUTCOMES = ("win", "loss", "tie", "both_bad")
 _OUTCOME_OF_A = {"a": "win", "b": "loss", "tie": "tie", "both_bad": "both_bad"}
 _MIRROR = {"win": "loss", "loss": "win", "tie": "tie", "both_bad": "both_bad"}
+# Evaluator scores, per evaluator and its version (`model@hash`): `score:<stat>:<evaluator>:
+# <version>` with stat n (count), sum, sq (sum of squares). The same answers' scores where a
+# person gave thumbs: `lscore:<stat>:...` with n (labelled), y (thumbs up), yf (score of the
+# thumbs-up ones), f and ff (sum and sum of squares of their scores). An evaluator's name has
+# no ':' (a config key); its version may, so it is the last part.
+SCORE, LABELLED = "score:", "lscore:"
+SCORE_STATS = ("n", "sum", "sq")
+LABELLED_STATS = ("n", "y", "yf", "f", "ff")
 # Sums of ratings are fractional; Redis refuses HINCRBY on a field once it holds a float.
 FLOAT_FIELDS = frozenset({RATING_SUM, RATING_SQ})
+
+
+def is_float_field(name: str) -> bool:
+    """Whether a backend must add to this field as a float (HINCRBYFLOAT in Redis)."""
+    return name in FLOAT_FIELDS or name.startswith((SCORE, LABELLED))
+
+
+def score_field(prefix: str, stat: str, evaluator: str, version: str) -> str:
+    """`score:n:rm:model@abc` and the like."""
+    return f"{prefix}{stat}:{evaluator}:{version}"
+
+
+def parse_score_field(name: str) -> tuple[str, str, str, str] | None:
+    """(prefix, stat, evaluator, version) of a score field; None for any other field."""
+    for prefix in (SCORE, LABELLED):
+        if name.startswith(prefix):
+            parts = name[len(prefix) :].split(":", 2)
+            if len(parts) == 3:
+                return prefix, parts[0], parts[1], parts[2]
+    return None
+
 
 TallyKey = tuple[str, int, str]  # (flag, flag version, variant)
 
@@ -300,6 +329,33 @@ class ExperimentCounters:
             return
         name = f"{PREFERENCE}{variant_b}:{outcome}"
         fields[name] = fields.get(name, 0.0) + 1
+
+    def count_score(
+        self, flag: str, version: int, variant: str, evaluator: str, evaluator_version: str,
+        score: float,
+    ) -> None:  # fmt: skip
+        """One evaluator score of an answer of the weighted split: count, sum, sum of squares."""
+        self._note_version(flag, version)
+        fields = self._tally((flag, version, variant))
+        if fields is None:
+            return
+        for stat, value in zip(SCORE_STATS, (1.0, score, score * score), strict=True):
+            name = score_field(SCORE, stat, evaluator, evaluator_version)
+            fields[name] = fields.get(name, 0.0) + value
+
+    def count_labelled_score(
+        self, flag: str, version: int, variant: str, evaluator: str, evaluator_version: str,
+        score: float, thumbs_up: bool,
+    ) -> None:  # fmt: skip
+        """A scored answer that a person gave thumbs: the moments PPI and agreement read."""
+        fields = self._tally((flag, version, variant))
+        if fields is None:
+            return
+        y = 1.0 if thumbs_up else 0.0
+        values = (1.0, y, y * score, score, score * score)
+        for stat, value in zip(LABELLED_STATS, values, strict=True):
+            name = score_field(LABELLED, stat, evaluator, evaluator_version)
+            fields[name] = fields.get(name, 0.0) + value
 
     async def flush(self) -> None:
         """Hand the batch to the backend; on failure keep it for the next try (bounded)."""

@@ -5,6 +5,8 @@ Order of precedence, first match wins (docs/experiments.md explains each):
 2. no exposures at all                              -> insufficient_data
 3. sample ratio mismatch                            -> hold (the comparison cannot be trusted)
 4. enough sample and the sequential test says worse -> rollback
+   (the primary metric's test: feedback, or the plan's evaluator metric, rollout/scores.py;
+   evaluator guardrails arrive checked, in x.score_checks, and join step 1 and 5)
 5. too little sample, exposure, time or guardrail data so far -> insufficient_data
 6. a guardrail without data                         -> hold (never act on missing data)
 7. last step: promote (or hold while "better" is required and not shown)
@@ -21,6 +23,7 @@ from rollout.model import (
     Guardrail,
     GuardrailCheck,
     Policy,
+    ScoreComparison,
     VariantCounts,
 )
 
@@ -99,6 +102,21 @@ def _feedback_gaps(canary: VariantCounts, control: VariantCounts, policy: Policy
     return gaps
 
 
+def _score_gaps(score: ScoreComparison) -> list[str]:
+    """What an evaluator primary metric still lacks before its test may move the rollout."""
+    what = "labelled answers" if score.metric.startswith("approval:") else "scores"
+    if score.version is None:
+        return [f"{score.metric}: no scores from evaluator {score.evaluator!r} yet"]
+    gaps = [
+        f"{arm} has {count} {what} ({score.metric}), need {score.minimum}"
+        for arm, count in (("canary", score.canary_count), ("control", score.control_count))
+        if count < score.minimum
+    ]
+    if not gaps and score.sequential is None:
+        gaps.append(f"{score.metric}: no spread in the scores yet")
+    return gaps
+
+
 def _step_gaps(current: VariantCounts, elapsed: float, policy: Policy) -> list[str]:
     """What the current step still lacks before the canary may move up."""
     gaps = []
@@ -124,15 +142,23 @@ def decide(experiment: ExperimentInput) -> ExperimentReport:
             alpha=policy.alpha,
             tau=policy.tau,
             confidence=policy.confidence,
-            previous_p_value=x.previous_p_value if name == x.canary else 1.0,
+            # The running p belongs to the primary metric's test: with an evaluator primary,
+            # the feedback test shown beside it starts from its own look.
+            previous_p_value=(
+                x.previous_p_value if name == x.canary and x.primary_score is None else 1.0
+            ),
         )
         for name in variant_names(phases, x.control, x.canary)
     ]
     canary_report = reports[1]
     sequential = canary_report.sequential
+    score = x.primary_score
+    if score is not None:
+        # An evaluator metric is the primary: its test decides, feedback is shown beside it.
+        sequential = score.sequential
     p_value = sequential.p_value if sequential else x.previous_p_value
     srm_all, srm_now = srm(phases)
-    checks = [check_guardrail(g, policy) for g in x.guardrails]
+    checks = [check_guardrail(g, policy) for g in x.guardrails] + list(x.score_checks)
 
     def report(decision: Decision, reasons: list[str]) -> ExperimentReport:
         return ExperimentReport(
@@ -149,6 +175,7 @@ def decide(experiment: ExperimentInput) -> ExperimentReport:
             p_value=p_value,
             decision=decision,
             reasons=reasons,
+            primary_score=score,
         )
 
     breaches = [c.reason for c in checks if c.status == "breach"]
@@ -171,7 +198,8 @@ def decide(experiment: ExperimentInput) -> ExperimentReport:
             ],
         )
 
-    feedback_gaps = _feedback_gaps(canary, control, policy)
+    feedback_gaps = _feedback_gaps(canary, control, policy) if score is None else _score_gaps(score)
+    metric = "the primary metric" if score is None else score.metric
     if not feedback_gaps and sequential is not None:
         worse = p_value <= policy.alpha and sequential.difference < 0.0
         if worse:
@@ -179,7 +207,7 @@ def decide(experiment: ExperimentInput) -> ExperimentReport:
             return report(
                 "rollback",
                 [
-                    f"canary worse on the primary metric: difference {sequential.difference:+.4f} "
+                    f"canary worse on {metric}: difference {sequential.difference:+.4f} "
                     f"(confidence sequence {cs.low:+.4f} to {cs.high:+.4f}), "
                     f"always-valid p = {p_value:.3g} <= {policy.alpha}"
                 ],
@@ -201,7 +229,11 @@ def decide(experiment: ExperimentInput) -> ExperimentReport:
 
     held = [f"{len(checks)} guardrails hold"] if checks else ["no guardrails configured"]
     better = sequential is not None and p_value <= policy.alpha and sequential.difference > 0.0
-    verdict = f"primary metric: p = {p_value:.3g}" + (", canary better" if better else "")
+    verdict = f"primary metric{'' if score is None else ' ' + score.metric}: p = {p_value:.3g}"
+    if score is not None and sequential is not None:
+        cs = sequential.confidence_sequence
+        verdict += f", difference {cs.estimate:+.4g} (CS {cs.low:+.4g}, {cs.high:+.4g})"
+    verdict += ", canary better" if better else ""
     if policy.last_step:
         if policy.promote_requires_better and not better:
             return report("hold", [*held, verdict, "last step: promotion needs the canary better"])

@@ -104,6 +104,36 @@ class Policy(BaseModel):
     )
 
 
+class GuardrailCheck(BaseModel):
+    """The verdict on one guardrail and why."""
+
+    model_config = _FROZEN
+
+    name: str
+    canary: float | None
+    control: float | None
+    limit: float | None
+    status: GuardrailStatus
+    reason: str
+
+
+class ScoreComparison(BaseModel):
+    """An evaluator metric, canary against control: `score:<evaluator>` (mean score, mSPRT for
+    means) or `approval:<evaluator>` (thumbs-up rate by prediction-powered inference)."""
+
+    model_config = _FROZEN
+
+    metric: str
+    evaluator: str
+    version: str | None = Field(description="evaluator version compared (model@hash)")
+    canary: float | None = None
+    control: float | None = None
+    canary_count: int = Field(0, ge=0, description="scores, or labelled answers for approval")
+    control_count: int = Field(0, ge=0)
+    minimum: int = Field(0, ge=0, description="per arm before the test may move the rollout")
+    sequential: SequentialResult | None = None
+
+
 class ExperimentInput(BaseModel):
     """Everything a decision depends on; the decision is a pure function of this."""
 
@@ -119,6 +149,10 @@ class ExperimentInput(BaseModel):
     previous_p_value: float = Field(
         default=1.0, ge=0.0, le=1.0, description="the canary's always-valid p at the last look"
     )
+    # An evaluator metric as the primary metric (its test replaces the feedback one).
+    primary_score: ScoreComparison | None = None
+    # Evaluator guardrails, checked already (rollout/scores.py): they need the sequence.
+    score_checks: list[GuardrailCheck] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _distinct_arms(self) -> ExperimentInput:
@@ -149,19 +183,6 @@ class VariantReport(BaseModel):
     sequential: SequentialResult | None = Field(default=None, description="mSPRT vs control")
 
 
-class GuardrailCheck(BaseModel):
-    """The verdict on one guardrail and why."""
-
-    model_config = _FROZEN
-
-    name: str
-    canary: float | None
-    control: float | None
-    limit: float | None
-    status: GuardrailStatus
-    reason: str
-
-
 class ExperimentReport(BaseModel):
     """Statistics per variant, the checks behind the decision, and the decision."""
 
@@ -180,3 +201,6 @@ class ExperimentReport(BaseModel):
     p_value: float = Field(description="canary vs control, always valid, running minimum")
     decision: Decision
     reasons: list[str]
+    primary_score: ScoreComparison | None = Field(
+        default=None, description="the evaluator metric decided on, when it is the primary"
+    )

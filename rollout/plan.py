@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import itertools
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from rollout.model import Decision, Policy
 
@@ -13,6 +20,9 @@ GuardrailMetric = Literal[
     "error_rate", "latency_p95", "ttft_p95", "safety_rate", "thumbs_down_share", "regenerate_rate"
 ]
 PrimaryMetric = Literal["thumbs", "accept"]
+# An evaluator's mean score (`score:rm`) or the thumbs-up rate estimated by prediction-powered
+# inference from that evaluator's scores and people's thumbs (`approval:rm`), as guardrails.
+ScoreGuardrailMetric = Annotated[str, StringConstraints(pattern=r"^(score|approval):[^:\s]+$")]
 RolloutStatus = Literal["running", "rolled_back", "promoted", "paused"]
 # "resume" is only ever a person's (the admin API); the controller takes the others.
 ActionKind = Literal["start", "advance", "rollback", "promote", "allocate", "hold", "resume"]
@@ -27,13 +37,50 @@ PRIMARY_KINDS: dict[str, tuple[str, str]] = {
 
 
 class GuardrailSpec(BaseModel):
-    """A metric the canary may not be worse on than control by more than a relative margin."""
+    """A metric the canary may not be worse on than control by more than a margin.
+
+    Operational and feedback metrics (error_rate, ...) compare the two values within a relative
+    margin. `score:<evaluator>` and `approval:<evaluator>` compare with the always-valid
+    confidence sequence of canary minus control: breached once its upper end is below
+    -max_decrease (shown worse by more than allowed), passing once its lower end is above it.
+    """
 
     model_config = _FROZEN
 
-    metric: GuardrailMetric
+    metric: GuardrailMetric | ScoreGuardrailMetric
     max_relative_increase: float = Field(0.1, ge=0.0)
     absolute_slack: float = Field(0.0, ge=0.0)
+    # score:/approval: only: the decrease allowed, in score units or as a share (0.05: 5 pp).
+    max_decrease: float = Field(0.0, ge=0.0)
+    # score:/approval: only: the evaluator version (`model@hash`); None: the most scored one.
+    version: str | None = None
+
+    @property
+    def score_kind(self) -> Literal["score", "approval"] | None:
+        """`score` or `approval` for an evaluator guardrail, else None."""
+        kind = self.metric.split(":", 1)[0]
+        return kind if kind in ("score", "approval") else None  # type: ignore[return-value]
+
+    @property
+    def evaluator(self) -> str:
+        """The evaluator an evaluator guardrail reads ('' for the others)."""
+        return self.metric.split(":", 1)[1] if self.score_kind else ""
+
+
+class ScoreMetric(BaseModel):
+    """An evaluator as the primary metric: its mean score (mSPRT for means), or with `ppi`
+    the thumbs-up rate estimated from its scores plus people's thumbs (rollout/ppi.py)."""
+
+    model_config = _FROZEN
+
+    evaluator: Annotated[str, StringConstraints(pattern=r"^[^:\s]+$")]
+    version: str | None = Field(None, description="model@hash; None: the most scored version")
+    ppi: bool = False
+    tau: float | None = Field(
+        None, gt=0.0, description="mSPRT mixing sd; default 0.25 score units, or the plan's tau"
+    )
+    min_scores: int = Field(200, ge=2, description="scored answers per arm")
+    min_labels: int = Field(50, ge=2, description="with ppi: answers with thumbs per arm")
 
 
 DEFAULT_GUARDRAILS: tuple[GuardrailSpec, ...] = (
@@ -93,7 +140,8 @@ class RolloutPlan(BaseModel):
     min_outcomes: int = Field(10, ge=0)
     min_guardrail_sample: int = Field(100, ge=0)
     guardrails: tuple[GuardrailSpec, ...] = DEFAULT_GUARDRAILS
-    primary: PrimaryMetric = "thumbs"
+    # thumbs, accept, or an evaluator: `{evaluator: rm}` or `{evaluator: rm, ppi: true}`.
+    primary: PrimaryMetric | ScoreMetric = "thumbs"
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
     tau: float = Field(0.05, gt=0.0)
     promote_requires_better: bool = False
@@ -120,6 +168,16 @@ class RolloutPlan(BaseModel):
         if self.control == self.canary:
             raise ValueError("control and canary must be different variants")
         return self
+
+    @property
+    def primary_kind(self) -> PrimaryMetric:
+        """The feedback pair phases count (thumbs when the primary metric is a score)."""
+        return "thumbs" if isinstance(self.primary, ScoreMetric) else self.primary
+
+    @property
+    def score_primary(self) -> ScoreMetric | None:
+        """The evaluator metric the decision tests, when the primary metric is one."""
+        return self.primary if isinstance(self.primary, ScoreMetric) else None
 
     def weights(self, canary_share: float) -> dict[str, float]:
         """Weights (percent) that give the canary `canary_share` and control the rest."""

@@ -89,3 +89,54 @@ def ppi_mean(
         labelled=n,
         scored=big_n,
     )
+
+
+class LabelledMoments(BaseModel):
+    """Running sums over answers with a 0/1 label y (thumbs up = 1) and a score f."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    count: int = 0
+    labels: float = 0.0  # sum of y (= sum of y^2 for 0/1 labels)
+    label_scores: float = 0.0  # sum of y * f
+    scores: float = 0.0  # sum of f
+    scores_sq: float = 0.0  # sum of f^2
+
+
+def ppi_from_moments(
+    labelled: LabelledMoments,
+    unlabelled_count: int,
+    unlabelled_total: float,
+    unlabelled_total_sq: float,
+    confidence: float = 0.95,
+    weight: float | None = None,
+) -> PPIResult:
+    """ppi_mean from running sums (0/1 labels): what the experiment counters keep."""
+    n, big_n = labelled.count, unlabelled_count
+    if n < 2 or big_n < 2:
+        raise ValueError(f"need two labelled and two unlabelled answers, got {n} and {big_n}")
+    y_bar, f_bar, u_bar = labelled.labels / n, labelled.scores / n, unlabelled_total / big_n
+    var_y = max(0.0, (labelled.labels - n * y_bar * y_bar) / (n - 1))
+    cov_yf = (labelled.label_scores - n * y_bar * f_bar) / (n - 1)
+    var_f_lab = max(0.0, (labelled.scores_sq - n * f_bar * f_bar) / (n - 1))
+    var_u = max(0.0, (unlabelled_total_sq - big_n * u_bar * u_bar) / (big_n - 1))
+    human = _interval(y_bar, var_y / n, confidence)
+    if weight is None:
+        m = n + big_n
+        all_bar = (labelled.scores + unlabelled_total) / m
+        var_f = max(
+            0.0, (labelled.scores_sq + unlabelled_total_sq - m * all_bar * all_bar) / (m - 1)
+        )
+        tuned = cov_yf / ((1.0 + n / big_n) * var_f) if var_f > 0 else 0.0
+        weight = min(1.0, max(0.0, tuned))
+    lam = weight
+    estimate = lam * u_bar + y_bar - lam * f_bar
+    var_residual = max(0.0, var_y - 2.0 * lam * cov_yf + lam * lam * var_f_lab)
+    variance = lam * lam * var_u / big_n + var_residual / n
+    return PPIResult(
+        interval=_interval(estimate, variance, confidence),
+        human_only=human,
+        weight=lam,
+        labelled=n,
+        scored=big_n,
+    )

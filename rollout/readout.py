@@ -59,7 +59,7 @@ class VariantMetrics(BaseModel):
     regenerate_rate: float | None
 
 
-def _spans(versions: Sequence[VersionMeta]) -> list[PhaseSpan]:
+def phase_spans(versions: Sequence[VersionMeta]) -> list[PhaseSpan]:
     spans: list[PhaseSpan] = []
     current: list[VersionMeta] = []
 
@@ -87,7 +87,7 @@ def _spans(versions: Sequence[VersionMeta]) -> list[PhaseSpan]:
     return spans
 
 
-def _merged(counts: ExperimentCounts, versions: Sequence[int], variant: str) -> Tally:
+def merged(counts: ExperimentCounts, versions: Sequence[int], variant: str) -> Tally:
     out = Tally(units=0)
     for version in versions:
         tally = counts.tallies.get((version, variant))
@@ -112,14 +112,14 @@ def _variant_counts(tally: Tally, primary: str) -> VariantCounts:
 def phases(counts: ExperimentCounts, primary: str = "thumbs") -> list[Phase]:
     """Phases with each variant's counts, oldest first."""
     out = []
-    for span in _spans(counts.versions):
+    for span in phase_spans(counts.versions):
         out.append(
             Phase(
                 started_at=span.started_at,
                 ended_at=span.ended_at,
                 weights=span.weights,
                 counts={
-                    name: _variant_counts(_merged(counts, span.versions, name), primary)
+                    name: _variant_counts(merged(counts, span.versions, name), primary)
                     for name in span.weights
                 },
             )
@@ -130,7 +130,7 @@ def phases(counts: ExperimentCounts, primary: str = "thumbs") -> list[Phase]:
 def variant_totals(counts: ExperimentCounts, variant: str) -> Tally:
     """A variant's tallies summed over every split (not killed) version."""
     versions = [m.version for m in counts.versions if not m.killed]
-    return _merged(counts, versions, variant)
+    return merged(counts, versions, variant)
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -180,6 +180,7 @@ def guardrails(
             canary_sample=_sample(canary, spec.metric),
         )
         for spec in specs
+        if spec.score_kind is None  # evaluator guardrails: rollout/scores.py checks them
     ]
 
 
@@ -191,17 +192,23 @@ def experiment_input(
     previous_p_value: float = 1.0,
 ) -> ExperimentInput:
     """Everything decide() needs for a plan at step index `step`."""
+    # Evaluator metrics read phases and merged tallies from here: imported late, no cycle.
+    from rollout.scores import primary_comparison, score_checks
+
+    policy = plan.policy(max(step, 0))
     return ExperimentInput(
         flag=plan.flag,
         control=plan.control,
         canary=plan.canary,
         now=now,
-        phases=phases(counts, plan.primary),
+        phases=phases(counts, plan.primary_kind),
         guardrails=guardrails(
             plan.guardrails,
             variant_metrics(counts, plan.canary),
             variant_metrics(counts, plan.control),
         ),
-        policy=plan.policy(max(step, 0)),
+        policy=policy,
         previous_p_value=previous_p_value,
+        primary_score=primary_comparison(counts, plan, previous_p_value),
+        score_checks=score_checks(counts, plan, policy.min_guardrail_sample),
     )

@@ -15,6 +15,7 @@ from rollout.counters import ExperimentCounters, ExperimentCounts, running_count
 from rollout.decision import decide
 from rollout.plan import RolloutPlan, RolloutState
 from rollout.readout import experiment_input, phases, variant_metrics
+from rollout.scores import scores_view
 from rollout.stores.counters import open_backend
 from rollout.stores.lock import AlwaysLeader
 from rollout.stores.plans import PlanStore, open_plan_store
@@ -74,6 +75,8 @@ def experiment_view(
         "enough_data": report.decision != "insufficient_data",
         "report": report.model_dump(mode="json"),
         "metrics": [variant_metrics(counts, n).model_dump(mode="json") for n in names],
+        # Per evaluator: mean score per variant, difference vs control, PPI, agreement.
+        "scores": scores_view(counts, plan.canary, plan.control, names, plan.alpha),
         "phases": [
             {
                 "started_at": p.started_at,
@@ -81,7 +84,7 @@ def experiment_view(
                 "weights": p.weights,
                 "exposures": {n: c.exposures for n, c in p.counts.items()},
             }
-            for p in phases(counts, plan.primary)
+            for p in phases(counts, plan.primary_kind)
         ],
     }
 

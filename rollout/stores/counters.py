@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from rollout.counters import (
-    FLOAT_FIELDS,
     Batch,
     CounterBackend,
     ExperimentCounts,
     Tally,
     TallyKey,
     VersionMeta,
+    is_float_field,
 )
 
 
@@ -104,7 +104,7 @@ class RedisCounterBackend:
         for (flag, version, variant), fields in batch.fields.items():
             key = self._tally_key(flag, version, variant)
             for name, value in fields.items():
-                if name in FLOAT_FIELDS:
+                if is_float_field(name):
                     pipe.hincrbyfloat(key, name, value)
                 else:
                     pipe.hincrby(key, name, int(value))
