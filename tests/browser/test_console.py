@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from feedback.sinks.spool import SEGMENT_SUFFIX
+from tests.support.events import spooled_events
 from tests.support.gateway import GatewayServer, pool, start_gateway
 from tests.support.ports import free_port, wait_until
 from tests.support.sim import SimServer, start_sim
@@ -517,6 +518,25 @@ def test_side_by_side_choice_becomes_a_preference_event(
     assert (body["source"], body["reviewer"]) == ("reviewer", "rui")
     assert "%" in page.get_by_role("row", name=re.compile("canary vs control")).inner_text()
     _shot(stack, page, "compare-after")
+    # The choice becomes a DPO row: chosen A, rejected B, with both ids as provenance.
+    out = stack["spool"].parent / "dataset-side-by-side"
+    built = subprocess.run(
+        [sys.executable, "-m", "cli", "datasets", "build", "--spool", str(stack["spool"]),
+         "--keys", str(stack["spool"].parent / "keys"), "--out", str(out),
+         "--test-fraction", "0", "--format", "jsonl"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    rows = [json.loads(line) for line in (out / "dpo" / "train.jsonl").read_text().splitlines()]
+    (row,) = [r for r in rows if r["response_ids"] == [a, b]]
+    assert row["rule"] == "preference"
+    answers = {
+        e["body"]["response_id"]: e["body"]
+        for e in spooled_events(stack["spool"])
+        if e["type"] == "completion"
+    }  # content opened with the gateway's keys
+    assert row["chosen"][-1]["content"] == answers[a]["response"]["text"]
+    assert row["rejected"][-1]["content"] == answers[b]["response"]["text"]
 
 
 def _shadow_events(spool: Path, primary_ids: set[str]) -> list[dict[str, Any]]:
