@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 
 import cli
 from cli.evaluators import MIN_LABELS, parse_window
+from feedback.schema import EVALUATIONS_TOPIC, FEEDBACK_TOPIC
 from rollout.calibration import auc
+from tests.support.kafka import TansuBroker
 
 VERSION = "reward-model-7b@3f9c2a1d0b"
 DAY0 = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
@@ -201,3 +203,33 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert parse_window("all") is None
     with pytest.raises(typer.BadParameter):
         parse_window("0d")
+
+
+@pytest.mark.filterwarnings(
+    "ignore:read_text is deprecated:DeprecationWarning",
+    "ignore:open_text is deprecated:DeprecationWarning",
+)
+def test_kafka_gives_what_the_spool_gives(kafka_broker: TansuBroker, tmp_path: Path) -> None:
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    events = _drifting()
+    admin = KafkaAdminClient(bootstrap_servers=[kafka_broker.bootstrap])
+    try:
+        admin.create_topics([NewTopic(t, 3, 1) for t in (EVALUATIONS_TOPIC, FEEDBACK_TOPIC)])
+    finally:
+        admin.close()
+    producer = KafkaProducer(bootstrap_servers=[kafka_broker.bootstrap], acks="all", linger_ms=0)
+    try:
+        for event in events:
+            topic = EVALUATIONS_TOPIC if event["type"] == "evaluation" else FEEDBACK_TOPIC
+            key = event["body"]["response_id"].encode()
+            producer.send(topic, key=key, value=json.dumps(event).encode())
+        producer.flush(timeout=10)
+    finally:
+        producer.close(timeout=5)
+    from_kafka = _json("--kafka", kafka_broker.bootstrap)
+    from_spool = _json("--spool", str(_spool(tmp_path, events)))
+    assert from_kafka["source"] == f"Kafka {kafka_broker.bootstrap}"
+    assert from_kafka["evaluators"] == from_spool["evaluators"]
+    assert [w["scored"] for w in from_kafka["evaluators"][0]["windows"]] == [80, 80, 80]
