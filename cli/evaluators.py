@@ -302,7 +302,7 @@ def register(app: typer.Typer) -> None:
                     lines, name = _kafka_lines(source.kafka), f"Kafka {','.join(source.kafka)}"
                 else:
                     assert source.spool is not None
-                    lines, name = list(_spool_lines(source.spool)), f"spool {source.spool}"
+                    lines, name = _spool_lines(source.spool), f"spool {source.spool}"
                 doc = build(lines, window_s, start, name)
         except CliError as exc:
             raise fail(exc) from exc
