@@ -71,13 +71,13 @@ def split_events(
     lines: Iterable[bytes], since: datetime | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(evaluations, feedback) among the lines, from `since` on; other events are skipped."""
-    from cli.events import Filter, _parse
+    from cli.events import Filter, parse_event
 
     wanted = Filter(types={"evaluation", "feedback"}, since=since)
     evaluations: list[dict[str, Any]] = []
     feedback: list[dict[str, Any]] = []
     for line in lines:
-        event = _parse(line)
+        event = parse_event(line)
         if event is None or not wanted.matches(event):
             continue
         body = event.get("body") or {}
@@ -290,14 +290,14 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
     ) -> None:
         """AUC for thumbs and Spearman for ratings, per evaluator, version and window."""
-        from cli.events import _kafka_errors, _source, _spool_errors
+        from cli.events import event_source, kafka_errors, spool_errors
 
         window_s = parse_window(window)
         start = parse_time(since, datetime.now(UTC)) if since is not None else None
         try:
-            source = _source(kafka, spool, config)
+            source = event_source(kafka, spool, config)
             lines: Iterable[bytes]
-            with _spool_errors(), _kafka_errors(), _status(as_json):
+            with spool_errors(), kafka_errors(), _status(as_json):
                 if source.kafka is not None:
                     lines, name = _kafka_lines(source.kafka), f"Kafka {','.join(source.kafka)}"
                 else:

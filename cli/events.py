@@ -54,7 +54,7 @@ def _events_config(config: Path | None) -> Any:
         raise CliError(str(exc), code=2) from exc
 
 
-def _source(kafka: list[str] | None, spool: Path | None, config: Path | None) -> Source:
+def event_source(kafka: list[str] | None, spool: Path | None, config: Path | None) -> Source:
     """Explicit --kafka or --spool win; otherwise the config's Kafka, else its spool."""
     events = _events_config(config)
     servers = _servers(kafka)
@@ -66,7 +66,7 @@ def _source(kafka: list[str] | None, spool: Path | None, config: Path | None) ->
 
 
 @contextlib.contextmanager
-def _spool_errors() -> Any:
+def spool_errors() -> Any:
     from feedback.sinks.spool_reader import SpoolBusy, SpoolError
 
     try:
@@ -155,7 +155,7 @@ class Filter:
         return not self.topics or route_of(event)[0] in self.topics
 
 
-def _parse(line: bytes) -> dict[str, Any] | None:
+def parse_event(line: bytes) -> dict[str, Any] | None:
     import orjson
 
     try:
@@ -203,7 +203,7 @@ def _topics_for(topics: list[str] | None, types: list[str] | None) -> list[str]:
 
 
 @contextlib.contextmanager
-def _kafka_errors() -> Any:
+def kafka_errors() -> Any:
     from feedback.sinks.kafka_reader import KafkaReadError
 
     try:
@@ -218,14 +218,14 @@ def _tail_kafka(
 ) -> None:  # fmt: skip
     from feedback.sinks.kafka_reader import TopicReader
 
-    with _kafka_errors(), TopicReader(servers, topics, wait=follow) as reader:
+    with kafka_errors(), TopicReader(servers, topics, wait=follow) as reader:
         shown = [(raw, ev) for raw in reader.backlog(last)
-                 if (ev := _parse(raw)) is not None and wanted.matches(ev)]  # fmt: skip
+                 if (ev := parse_event(raw)) is not None and wanted.matches(ev)]  # fmt: skip
         for raw, event in _last(shown, last):
             _show(raw, event, as_json, keys)
         while follow:
             for raw in reader.poll():
-                new = _parse(raw)
+                new = parse_event(raw)
                 if new is not None and wanted.matches(new):
                     _show(raw, new, as_json, keys)
 
@@ -249,7 +249,7 @@ def _tail_spool(
     backlog: list[tuple[str, bytes, dict[str, Any]]] = []
     for reader in readers:
         for raw in reader.read():
-            event = _parse(raw)
+            event = parse_event(raw)
             if event is not None and wanted.matches(event):
                 backlog.append((str(event.get("time", "")), raw, event))
     # Merged by time across folders; stable, so one folder's order holds for equal times.
@@ -263,7 +263,7 @@ def _tail_spool(
                     if f not in known]  # fmt: skip
         for reader in readers:
             for raw in reader.read():
-                event = _parse(raw)
+                event = parse_event(raw)
                 if event is not None and wanted.matches(event):
                     _show(raw, event, as_json, keys)
 
@@ -363,9 +363,9 @@ def register(app: typer.Typer) -> None:
         count = last if last is not None else (None if start is not None else 10)
         wanted = Filter(set(topic) if topic else None, set(type_) if type_ else None, start)
         try:
-            source = _source(kafka, spool, config)
+            source = event_source(kafka, spool, config)
             reader = key_reader_for(keys, source.spool)
-            with contextlib.suppress(KeyboardInterrupt), _spool_errors():
+            with contextlib.suppress(KeyboardInterrupt), spool_errors():
                 if source.kafka is not None:
                     topics = _topics_for(topic, type_)
                     _tail_kafka(source.kafka, topics, wanted, count, follow, as_json, reader)
@@ -390,11 +390,11 @@ def register(app: typer.Typer) -> None:
         from feedback.sinks.spool_reader import spool_stats
 
         try:
-            source = _source(kafka, spool, config)
+            source = event_source(kafka, spool, config)
             if source.kafka is not None:
                 from feedback.sinks.kafka_reader import topic_stats
 
-                with _kafka_errors():
+                with kafka_errors():
                     rows = topic_stats(source.kafka, topic)
                 if as_json:
                     print(json.dumps({"kafka": rows}, indent=2))
@@ -407,7 +407,7 @@ def register(app: typer.Typer) -> None:
                     table.add_row(row["topic"], str(row["partitions"]), str(row["records"]), ends)
                 console().print(table)
             elif source.spool is not None:
-                with _spool_errors():
+                with spool_errors():
                     folders = spool_stats(source.spool)
                 if as_json:
                     payload = [
@@ -440,7 +440,7 @@ def register(app: typer.Typer) -> None:
             else:
                 raise CliError("no Kafka to replay to: give --kafka or a config with events.kafka")
             root = spool or events_config.spool.dir
-            with _spool_errors():
+            with spool_errors():
                 folders = spool_folders(root)
                 live = [str(f) for f in folders if is_locked(f)]
                 if live:  # refuse before touching any folder, not half-way through
