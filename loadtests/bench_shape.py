@@ -1,0 +1,711 @@
+"""Loopgate at production shape (issue 19), measured side by side in one run.
+
+Four modes, each interleaving what it compares (A, B, A, B, ...) over `--rounds` rounds, so
+that a busy machine disturbs both sides alike; every figure is a ratio from one run.
+
+- `kafka`:    gateway CPU per json request, events to Kafka (a local tansu) vs the spool.
+- `feedback`: /v1/feedback and /v1/feedback/batch into Kafka beside a bare FastAPI+pydantic
+              route parsing the same bodies; every accepted event read back from the topic.
+- `workers`:  `--workers 2` (Prometheus multiprocess mode) vs `--workers 1`, CPU per request
+              summed over the serve process and its workers.
+- `streams`:  N open streams of a slow simulator through the gateway, the bare aiohttp
+              pass-through and directly: RSS per open stream, CPU per relayed chunk, the
+              inter-chunk gaps the client sees.
+
+CPU is user+sys from /proc of the server processes over the measured window (and the drain
+of the events it caused). Events emitted vs delivered are printed for every gateway. Nothing
+asserts on timing. Loopback only; every server is started here on a free port and stopped
+by its pid.
+
+    PYTHONPATH=$PWD .venv/bin/python -m loadtests.bench_shape MODE [--rounds 2] [--duration 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from feedback.schema import COMPLETIONS_TOPIC, FEEDBACK_TOPIC
+from loadtests.bench_gateway import PY, ROOT, Proc, cpu_seconds, free_port, started
+from tests.support.kafka import TansuBroker, consume_all
+
+console = Console(width=160)
+
+
+# ---------------------------------------------------------------- processes and counters
+
+
+def tree_pids(root: int) -> list[int]:
+    """A process and its live descendants (serve's workers), from /proc."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(entry.name)] = int(fields[1])
+    out, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, ppid in parent.items() if ppid in frontier]
+        out.extend(frontier)
+    return out
+
+
+def tree_cpu(root: int) -> float:
+    """user+sys CPU seconds of a process tree (live processes; workers stay up while measured)."""
+    total = 0.0
+    for pid in tree_pids(root):
+        with suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of one process, KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(pid)
+
+
+def event_counters(url: str) -> dict[str, float]:
+    """The gateway's loopgate_events_* totals (unlabelled), by short name."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"loopgate_events_(\w+)_total ([\d.e+]+)", line)
+        if match:
+            out[match.group(1)] = float(match.group(2))
+    return out
+
+
+def delivered(counters: dict[str, float]) -> float:
+    """Events the sink has taken for good: acknowledged by Kafka or fsync'd to the spool."""
+    return counters.get("sent", 0.0) + counters.get("spooled", 0.0)
+
+
+def wait_drained(url: str, timeout: float = 60.0) -> dict[str, float]:
+    """Poll until every emitted event was delivered or dropped (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        c = event_counters(url)
+        if delivered(c) + c.get("dropped", 0.0) >= c.get("emitted", 0.0):
+            return c
+        if time.monotonic() > deadline:
+            return c
+        time.sleep(0.1)
+
+
+def topic_event_ids(bootstrap: str, topic: str, expected: int) -> tuple[int, int]:
+    """(records, distinct event ids) in a topic, read from the start."""
+    records = consume_all(bootstrap, [topic], expected, timeout=max(30.0, expected / 2000))
+    ids = {json.loads(r.value)["event_id"] for r in records}
+    return len(records), len(ids)
+
+
+# ---------------------------------------------------------------- servers
+
+
+def sim_cmd(port: int, itl: float = 0.0, tokens: int = 16) -> list[str]:
+    """A `loopgate sim` with no waiting (or tokens spaced `itl` apart), no jitter."""
+    return [
+        PY, "-m", "cli", "sim", "--port", str(port), "--model", "bench", "--ttft", "0",
+        "--itl", str(itl), "--output-tokens", str(tokens), "--jitter", "0",
+        "--max-num-seqs", "100000",
+    ]  # fmt: skip
+
+
+def gateway_cmd(folder: Path, name: str, sim_port: int, events: dict[str, Any]) -> list[str]:
+    """`loopgate serve` as bench_gateway runs it: a two-variant flag, everything on."""
+    endpoint = {"endpoints": [f"http://127.0.0.1:{sim_port}"], "served_model": "bench"}
+    flag = {
+        "salt": "bench",
+        "control": "a",
+        "variants": [
+            {"name": "a", "pool": "policy-a", "served_model": "bench", "weight": 50},
+            {"name": "b", "pool": "policy-b", "served_model": "bench", "weight": 50},
+        ],
+    }
+    (folder / "flags.yaml").write_text(yaml.safe_dump({"bench": flag}))
+    config = {
+        "pools": {"policy-a": endpoint, "policy-b": endpoint},
+        "models": {"policy-a": {"pool": "policy-a"}, "policy-b": {"pool": "policy-b"}},
+        "flags": {"source": "file", "path": str(folder / "flags.yaml")},
+        "events": events,
+    }
+    path = folder / f"gateway-{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return [PY, "-m", "cli", "serve", "--config", str(path), "--log-level", "warning"]
+
+
+def serve(stack: ExitStack, name: str, cmd: list[str], health: str = "/healthz") -> Proc:
+    """Start a server on a free port for the rest of the stack."""
+    port = free_port()
+    return stack.enter_context(started(name, [*cmd, "--port", str(port)], port, health))
+
+
+def spool_events(folder: Path, name: str) -> dict[str, Any]:
+    """Events config: the spool only."""
+    return {"spool": {"dir": str(folder / f"spool-{name}")}}
+
+
+def kafka_events(folder: Path, name: str, bootstrap: str) -> dict[str, Any]:
+    """Events config: Kafka, with the spool as fallback."""
+    return {**spool_events(folder, name), "kafka": {"bootstrap_servers": [bootstrap]}}
+
+
+def reference_cmd(sim_port: int) -> Callable[[int], list[str]]:
+    """The bare FastAPI+aiohttp pass-through (with bare feedback routes)."""
+    return lambda port: [PY, "-m", "loadtests.reference_passthrough", str(port),
+                         f"http://127.0.0.1:{sim_port}"]  # fmt: skip
+
+
+def serve_reference(stack: ExitStack, sim_port: int) -> Proc:
+    """Start the reference on a free port."""
+    port = free_port()
+    return stack.enter_context(started("reference", reference_cmd(sim_port)(port), port, "/docs"))
+
+
+# ---------------------------------------------------------------- wrk
+
+
+@dataclass
+class Load:
+    """One wrk load on one server: calls, errors, wall time, CPU of its process tree."""
+
+    calls: int
+    errors: int
+    seconds: float
+    cpu_s: float
+
+    @property
+    def ok(self) -> int:
+        """Calls answered 2xx."""
+        return self.calls - self.errors
+
+    @property
+    def cpu_ms_per_call(self) -> float:
+        """CPU per accepted call, ms."""
+        return self.cpu_s * 1000 / max(self.ok, 1)
+
+
+def _lua(path: str, bodies: list[str]) -> str:
+    quoted = ", ".join(json.dumps(b) for b in bodies)
+    script = (
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"local bodies = {{{quoted}}}\n"
+        "local n = 0\n"
+        "request = function()\n"
+        "  n = n + 1\n"
+        f"  return wrk.format(nil, {json.dumps(path)}, nil, bodies[n % #bodies + 1])\n"
+        "end\n"
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    return handle.name
+
+
+def drive(
+    proc: Proc, path: str, bodies: list[str], conns: int, duration: float, gateway: bool
+) -> Load:
+    """wrk at `conns` for `duration` s; CPU over the load and (gateway) its events' drain."""
+    script = _lua(path, bodies)
+    cmd = ["wrk", "-t2", f"-c{conns}", f"-d{max(1, round(duration))}s", "-s", script,
+           proc.url + path]  # fmt: skip
+    cpu0, start = tree_cpu(proc.proc.pid), time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    seconds = time.monotonic() - start
+    if gateway:
+        wait_drained(proc.url)
+    cpu = tree_cpu(proc.proc.pid) - cpu0
+    os.unlink(script)
+    calls = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(m.group(1))
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        errors += sum(int(g) for g in m.groups())
+    return Load(calls, errors, seconds, cpu)
+
+
+def chat_bodies(stream: bool = False, tokens: int = 16) -> list[str]:
+    """Chat bodies of 1,000 distinct users (so flag assignment hashes real units)."""
+    return [
+        json.dumps(
+            {
+                "model": "bench",
+                "user": f"u{n}",
+                "messages": [{"role": "user", "content": "Tell me about parcels and delivery."}],
+                "max_tokens": tokens,
+                "stream": stream,
+            }
+        )
+        for n in range(1000)
+    ]
+
+
+def rng(values: list[float], fmt: str = "{:.3f}") -> str:
+    """A range 'lo-hi' (or the one value)."""
+    lo, hi = min(values), max(values)
+    return (
+        fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
+    )
+
+
+def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """Print one rich table."""
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col, justify="right")
+    for row in rows:
+        t.add_row(*row)
+    console.print(t)
+
+
+# ---------------------------------------------------------------- mode: kafka
+
+
+def mode_kafka(args: argparse.Namespace, folder: Path) -> None:
+    """Gateway CPU per json request with events to Kafka vs to the spool, interleaved."""
+    broker = TansuBroker()
+    broker.start()
+    try:
+        with ExitStack() as stack:
+            sim_port = free_port()
+            stack.enter_context(started("sim", sim_cmd(sim_port), sim_port, "/health"))
+            gws = {
+                "spool": serve(
+                    stack, "spool",
+                    gateway_cmd(folder, "spool", sim_port, spool_events(folder, "spool")),
+                ),
+                "kafka": serve(
+                    stack, "kafka",
+                    gateway_cmd(folder, "kafka", sim_port,
+                                kafka_events(folder, "kafka", broker.bootstrap)),
+                ),
+            }  # fmt: skip
+            bodies = chat_bodies()
+            for gw in gws.values():  # warm up (and create the topics)
+                drive(gw, "/v1/chat/completions", bodies, 4, 1, True)
+            loads: dict[str, list[Load]] = {name: [] for name in gws}
+            for _ in range(args.rounds):
+                for name, gw in gws.items():
+                    loads[name].append(
+                        drive(gw, "/v1/chat/completions", bodies, args.concurrency,
+                              args.duration, True)
+                    )  # fmt: skip
+            counters = {name: wait_drained(gw.url) for name, gw in gws.items()}
+        emitted = int(counters["kafka"].get("emitted", 0))
+        records, distinct = topic_event_ids(broker.bootstrap, COMPLETIONS_TOPIC, emitted)
+    finally:
+        broker.kill()
+    rows = []
+    for i in range(args.rounds):
+        s, k = loads["spool"][i], loads["kafka"][i]
+        rows.append([
+            str(i + 1), f"{s.ok / s.seconds:,.0f}", f"{k.ok / k.seconds:,.0f}",
+            f"{s.cpu_ms_per_call:.3f}", f"{k.cpu_ms_per_call:.3f}",
+            f"{k.cpu_ms_per_call / s.cpu_ms_per_call:.2f}x", str(s.errors + k.errors),
+        ])  # fmt: skip
+    table(f"chat json c={args.concurrency}, one worker: events to the spool vs to Kafka",
+          ["round", "spool req/s", "kafka req/s", "spool CPU ms/req", "kafka CPU ms/req",
+           "kafka/spool CPU", "errors"], rows)  # fmt: skip
+    ratio = [
+        k.cpu_ms_per_call / s.cpu_ms_per_call
+        for s, k in zip(loads["spool"], loads["kafka"], strict=True)
+    ]
+    table("targets", ["figure", "measured", "target"], [
+        ["kafka / spool CPU per request", rng(ratio, "{:.2f}x"), "<= 1.1x"],
+        ["kafka CPU per request", rng([k.cpu_ms_per_call for k in loads["kafka"]]) + " ms",
+         "<= 0.20 ms"],
+        ["spool: emitted / spooled / dropped", _counts(counters["spool"]), "all / 0"],
+        ["kafka: emitted / sent+spooled / dropped", _counts(counters["kafka"]), "all / 0"],
+        ["completions topic: records / distinct event ids", f"{records:,} / {distinct:,}",
+         f"= emitted ({emitted:,})"],
+    ])  # fmt: skip
+
+
+def _counts(c: dict[str, float]) -> str:
+    return f"{c.get('emitted', 0):,.0f} / {delivered(c):,.0f} / {c.get('dropped', 0):,.0f}"
+
+
+# ---------------------------------------------------------------- mode: feedback
+
+
+def _response_ids(url: str, count: int) -> list[str]:
+    body = json.dumps(
+        {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    ).encode()
+    ids = []
+    for n in range(count):
+        request = urllib.request.Request(
+            url + "/v1/chat/completions",
+            data=body.replace(b'"max_tokens"', f'"user": "u{n}", "max_tokens"'.encode()),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            ids.append(json.loads(answer.read())["id"])
+    return ids
+
+
+def mode_feedback(args: argparse.Namespace, folder: Path) -> None:
+    """Feedback into Kafka beside the bare FastAPI+pydantic route, interleaved; read back."""
+    broker = TansuBroker()
+    broker.start()
+    batch = args.batch
+    try:
+        with ExitStack() as stack:
+            sim_port = free_port()
+            stack.enter_context(started("sim", sim_cmd(sim_port), sim_port, "/health"))
+            gw = serve(
+                stack, "kafka",
+                gateway_cmd(folder, "kafka", sim_port,
+                            kafka_events(folder, "kafka", broker.bootstrap)),
+            )  # fmt: skip
+            ref = serve_reference(stack, sim_port)
+            ids = _response_ids(gw.url, 200)
+            kinds = ["thumbs_up", "thumbs_down", "accept", "regenerate"]
+            single = [
+                json.dumps({"response_id": rid, "kind": kinds[n % 4]}) for n, rid in enumerate(ids)
+            ]
+            batches = [
+                json.dumps({"items": [json.loads(single[(b * batch + i) % len(single)])
+                                      for i in range(batch)]})
+                for b in range(10)
+            ]  # fmt: skip
+            before = wait_drained(gw.url)
+            targets = {"gateway": (gw, True), "reference": (ref, False)}
+            for proc, is_gw in targets.values():  # warm up
+                drive(proc, "/v1/feedback", single, 4, 1, is_gw)
+            warm = wait_drained(gw.url)
+            loads: dict[tuple[str, str], list[Load]] = {}
+            for _ in range(args.rounds):
+                for route, bodies in (("/v1/feedback", single), ("/v1/feedback/batch", batches)):
+                    for name, (proc, is_gw) in targets.items():
+                        loads.setdefault((route, name), []).append(
+                            drive(proc, route, bodies, args.concurrency, args.duration, is_gw)
+                        )
+            after = wait_drained(gw.url)
+        accepted = sum(x.ok for x in loads[("/v1/feedback", "gateway")]) + batch * sum(
+            x.ok for x in loads[("/v1/feedback/batch", "gateway")]
+        )
+        warm_events = int(warm.get("emitted", 0) - before.get("emitted", 0))
+        records, distinct = topic_event_ids(
+            broker.bootstrap, FEEDBACK_TOPIC, accepted + warm_events
+        )
+    finally:
+        broker.kill()
+    rows = []
+    for (route, name), xs in loads.items():
+        per = batch if route.endswith("batch") else 1
+        for i, x in enumerate(xs):
+            rows.append([
+                route, name, str(i + 1), f"{x.ok / x.seconds:,.0f}",
+                f"{x.ok * per / x.seconds:,.0f}",
+                f"{x.ok * per / (x.cpu_s or 1e-9):,.0f}", f"{x.cpu_ms_per_call:.3f}",
+                str(x.errors),
+            ])  # fmt: skip
+    table(f"feedback, c={args.concurrency}, one worker, events to Kafka (batch = {batch} items)",
+          ["route", "server", "round", "calls/s", "items/s", "items per CPU-s",
+           "CPU ms/call", "errors"], rows)  # fmt: skip
+
+    def ratio(route: str) -> list[float]:
+        return [
+            g.cpu_ms_per_call / r.cpu_ms_per_call
+            for g, r in zip(loads[(route, "gateway")], loads[(route, "reference")], strict=True)
+        ]
+
+    def rate(route: str, per: int) -> list[float]:
+        return [x.ok * per / x.seconds for x in loads[(route, "gateway")]]
+
+    def per_cpu(route: str, per: int) -> list[float]:
+        return [x.ok * per / x.cpu_s for x in loads[(route, "gateway")]]
+
+    emitted = after.get("emitted", 0) - warm.get("emitted", 0)
+    table("targets", ["figure", "measured", "target"], [
+        ["one-item calls: events/s (wall, wrk on the same 2 cores)",
+         rng(rate("/v1/feedback", 1), "{:,.0f}"), ">= 5,000"],
+        ["one-item calls: events per gateway CPU-second",
+         rng(per_cpu("/v1/feedback", 1), "{:,.0f}"), ""],
+        ["one-item call CPU: gateway / bare route", rng(ratio("/v1/feedback"), "{:.2f}x"),
+         "<= 0.5x"],
+        ["batch: items/s (wall)", rng(rate("/v1/feedback/batch", batch), "{:,.0f}"),
+         ">= 20,000"],
+        ["batch: items per gateway CPU-second",
+         rng(per_cpu("/v1/feedback/batch", batch), "{:,.0f}"), ""],
+        ["batch call CPU: gateway / bare route", rng(ratio("/v1/feedback/batch"), "{:.2f}x"), ""],
+        ["accepted items / events emitted in the loads", f"{accepted:,} / {emitted:,.0f}", "equal"],
+        ["emitted / sent+spooled / dropped (whole run)", _counts(after), "all / 0"],
+        ["feedback topic: records / distinct event ids", f"{records:,} / {distinct:,}",
+         f"= accepted + warm-up ({accepted + warm_events:,})"],
+    ])  # fmt: skip
+
+
+# ---------------------------------------------------------------- mode: workers
+
+
+def mode_workers(args: argparse.Namespace, folder: Path) -> None:
+    """CPU per json request, --workers 2 (multiprocess metrics) vs 1, interleaved."""
+    with ExitStack() as stack:
+        sim_port = free_port()
+        stack.enter_context(started("sim", sim_cmd(sim_port), sim_port, "/health"))
+        gws = {
+            f"w{n}": serve(
+                stack, f"w{n}",
+                [*gateway_cmd(folder, f"w{n}", sim_port, spool_events(folder, f"w{n}")),
+                 "--workers", str(n)],
+            )
+            for n in (1, 2)
+        }  # fmt: skip
+        bodies = chat_bodies()
+        for gw in gws.values():
+            drive(gw, "/v1/chat/completions", bodies, 4, 1, True)
+        loads: dict[str, list[Load]] = {name: [] for name in gws}
+        for _ in range(args.rounds):
+            for name, gw in gws.items():
+                loads[name].append(
+                    drive(gw, "/v1/chat/completions", bodies, args.concurrency,
+                          args.duration, True)
+                )  # fmt: skip
+        counters = {name: wait_drained(gw.url) for name, gw in gws.items()}
+        procs = {name: len(tree_pids(gw.proc.pid)) for name, gw in gws.items()}
+    rows = []
+    for i in range(args.rounds):
+        a, b = loads["w1"][i], loads["w2"][i]
+        rows.append([
+            str(i + 1), f"{a.ok / a.seconds:,.0f}", f"{b.ok / b.seconds:,.0f}",
+            f"{a.cpu_ms_per_call:.3f}", f"{b.cpu_ms_per_call:.3f}",
+            f"{b.cpu_ms_per_call / a.cpu_ms_per_call:.2f}x", str(a.errors + b.errors),
+        ])  # fmt: skip
+    table(f"chat json c={args.concurrency}, events to the spool: --workers 1 vs 2 "
+          f"(processes counted: {procs['w1']} and {procs['w2']})",
+          ["round", "w1 req/s", "w2 req/s", "w1 CPU ms/req", "w2 CPU ms/req", "w2/w1 CPU",
+           "errors"], rows)  # fmt: skip
+    ratio = [
+        b.cpu_ms_per_call / a.cpu_ms_per_call for a, b in zip(loads["w1"], loads["w2"], strict=True)
+    ]
+    table("targets", ["figure", "measured", "target"], [
+        ["--workers 2 / --workers 1 CPU per request", rng(ratio, "{:.2f}x"), "<= 1.1x"],
+        ["w1: emitted / spooled / dropped", _counts(counters["w1"]), "all / 0"],
+        ["w2: emitted / spooled / dropped", _counts(counters["w2"]), "all / 0"],
+    ])  # fmt: skip
+
+
+# ---------------------------------------------------------------- mode: streams
+
+
+@dataclass
+class Wave:
+    """N streams held open at once through one target."""
+
+    streams: int
+    errors: int = 0
+    chunks: int = 0
+    gaps_ms: list[float] = field(default_factory=list)
+    rss_before_kib: int = 0
+    rss_peak_kib: int = 0
+    cpu_s: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def kib_per_stream(self) -> float:
+        """RSS growth with every stream open, per stream."""
+        return (self.rss_peak_kib - self.rss_before_kib) / self.streams
+
+    @property
+    def us_per_chunk(self) -> float:
+        """Server CPU per chunk the client got, us (the request's own cost included)."""
+        return self.cpu_s * 1e6 / max(self.chunks, 1)
+
+    def p(self, q: float) -> float:
+        """Inter-chunk gap quantile seen by the client, ms."""
+        if not self.gaps_ms:
+            return float("nan")
+        return statistics.quantiles(self.gaps_ms, n=1000)[int(q * 1000) - 1]
+
+
+async def _one_stream(port: int, body: bytes, wave: Wave, opened: list[int]) -> None:
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        wave.errors += 1
+        return
+    try:
+        writer.write(head + body)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            data = await reader.read(65536)
+            if not data:
+                raise ConnectionError("closed before the headers")
+            got += data
+        if not got.startswith(b"HTTP/1.1 200"):
+            raise ConnectionError(got[:40])
+        first = True
+        last = 0.0
+        seen = got.count(b"data:")
+        while True:
+            if seen:
+                now = time.perf_counter()
+                if first:
+                    opened[0] += 1
+                    first = False
+                elif last:
+                    wave.gaps_ms.append((now - last) * 1000)
+                last = now
+                wave.chunks += seen
+            if got.endswith(b"0\r\n\r\n") or b"[DONE]" in got:
+                break
+            got = await reader.read(65536)
+            if not got:
+                break
+            seen = got.count(b"data:")
+    except (OSError, ConnectionError):
+        wave.errors += 1
+    finally:
+        writer.close()
+
+
+async def _wave(port: int, pid: int | None, streams: int, tokens: int) -> Wave:
+    body = json.dumps(
+        {
+            "model": "bench",
+            "messages": [{"role": "user", "content": "Tell me a long story."}],
+            "max_tokens": tokens,
+            "stream": True,
+        }
+    ).encode()
+    wave = Wave(streams)
+    opened = [0]
+    if pid:
+        wave.rss_before_kib = wave.rss_peak_kib = rss_kib(pid)
+        cpu0 = cpu_seconds(pid)
+    start = time.monotonic()
+    tasks = []
+    for n in range(streams):
+        tasks.append(asyncio.create_task(_one_stream(port, body, wave, opened)))
+        if n % 50 == 49:
+            await asyncio.sleep(0)  # let the connections go out in groups
+    pending = set(tasks)
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=0.2)
+        if pid:
+            wave.rss_peak_kib = max(wave.rss_peak_kib, rss_kib(pid))
+    wave.seconds = time.monotonic() - start
+    if pid:
+        wave.cpu_s = cpu_seconds(pid) - cpu0
+    return wave
+
+
+def mode_streams(args: argparse.Namespace, folder: Path) -> None:
+    """N open slow streams: gateway vs reference vs direct, fresh servers each round."""
+    import uvloop
+
+    waves: dict[str, list[Wave]] = {"gateway": [], "reference": [], "direct": []}
+    counters: list[dict[str, float]] = []
+    for _ in range(args.rounds):
+        with ExitStack() as stack:
+            sim_port = free_port()
+            stack.enter_context(
+                started("sim", sim_cmd(sim_port, args.itl, args.tokens), sim_port, "/health")
+            )
+            gw = serve(stack, "gateway",
+                       gateway_cmd(folder, "gw", sim_port, spool_events(folder, "gw")))  # fmt: skip
+            ref = serve_reference(stack, sim_port)
+            targets = {"gateway": (gw.port, gw.proc.pid), "reference": (ref.port, ref.proc.pid),
+                       "direct": (sim_port, None)}  # fmt: skip
+            for port, pid in targets.values():  # warm up code paths and pools
+                uvloop.run(_wave(port, pid, 20, 5))
+            for name, (port, pid) in targets.items():
+                waves[name].append(uvloop.run(_wave(port, pid, args.streams, args.tokens)))
+            counters.append(wait_drained(gw.url))
+    rows = []
+    for name, ws in waves.items():
+        for i, w in enumerate(ws):
+            per = f"{w.kib_per_stream:.1f}" if name != "direct" else "-"
+            cpu = f"{w.us_per_chunk:.1f}" if name != "direct" else "-"
+            rows.append([
+                name, str(i + 1), str(w.errors), f"{w.chunks:,}", f"{w.chunks / w.seconds:,.0f}",
+                f"{w.p(0.5):.1f}", f"{w.p(0.99):.1f}", per, cpu,
+            ])  # fmt: skip
+    table(f"{args.streams} open streams, sim {args.itl * 1000:.0f} ms between tokens, "
+          f"{args.tokens} tokens, one worker; fresh servers each round",
+          ["target", "round", "errors", "chunks", "chunks/s", "gap p50 ms", "gap p99 ms",
+           "RSS KiB/stream", "CPU us/chunk"], rows)  # fmt: skip
+    g, r, d = waves["gateway"], waves["reference"], waves["direct"]
+    table("targets", ["figure", "measured", "target"], [
+        ["errors (gateway)", rng([float(w.errors) for w in g], "{:.0f}"), "0"],
+        ["added inter-chunk p99 vs direct (gateway)",
+         rng([a.p(0.99) - b.p(0.99) for a, b in zip(g, d, strict=True)], "{:.1f}") + " ms",
+         "<= 2 ms"],
+        ["added inter-chunk p99 vs direct (reference)",
+         rng([a.p(0.99) - b.p(0.99) for a, b in zip(r, d, strict=True)], "{:.1f}") + " ms", ""],
+        ["RSS per open stream, gateway (reference)",
+         f"{rng([w.kib_per_stream for w in g], '{:.1f}')} "
+         f"({rng([w.kib_per_stream for w in r], '{:.1f}')}) KiB", "<= 20 KiB"],
+        ["CPU per relayed chunk, gateway (reference)",
+         f"{rng([w.us_per_chunk for w in g], '{:.1f}')} "
+         f"({rng([w.us_per_chunk for w in r], '{:.1f}')}) us", "<= 10 us"],
+        ["gateway / reference CPU per chunk",
+         rng([a.us_per_chunk / b.us_per_chunk for a, b in zip(g, r, strict=True)], "{:.2f}x"), ""],
+        ["emitted / spooled / dropped (each round)",
+         ", ".join(_counts(c) for c in counters), "all / 0"],
+    ])  # fmt: skip
+
+
+MODES = {"kafka": mode_kafka, "feedback": mode_feedback, "workers": mode_workers,
+         "streams": mode_streams}  # fmt: skip
+
+
+def main() -> None:
+    """Parse the arguments and run one mode."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=sorted(MODES))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=100, help="items per feedback batch")
+    parser.add_argument("--streams", type=int, default=200)
+    parser.add_argument("--itl", type=float, default=0.02, help="sim seconds between tokens")
+    parser.add_argument("--tokens", type=int, default=100, help="tokens per stream")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
+    if str(ROOT) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+        )
+    folder = Path(tempfile.mkdtemp(prefix="loopgate-bench-shape-"))
+    try:
+        MODES[args.mode](args, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
