@@ -534,11 +534,12 @@ def mode_feedback(args: argparse.Namespace, folder: Path) -> None:
         with ExitStack() as stack:
             sim_port = free_port()
             stack.enter_context(started("sim", sim_cmd(sim_port), sim_port, "/health"))
-            gw = serve(
-                stack, "kafka",
-                gateway_cmd(folder, "kafka", sim_port,
-                            kafka_events(folder, "kafka", broker.bootstrap)),
-            )  # fmt: skip
+            cmd = gateway_cmd(folder, "kafka", sim_port,
+                              kafka_events(folder, "kafka", broker.bootstrap))  # fmt: skip
+            if args.gateway_path:
+                path = os.pathsep.join((str(Path(args.gateway_path).resolve()), str(ROOT)))
+                cmd = ["env", f"PYTHONPATH={path}", *cmd]
+            gw = serve(stack, "kafka", cmd)
             ref = serve_reference(stack, sim_port)
             ids = _response_ids(gw.url, 200)
             kinds = ["thumbs_up", "thumbs_down", "accept", "regenerate"]
@@ -583,7 +584,8 @@ def mode_feedback(args: argparse.Namespace, folder: Path) -> None:
                 f"{x.items_per_s:,.0f}", f"{1e6 / x.cpu_us_per_item:,.0f}",
                 f"{x.cpu_us_per_item:,.0f}", f"{x.cpu_ms_per_call:.3f}", str(x.errors),
             ])  # fmt: skip
-    table(f"feedback, one worker, events to Kafka (batch = {batch} items)",
+    extra = f", gateway with {args.gateway_path} first on its path" if args.gateway_path else ""
+    table(f"feedback, one worker, events to Kafka (batch = {batch} items){extra}",
           ["route", "conc", "server", "round", "calls/s", "items/s", "items per CPU-s",
            "CPU us/item", "CPU ms/call", "errors"], rows)  # fmt: skip
 
@@ -873,6 +875,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="items per feedback batch")
     parser.add_argument("--batch-concurrency", type=int, default=8)
     parser.add_argument("--kafka-variant", action="append", default=[], metavar="NAME=DIR")
+    parser.add_argument("--gateway-path", help="feedback: DIR first on the gateway's PYTHONPATH")
     parser.add_argument(
         "--profile", action="store_true", help="gateways under cProfile (CPU figures invalid)"
     )
