@@ -651,6 +651,7 @@ def mode_workers(args: argparse.Namespace, folder: Path) -> None:
         for gw in gws.values():
             drive(gw, "/v1/chat/completions", bodies, 4, 1, True)
         loads: dict[str, list[Load]] = {name: [] for name in gws}
+        by_proc0 = _cpu_by_process(gws["w2"].proc.pid)
         for _ in range(args.rounds):
             for name, gw in gws.items():
                 loads[name].append(
@@ -659,6 +660,7 @@ def mode_workers(args: argparse.Namespace, folder: Path) -> None:
                 )  # fmt: skip
         counters = {name: wait_drained(gw.url) for name, gw in gws.items()}
         procs = {name: len(tree_pids(gw.proc.pid)) for name, gw in gws.items()}
+        by_proc = _cpu_by_process(gws["w2"].proc.pid)
     rows = []
     for i in range(args.rounds):
         a, b = loads["w1"][i], loads["w2"][i]
@@ -679,6 +681,32 @@ def mode_workers(args: argparse.Namespace, folder: Path) -> None:
         ["w1: emitted / spooled / dropped", _counts(counters["w1"]), "all / 0"],
         ["w2: emitted / spooled / dropped", _counts(counters["w2"]), "all / 0"],
     ])  # fmt: skip
+    split = ", ".join(
+        f"{label}: {by_proc[pid] - by_proc0.get(pid, 0.0):.1f}s" for pid, label in _labels(by_proc)
+    )
+    console.print(f"--workers 2, CPU by process over the whole run: {split}")
+
+
+def _cpu_by_process(root: int) -> dict[int, float]:
+    """CPU seconds of each process of a tree, by pid (the root first)."""
+    out: dict[int, float] = {}
+    for pid in tree_pids(root):
+        with suppress(OSError):
+            out[pid] = cpu_seconds(pid)
+    return out
+
+
+def _labels(by_proc: dict[int, float]) -> list[tuple[int, str]]:
+    """(pid, what it is) for a serve tree: the supervisor, then the others by their command."""
+    labels = []
+    for n, pid in enumerate(by_proc):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            cmd = "?"
+        what = "supervisor" if n == 0 else ("worker" if "multiprocessing" in cmd else cmd[-60:])
+        labels.append((pid, f"{what} {pid}"))
+    return labels
 
 
 # ---------------------------------------------------------------- mode: streams
