@@ -661,6 +661,7 @@ def mode_workers(args: argparse.Namespace, folder: Path) -> None:
         counters = {name: wait_drained(gw.url) for name, gw in gws.items()}
         procs = {name: len(tree_pids(gw.proc.pid)) for name, gw in gws.items()}
         by_proc = _cpu_by_process(gws["w2"].proc.pid)
+        labels = _labels(by_proc)
     rows = []
     for i in range(args.rounds):
         a, b = loads["w1"][i], loads["w2"][i]
@@ -682,7 +683,7 @@ def mode_workers(args: argparse.Namespace, folder: Path) -> None:
         ["w2: emitted / spooled / dropped", _counts(counters["w2"]), "all / 0"],
     ])  # fmt: skip
     split = ", ".join(
-        f"{label}: {by_proc[pid] - by_proc0.get(pid, 0.0):.1f}s" for pid, label in _labels(by_proc)
+        f"{label}: {by_proc[pid] - by_proc0.get(pid, 0.0):.1f}s" for pid, label in labels
     )
     console.print(f"--workers 2, CPU by process over the whole run: {split}")
 
@@ -704,7 +705,7 @@ def _labels(by_proc: dict[int, float]) -> list[tuple[int, str]]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             cmd = "?"
-        what = "supervisor" if n == 0 else ("worker" if "multiprocessing" in cmd else cmd[-60:])
+        what = "supervisor" if n == 0 else ("worker" if "spawn_main" in cmd else cmd[-50:])
         labels.append((pid, f"{what} {pid}"))
     return labels
 
