@@ -241,6 +241,8 @@ def gateway_cmd(folder: Path, name: str, sim_port: int, events: dict[str, Any]) 
         "models": {"policy-a": {"pool": "policy-a"}, "policy-b": {"pool": "policy-b"}},
         "flags": {"source": "file", "path": str(folder / "flags.yaml")},
         "events": events,
+        # One key for every gateway of a run: ids from one verify at the others (variants).
+        "ids": {"keys": ["bench-shape-signing-key-0123456789abcdef"]},
     }
     path = folder / f"gateway-{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -551,9 +553,18 @@ def mode_feedback(args: argparse.Namespace, folder: Path) -> None:
                                       for i in range(batch)]})
                 for b in range(10)
             ]  # fmt: skip
-            before = wait_drained(gw.url)  # the chat calls' completion events are in
+            variants: dict[str, Proc] = {}
+            for variant in args.feedback_variant:
+                name, _, extra = variant.partition("=")
+                path = os.pathsep.join((str(Path(extra).resolve()), str(ROOT)))
+                vcmd = gateway_cmd(folder, name, sim_port,
+                                   kafka_events(folder, name, broker.bootstrap))  # fmt: skip
+                variants[name] = serve(stack, name, ["env", f"PYTHONPATH={path}", *vcmd])
+            gateways = [gw, *variants.values()]
+            before = [wait_drained(g.url) for g in gateways]  # the chat calls' events are in
             threads0 = thread_cpu(gw.proc.pid)
-            targets = {"gateway": (gw, True), "reference": (ref, False)}
+            targets = {"gateway": (gw, True), **{n: (v, True) for n, v in variants.items()},
+                       "reference": (ref, False)}  # fmt: skip
             for proc, is_gw in targets.values():  # warm up
                 drive(proc, "/v1/feedback", single, 4, 1, is_gw)
                 drive(proc, "/v1/feedback/batch", batches, 2, 1, is_gw, batch)
@@ -568,10 +579,16 @@ def mode_feedback(args: argparse.Namespace, folder: Path) -> None:
                         loads.setdefault((route, name), []).append(
                             drive(proc, route, bodies, conns, args.duration, is_gw, per)
                         )
-            after = wait_drained(gw.url)
-            feedback_total = _feedback_recorded(gw.url)
+            afters = [wait_drained(g.url) for g in gateways]
+            after = afters[0]
+            feedback_total = sum(_feedback_recorded(g.url) for g in gateways)
             threads = thread_split(threads0, thread_cpu(gw.proc.pid))
-        emitted = int(after.get("emitted", 0) - before.get("emitted", 0))
+        emitted = int(
+            sum(
+                a.get("emitted", 0) - b.get("emitted", 0)
+                for a, b in zip(afters, before, strict=True)
+            )
+        )
         records, distinct = topic_event_ids(broker.bootstrap, FEEDBACK_TOPIC, emitted)
     finally:
         broker.kill()
@@ -617,6 +634,11 @@ def mode_feedback(args: argparse.Namespace, folder: Path) -> None:
         ["feedback topic: records / distinct event ids", f"{records:,} / {distinct:,}",
          f"= emitted ({emitted:,})"],
     ])  # fmt: skip
+    for name in variants:
+        for route in ("/v1/feedback", "/v1/feedback/batch"):
+            pairs = zip(loads[(route, name)], loads[(route, "gateway")], strict=True)
+            ratios = [v.cpu_us_per_item / g.cpu_us_per_item for v, g in pairs]
+            console.print(f"{route} CPU per item, {name} / gateway: {rng(ratios, '{:.2f}x')}")
     console.print(f"gateway CPU by thread over the feedback loads: {threads}")
 
 
@@ -905,6 +927,13 @@ def main() -> None:
     parser.add_argument("--batch-concurrency", type=int, default=8)
     parser.add_argument("--kafka-variant", action="append", default=[], metavar="NAME=DIR")
     parser.add_argument("--gateway-path", help="feedback: DIR first on the gateway's PYTHONPATH")
+    parser.add_argument(
+        "--feedback-variant",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="feedback: another gateway with DIR first on its PYTHONPATH, in the same rounds",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="gateways under cProfile (CPU figures invalid)"
     )
