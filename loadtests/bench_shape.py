@@ -248,7 +248,7 @@ def gateway_cmd(folder: Path, name: str, sim_port: int, events: dict[str, Any]) 
     path.write_text(yaml.safe_dump(config))
     head = [PY, "-m", "cli"]
     if PROFILE_ON:
-        PROFILE[name] = ROOT / f"bench-shape-{name}.prof"
+        PROFILE[name] = Path(tempfile.gettempdir()) / f"bench-shape-{name}.prof"
         head = [PY, "-m", "loadtests.profile_serve", str(PROFILE[name])]
     return [*head, "serve", "--config", str(path), "--log-level", "warning"]
 
@@ -727,7 +727,7 @@ def _labels(by_proc: dict[int, float]) -> list[tuple[int, str]]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             cmd = "?"
-        what = "supervisor" if n == 0 else ("worker" if "spawn_main" in cmd else cmd[-50:])
+        what = "supervisor" if n == 0 else "worker" if "spawn_main" in cmd else "helper"
         labels.append((pid, f"{what} {pid}"))
     return labels
 
