@@ -18,6 +18,11 @@ asserts on timing. Loopback only; every server is started here on a free port an
 by its pid.
 
     PYTHONPATH=$PWD .venv/bin/python -m loadtests.bench_shape MODE [--rounds 2] [--duration 5]
+
+A/B of code or packages in the same rounds: `--kafka-variant NAME=DIR` (kafka) and
+`--feedback-variant NAME=DIR` (feedback) add a gateway with DIR first on its PYTHONPATH
+(a package installed there with `pip install --target DIR`, or an older `gateway/` from
+`git archive REV gateway | tar -x -C DIR`). `--profile` runs the gateways under cProfile.
 """
 
 from __future__ import annotations
