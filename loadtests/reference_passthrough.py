@@ -2,7 +2,9 @@
 
 Run as `python loadtests/reference_passthrough.py PORT UPSTREAM_URL`. It does what the
 field's thinnest proxies do and nothing more: read the body, POST it upstream over a pooled
-aiohttp session, and relay the answer (streamed chunks as they come).
+aiohttp session, and relay the answer (streamed chunks as they come). For feedback it has
+the bare routes the gateway's are measured beside: parse the same body with the same
+pydantic model (each batch item on its own, as the gateway does) and answer 200.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import aiohttp
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError
+
+from gateway.routes.feedback import FeedbackBatchIn, FeedbackIn
 
 
 def create_reference(upstream: str) -> FastAPI:
@@ -48,6 +53,22 @@ def create_reference(upstream: str) -> FastAPI:
         data = await upstream_response.read()
         upstream_response.release()
         return Response(data, status_code=upstream_response.status, media_type="application/json")
+
+    @app.post("/v1/feedback")
+    async def feedback(item: FeedbackIn) -> dict[str, object]:
+        return {"object": "feedback", "response_id": item.response_id, "kind": item.kind}
+
+    @app.post("/v1/feedback/batch")
+    async def feedback_batch(batch: FeedbackBatchIn) -> dict[str, object]:
+        data: list[dict[str, object]] = []
+        for index, raw in enumerate(batch.items):
+            try:
+                item = FeedbackIn.model_validate(raw)
+            except ValidationError:
+                data.append({"index": index, "status": 422})
+            else:
+                data.append({"index": index, "status": 200, "kind": item.kind})
+        return {"object": "list", "data": data, "recorded": len(data)}
 
     return app
 
