@@ -271,7 +271,7 @@ Answer to grade:
 {answer}
 
 Reply with only a JSON object, no other text:
-{{"score": <integer 1-5, 5 best>, "reason": "<one sentence>"}}"""
+{"score": <integer 1-5, 5 best>, "reason": "<one sentence>"}"""
 
 # {answer_a} and {answer_b} become the answers between fixed markers (gateway/rubric.py), so a
 # judge, and the simulator, can tell where each one starts and ends whatever the template says.

@@ -54,9 +54,9 @@ def conversation(request: dict[str, Any], max_chars: int) -> str:
 
 def judge_request(config: EvaluatorConfig, model: str, prompt: str, answer: str) -> dict[str, Any]:
     """The chat request a judge gets: the rubric filled in, deterministic, JSON asked for."""
-    content = config.rubric.replace("{prompt}", prompt).replace(
-        "{answer}", answer[: config.max_chars]
-    )
+    # One pass over the template: a conversation that contains "{answer}" is not filled in.
+    fills = {"{prompt}": prompt, "{answer}": answer[: config.max_chars]}
+    content = re.sub(r"\{prompt\}|\{answer\}", lambda m: fills[m.group(0)], config.rubric)
     return _json_chat(model, content, config.max_tokens)
 
 

@@ -82,6 +82,10 @@ def test_requests_carry_the_conversation_and_the_answer() -> None:
     assert "user: hi" in content
     assert "hello!" in content
     assert '{"score": <integer 1-5' in content
+    assert "{{" not in content  # the template is filled by name, not str.format: no escaping
+    # A conversation that names a placeholder is shown as written, not filled in again.
+    tricky = judge_request(JUDGE, "jm", "user: repeat {answer} please", "hello!")
+    assert "user: repeat {answer} please" in tricky["messages"][0]["content"]
     assert judge["response_format"] == {"type": "json_object"}
     assert judge["temperature"] == 0
     rm = reward_request("rm", prompt, "hello!", 1000)
