@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -192,6 +193,28 @@ def ttfb_ms(port: int, model: str, count: int) -> float:
     return statistics.median(samples[count // 10 :])
 
 
+def bench_config(folder: Path, sim_port: int, events: dict[str, Any]) -> dict[str, Any]:
+    """The gateway config every gateway benchmark measures: everything on. The model apps ask
+    for is a flag split between two policy versions (two pools, both on the one simulator),
+    so every request is hashed and routed. Writes the flag file into `folder`."""
+    endpoint = {"endpoints": [f"http://127.0.0.1:{sim_port}"], "served_model": "bench"}
+    flag = {
+        "salt": "bench",
+        "control": "a",
+        "variants": [
+            {"name": "a", "pool": "policy-a", "served_model": "bench", "weight": 50},
+            {"name": "b", "pool": "policy-b", "served_model": "bench", "weight": 50},
+        ],
+    }
+    (folder / "flags.yaml").write_text(yaml.safe_dump({"bench": flag}))
+    return {
+        "pools": {"policy-a": endpoint, "policy-b": endpoint},
+        "models": {"policy-a": {"pool": "policy-a"}, "policy-b": {"pool": "policy-b"}},
+        "flags": {"source": "file", "path": str(folder / "flags.yaml")},
+        "events": events,
+    }
+
+
 def main() -> None:
     """Run the comparison and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -210,24 +233,7 @@ def main() -> None:
         "--max-num-seqs", "100000",
     ]  # fmt: skip
     folder = Path(tempfile.mkdtemp(prefix="loopgate-bench-"))
-    # Everything on: the model apps ask for is a flag split between two policy versions
-    # (two pools, both on the one simulator), so every request is hashed and routed.
-    endpoint = {"endpoints": [f"http://127.0.0.1:{sim_port}"], "served_model": "bench"}
-    flag = {
-        "salt": "bench",
-        "control": "a",
-        "variants": [
-            {"name": "a", "pool": "policy-a", "served_model": "bench", "weight": 50},
-            {"name": "b", "pool": "policy-b", "served_model": "bench", "weight": 50},
-        ],
-    }
-    (folder / "flags.yaml").write_text(yaml.safe_dump({"bench": flag}))
-    config = {
-        "pools": {"policy-a": endpoint, "policy-b": endpoint},
-        "models": {"policy-a": {"pool": "policy-a"}, "policy-b": {"pool": "policy-b"}},
-        "flags": {"source": "file", "path": str(folder / "flags.yaml")},
-        "events": {"spool": {"dir": str(folder / "spool")}},
-    }
+    config = bench_config(folder, sim_port, {"spool": {"dir": str(folder / "spool")}})
     config_path = folder / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(config))
     gw_cmd = [

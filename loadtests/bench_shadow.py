@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import signal
 import subprocess
 import tempfile
@@ -26,7 +25,15 @@ from typing import Any
 import httpx
 import yaml
 
-from loadtests.bench_balancer import PY, free_port, pct, received, start_sim, wait_http
+from loadtests.bench_balancer import (
+    PY,
+    free_port,
+    pct,
+    received,
+    start_sim,
+    stop_all,
+    wait_http,
+)
 
 CONTROL = {"ttft": 0.02, "itl": 0.002, "max_num_seqs": 64}
 SLOW = {"ttft": 10.0, "itl": 0.002, "max_num_seqs": 256}
@@ -176,14 +183,7 @@ def main() -> None:
             )
         print(f"wall time {time.monotonic() - began:.0f}s")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
+        stop_all(procs)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,16 @@ from rich.console import Console
 from rich.table import Table
 
 from feedback.schema import COMPLETIONS_TOPIC, FEEDBACK_TOPIC
-from loadtests.bench_gateway import CLK_TCK, PY, ROOT, Proc, cpu_seconds, free_port, started
+from loadtests.bench_gateway import (
+    CLK_TCK,
+    PY,
+    ROOT,
+    Proc,
+    bench_config,
+    cpu_seconds,
+    free_port,
+    started,
+)
 from tests.support.kafka import TansuBroker
 
 console = Console(width=160)
@@ -231,24 +240,9 @@ def sim_cmd(port: int, itl: float = 0.0, tokens: int = 16) -> list[str]:
 
 def gateway_cmd(folder: Path, name: str, sim_port: int, events: dict[str, Any]) -> list[str]:
     """`loopgate serve` as bench_gateway runs it: a two-variant flag, everything on."""
-    endpoint = {"endpoints": [f"http://127.0.0.1:{sim_port}"], "served_model": "bench"}
-    flag = {
-        "salt": "bench",
-        "control": "a",
-        "variants": [
-            {"name": "a", "pool": "policy-a", "served_model": "bench", "weight": 50},
-            {"name": "b", "pool": "policy-b", "served_model": "bench", "weight": 50},
-        ],
-    }
-    (folder / "flags.yaml").write_text(yaml.safe_dump({"bench": flag}))
-    config = {
-        "pools": {"policy-a": endpoint, "policy-b": endpoint},
-        "models": {"policy-a": {"pool": "policy-a"}, "policy-b": {"pool": "policy-b"}},
-        "flags": {"source": "file", "path": str(folder / "flags.yaml")},
-        "events": events,
-        # One key for every gateway of a run: ids from one verify at the others (variants).
-        "ids": {"keys": ["bench-shape-signing-key-0123456789abcdef"]},
-    }
+    config = bench_config(folder, sim_port, events)
+    # One key for every gateway of a run: ids from one verify at the others (variants).
+    config["ids"] = {"keys": ["bench-shape-signing-key-0123456789abcdef"]}
     path = folder / f"gateway-{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     head = [PY, "-m", "cli"]
