@@ -78,8 +78,10 @@ class RedisFlagStore:
         namespace: str = "loopgate",
         resync_interval: float = 30.0,
         reconnect_max_delay: float = 5.0,
+        close_timeout: float = 3.0,
     ) -> None:
         self._redis = redis
+        self._close_timeout = close_timeout
         self._pools = frozenset(known_pools)
         self._on_audit = on_audit
         self._prefix = f"{namespace}:flag:"
@@ -133,6 +135,7 @@ class RedisFlagStore:
             namespace=namespace,
             resync_interval=resync_interval,
             reconnect_max_delay=reconnect_max_delay,
+            close_timeout=socket_timeout + 1,
         )
         store.seed = dict(seed or {})
         task = asyncio.create_task(
@@ -145,10 +148,17 @@ class RedisFlagStore:
                 log.error("redis flag store at %s not reachable; starting with no flags", url)
             yield store
         finally:
+            # Closing talks to redis-py's connection teardown, which can wait forever on a
+            # transport that never reports it closed (seen once in CI: no socket left, the
+            # event loop idle). Bounded, so a stuck client cannot hang the gateway's shutdown.
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await redis.aclose()
+            done, _ = await asyncio.wait({task}, timeout=store._close_timeout)
+            if not done:
+                log.warning("redis flag listener did not stop within %.1fs", store._close_timeout)
+            try:
+                await asyncio.wait_for(redis.aclose(), store._close_timeout)
+            except _UNREACHABLE:
+                log.warning("closing the redis flag store's connections did not finish")
 
     def snapshot(self) -> FlagSnapshot:
         """Every flag served now; never waits on Redis."""
@@ -202,7 +212,7 @@ class RedisFlagStore:
                     next_resync = loop.time() + self._resync_interval
         finally:
             with contextlib.suppress(*_UNREACHABLE):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await asyncio.wait_for(pubsub.aclose(), self._close_timeout)  # type: ignore[no-untyped-call]
 
     async def _resync(self) -> None:
         floor = int(await self._redis.get(self._counter) or 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -180,3 +181,20 @@ async def test_starting_without_redis_serves_nothing_and_catches_up(
         await _eventually(lambda: store.staleness_seconds() == 0.0, within=3.0)
         await store.put(make_flag(), None, who="ana")
         assert _version(store) == 1
+
+
+async def test_leaving_the_store_with_redis_frozen_does_not_hang(
+    redis_server: RedisServer, redis_namespace: str
+) -> None:
+    # A gateway shutting down while its Redis is stuck (SIGSTOP: connections open, nothing
+    # answers) must still get out; the store bounds its teardown by the socket timeout.
+    process = redis_server.process
+    assert process is not None
+    try:
+        async with asyncio.timeout(10):
+            async with _store(redis_server.url, redis_namespace, resync_interval=0.1) as store:
+                await _eventually(lambda: store.staleness_seconds() == 0.0, within=2.0)
+                process.send_signal(signal.SIGSTOP)
+                await asyncio.sleep(0.6)  # a re-read is now waiting on the frozen server
+    finally:
+        process.send_signal(signal.SIGCONT)  # so the fixture can end it
