@@ -148,23 +148,19 @@ def _post(gw: GatewayServer, path: str, body: bytes, content_type: str | None) -
     return httpx.post(gw.base_url + path, content=body, headers=headers, timeout=10)
 
 
-@pytest.mark.parametrize(("body", "content_type"), SINGLE)
-def test_single_refusals_are_fastapis(
-    gw: GatewayServer, body: bytes, content_type: str | None
+REFUSALS = [("/v1/feedback", *case) for case in SINGLE] + [
+    ("/v1/feedback/batch", *case) for case in BATCH
+]
+
+
+@pytest.mark.parametrize(("path", "body", "content_type"), REFUSALS)
+def test_refusals_are_fastapis(
+    gw: GatewayServer, path: str, body: bytes, content_type: str | None
 ) -> None:
-    status, error = _expected("/v1/feedback", body, content_type)
-    answer = _post(gw, "/v1/feedback", body, content_type)
+    status, error = _expected(path, body, content_type)
+    answer = _post(gw, path, body, content_type)
     assert (answer.status_code, answer.json()) == (status, error)
     assert answer.headers["content-type"] == JSON
-
-
-@pytest.mark.parametrize(("body", "content_type"), BATCH)
-def test_batch_refusals_are_fastapis(
-    gw: GatewayServer, body: bytes, content_type: str | None
-) -> None:
-    status, error = _expected("/v1/feedback/batch", body, content_type)
-    answer = _post(gw, "/v1/feedback/batch", body, content_type)
-    assert (answer.status_code, answer.json()) == (status, error)
 
 
 def test_batch_items_are_refused_as_feedbackin_refuses_them(gw: GatewayServer) -> None:
