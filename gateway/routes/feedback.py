@@ -482,7 +482,7 @@ class FeedbackEndpoint:
             return
         try:
             data = _parsed(raw, headers.content_type)
-            consent = caller.consent_for(headers.consent)
+            consent = caller.consent_for(consent_header(scope["headers"]))
             if self.batch:
                 answer = await _record_batch(rt, data, caller.app_id, consent)
             else:
@@ -509,6 +509,15 @@ def _caller(rt: Runtime, headers: RequestHeaders) -> AppPrincipal:
     if headers.authorizations > 1:
         raise DuplicateAuthorization("send one Authorization header, not several")
     return rt.auth.app(headers.authorization)
+
+
+def consent_header(raw: list[tuple[bytes, bytes]]) -> str | None:
+    """The first X-Loopgate-Consent header, as FastAPI's Header() read it (RequestHeaders
+    keeps the last, as the proxy always has)."""
+    for name, value in raw:
+        if name == b"x-loopgate-consent":
+            return value.decode("latin-1")
+    return None
 
 
 def _parsed(raw: bytes, content_type: bytes | None) -> Any:

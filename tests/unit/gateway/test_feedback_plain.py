@@ -15,6 +15,7 @@ from gateway.routes.feedback import (
     Judge,
     _event_body,
     _fingerprint,
+    consent_header,
     item_fingerprint,
     plain_item,
 )
@@ -82,3 +83,9 @@ def test_event_body_is_feedbackbodys_dump(judge: Judge | None, consent: str) -> 
         assert FeedbackEvent.model_validate(event.data).model_dump() == expected
         assert list(event.data) == list(expected)
         assert (event.topic, event.key, event.type) == (created.topic, created.key, "feedback")
+
+
+def test_the_first_consent_header_counts_as_fastapi_read_it() -> None:
+    raw = [(b"host", b"x"), (b"x-loopgate-consent", b"none"), (b"x-loopgate-consent", b"full")]
+    assert consent_header(raw) == "none"
+    assert consent_header([(b"host", b"x")]) is None
