@@ -2,7 +2,7 @@
 
 One place owns metrics, tracing and events. The request path calls named moments on a
 per-request Recording (started, routed, sending, first byte, chunk, failed, finished) and
-the feedback route calls `feedback_received`; nothing else records anything. With tracing
+the feedback routes call `feedback_recorded`; nothing else records anything. With tracing
 off the plain classes run and no span code is reached: no `if tracing` at call sites.
 
 A new observer (shadow traffic, online evaluators, ...) is added in one place: the
