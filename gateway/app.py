@@ -27,18 +27,19 @@ from gateway.idempotency import IdempotencyKeys, LocalIdempotencyKeys, RedisIdem
 from gateway.ids import signer_from_config
 from gateway.metrics import Metrics
 from gateway.observer import Observer
-from gateway.openapi import document_proxy_routes
+from gateway.openapi import document_raw_routes
 from gateway.proxy import ProxyEndpoint
 from gateway.ratelimit import RateLimiter
 from gateway.recorder import Recorder, RequestObserver, TracedRecorder, audit_writer
 from gateway.resolver import Resolver
-from gateway.routes import feedback, health, models
+from gateway.routes import health, models
 from gateway.routes.admin_drift import admin_drift_router
 from gateway.routes.admin_experiments import admin_experiments_router
 from gateway.routes.admin_feedback import admin_feedback_router
 from gateway.routes.admin_flags import admin_flags_router
 from gateway.routes.admin_privacy import admin_privacy_router
 from gateway.routes.admin_whoami import admin_whoami_router
+from gateway.routes.feedback import FeedbackEndpoint, feedback_endpoints
 from gateway.runtime import Readiness, Runtime
 from gateway.settings import Settings, load_settings
 from gateway.shadow import ShadowRunner
@@ -204,13 +205,12 @@ def create_app(
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(RequestGuard, settings=settings)
-    # The proxy routes are raw ASGI endpoints: HotPath serves them without the middleware
-    # stack; these entries make them work (and documented) inside FastAPI as well.
-    for path, endpoint in proxy_endpoints().items():
+    # The proxy and feedback routes are raw ASGI endpoints: HotPath serves them without the
+    # middleware stack; these entries make them work (and documented) inside FastAPI as well.
+    for path, endpoint in raw_endpoints().items():
         app.router.routes.append(Route(path, endpoint, methods=["POST"]))
     app.include_router(models.router)
     app.include_router(health.router)
-    app.include_router(feedback.router)
     app.include_router(admin_flags_router())
     app.include_router(admin_experiments_router())
     app.include_router(admin_feedback_router())
@@ -219,7 +219,7 @@ def create_app(
     if settings.console.enabled:
         install_console(app)
     app.include_router(admin_privacy_router())
-    document_proxy_routes(app)
+    document_raw_routes(app)
     return app
 
 
@@ -240,12 +240,17 @@ def proxy_endpoints() -> dict[str, ProxyEndpoint]:
     }
 
 
+def raw_endpoints() -> dict[str, ProxyEndpoint | FeedbackEndpoint]:
+    """Every raw ASGI endpoint (the hot paths), by path: the proxy's and feedback's."""
+    return {**proxy_endpoints(), **feedback_endpoints()}
+
+
 class HotPath:
-    """Outer ASGI app: POSTs to the proxy routes skip FastAPI's middleware; the rest go through."""
+    """Outer ASGI app: POSTs to the raw routes skip FastAPI's middleware; the rest go through."""
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
-        self.routes = proxy_endpoints()
+        self.routes = raw_endpoints()
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":

@@ -1,4 +1,5 @@
-"""Raw ASGI plumbing for the proxy routes: the headers they read, the body, client departure."""
+"""Raw ASGI plumbing for the raw routes (proxy, feedback): the headers they read, the body,
+client departure, and answers written without a framework."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from gateway.errors import BodyTooLarge
+from gateway.errors import BodyTooLarge, GatewayError
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -38,6 +39,7 @@ class RequestHeaders:
         "authorizations",
         "consent",
         "content_length",
+        "content_type",
         "qa_variant",
         "request_id",
         "traceparent",
@@ -53,6 +55,7 @@ class RequestHeaders:
         self.attributes: dict[str, str] | None = None
         self.consent: str | None = None
         self.content_length: int | None = None
+        self.content_type: bytes | None = None
         for name, value in raw:
             if name.startswith(b"x-loopgate-attr-"):
                 if self.attributes is None:
@@ -78,6 +81,8 @@ class RequestHeaders:
                     self.traceparent = value.decode("ascii")
             elif name == b"tracestate":
                 self.tracestate = value.decode("latin-1")
+            elif name == b"content-type" and self.content_type is None:
+                self.content_type = value  # the first, as Starlette's Headers.get reads it
 
 
 def valid_traceparent(value: bytes) -> bool:
@@ -124,6 +129,27 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
         parts.append(chunk)
         if not message.get("more_body"):
             return b"".join(parts)
+
+
+_JSON = (b"content-type", b"application/json")
+_CLOSE = (b"connection", b"close")
+
+
+async def send_json(send: Send, status: int, body: bytes, close: bool = False) -> None:
+    """A whole JSON answer; `close`: the connection ends with it (a body may be left unread)."""
+    headers = [_JSON, (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append(_CLOSE)
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    except OSError:  # the client is gone
+        pass
+
+
+async def refuse(send: Send, err: GatewayError) -> None:
+    """Answer with the error before reading the body, and close: what may follow is never read."""
+    await send_json(send, err.status, err.body(), close=True)
 
 
 class DisconnectWatch:

@@ -1,4 +1,5 @@
-"""From what happened in a request (Exchange) to the completion event that records it.
+"""From what happened in a request (Exchange) to the completion event that records it, and
+from an accepted judgement to its feedback event.
 
 Built after the answer has been sent, as the plain dict the event model dumps to: the gateway
 made every value, so validating it would only cost time on the request path (tests check
@@ -8,8 +9,11 @@ happen in the pipeline's worker.
 
 from __future__ import annotations
 
+from typing import Any
+
 from feedback.schema import (
     COMPLETIONS_TOPIC,
+    FEEDBACK_TOPIC,
     AuditBody,
     AuditEvent,
     PlainEvent,
@@ -76,6 +80,16 @@ def completion_event(
         "sealed": None,  # the pipeline seals content per unit (feedback.privacy)
     }
     return PlainEvent("completion", COMPLETIONS_TOPIC, response_id, data)
+
+
+def feedback_event(
+    body: dict[str, Any], *, instance: str, now: float, trace_id: str | None
+) -> PlainEvent:
+    """The `feedback` event for a judgement whose body is FeedbackBody's dump (all its fields,
+    in its order): what FeedbackEvent.create(...).model_dump() gives, without the models."""
+    data = envelope_fields(now, instance, trace_id, "feedback")
+    data["body"] = body
+    return PlainEvent("feedback", FEEDBACK_TOPIC, body["response_id"], data)
 
 
 def audit_event(record: AuditRecord, *, instance: str) -> AuditEvent:

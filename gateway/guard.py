@@ -5,14 +5,15 @@ dependency comes after the bytes are in memory. This runs first, in raw ASGI: it
 duplicate Authorization headers (400), checks the key on /v1/feedback* and the admin token
 on /admin/* (401/403) before a byte of the body is read, and reads the body itself up to
 its route's limit (413 as soon as the limit is passed, not after buffering the rest). The
-proxy routes never come here: HotPath serves them and checks the same in gateway/proxy.py.
+proxy and feedback routes never come here under HotPath: it serves them raw, and they check
+the same themselves (gateway/proxy.py, gateway/routes/feedback.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from gateway.asgi import ClientGone, Message, Receive, Send, read_body
+from gateway.asgi import ClientGone, Message, Receive, Send, read_body, refuse
 from gateway.auth import admin_principal
 from gateway.config import LimitsConfig
 from gateway.errors import DuplicateAuthorization, GatewayError
@@ -62,7 +63,7 @@ class RequestGuard:
             self._authenticate(scope, path, authorization)
             body = await read_body(receive, body_limit(self.settings.limits, path), declared)
         except GatewayError as err:
-            await _refuse(send, err)
+            await refuse(send, err)
             return
         except ClientGone:
             return
@@ -88,18 +89,3 @@ class RequestGuard:
         elif path == "/admin" or path.startswith("/admin/"):
             header = authorization.decode("latin-1") if authorization is not None else None
             admin_principal(self.settings, header)
-
-
-async def _refuse(send: Send, err: GatewayError) -> None:
-    """Answer with the error and close: the body that may follow is never read."""
-    body = err.body()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-    ]
-    try:
-        await send({"type": "http.response.start", "status": err.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-    except OSError:  # the client is gone
-        pass

@@ -1,4 +1,4 @@
-"""OpenAPI entries for the raw ASGI proxy routes, so clients and fuzzers see them."""
+"""OpenAPI entries for the raw ASGI routes (proxy, feedback), so clients and fuzzers see them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.routes.feedback import openapi_routes as feedback_openapi_routes
 
 _ERROR = {
     "description": "OpenAI error",
@@ -61,14 +62,20 @@ def _operation(summary: str, schema_name: str) -> dict[str, Any]:
     }
 
 
-def document_proxy_routes(app: FastAPI) -> None:
-    """Add /v1/chat/completions and /v1/completions to the generated OpenAPI document."""
+def document_raw_routes(app: FastAPI) -> None:
+    """Add the raw routes to the generated OpenAPI document.
+
+    /v1/chat/completions and /v1/completions by hand (their answers are the upstream's);
+    /v1/feedback and /v1/feedback/batch from FastAPI routes declared for that alone, so they
+    read as they did when FastAPI served them.
+    """
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
+        routes = [*app.routes, *feedback_openapi_routes()]
         schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
+            title=app.title, version=app.version, description=app.description, routes=routes
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for model in (ChatCompletionRequest, CompletionRequest):

@@ -2,7 +2,7 @@
 
 One place owns metrics, tracing and events. The request path calls named moments on a
 per-request Recording (started, routed, sending, first byte, chunk, failed, finished) and
-the feedback route calls `feedback_received`; nothing else records anything. With tracing
+the feedback routes call `feedback_recorded`; nothing else records anything. With tracing
 off the plain classes run and no span code is reached: no `if tracing` at call sites.
 
 A new observer (shadow traffic, online evaluators, ...) is added in one place: the
@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from feedback.emitter import EventPipeline
-from feedback.schema import FeedbackBody, FeedbackEvent
+from feedback.schema import FeedbackBody, PlainEvent
 from gateway.balancer import BalancerMetrics
-from gateway.events import audit_event, completion_event
+from gateway.events import audit_event, completion_event, feedback_event
 from gateway.exchange import Exchange
 from gateway.ids import Claims, ResponseIdSigner, new_nonce
 from gateway.metrics import REPORT_CATEGORIES, Metrics, RouteMetrics
@@ -130,27 +130,45 @@ class Recorder:
 
     def feedback_received(
         self, body: FeedbackBody, events: EventPipeline, now: float
-    ) -> FeedbackEvent:
-        """A judgement accepted: its event, metrics, experiment counts and observers."""
-        event = FeedbackEvent.create(
-            body, gateway=self.instance, now=now, trace_id=self._feedback_trace(body)
+    ) -> PlainEvent:
+        """A judgement accepted, as a model (judge models, the admin API): see feedback_recorded."""
+        return self.feedback_recorded(body.model_dump(), events, now, body)
+
+    def feedback_recorded(
+        self,
+        body: dict[str, Any],
+        events: EventPipeline,
+        now: float,
+        model: FeedbackBody | None = None,
+    ) -> PlainEvent:
+        """A judgement accepted: its event, metrics, experiment counts and observers.
+
+        `body` is FeedbackBody's dump (gateway.events.feedback_event), built by the feedback
+        route without the model; observers still get the model (`model`, else validated from
+        `body`), and only when there are any.
+        """
+        if self.observers and model is None:
+            model = FeedbackBody.model_validate(body)  # before the pipeline owns `body`
+        event = feedback_event(
+            body, instance=self.instance, now=now, trace_id=self._feedback_trace(body)
         )
         events.emit(event)
-        flag, variant, kind = body.flag or "", body.variant or "", body.kind
+        flag, variant, kind = body["flag"] or "", body["variant"] or "", body["kind"]
         self.metrics.feedback.labels(flag, variant, kind).inc()
         if self.counters is not None and flag and variant:
-            self.counters.count_feedback(flag, body.flag_version or 0, variant, kind, body.value)
-            if kind == "preference" and body.other_variant and body.winner:
-                self.counters.count_preference(
-                    flag, body.flag_version or 0, variant, body.other_variant, body.winner
-                )
-        if kind == "report" and body.category:
-            self.metrics.reports.labels(flag, variant, _bounded(body.category)).inc()
-        for o in self.observers:
-            o.feedback_received(body)
+            version = body["flag_version"] or 0
+            self.counters.count_feedback(flag, version, variant, kind, body["value"])
+            other, winner = body["other_variant"], body["winner"]
+            if kind == "preference" and other and winner:
+                self.counters.count_preference(flag, version, variant, other, winner)
+        if kind == "report" and body["category"]:
+            self.metrics.reports.labels(flag, variant, _bounded(body["category"])).inc()
+        if model is not None:
+            for o in self.observers:
+                o.feedback_received(model)
         return event
 
-    def _feedback_trace(self, body: FeedbackBody) -> str | None:
+    def _feedback_trace(self, body: dict[str, Any]) -> str | None:
         return None
 
 
@@ -183,14 +201,14 @@ class TracedRecorder(Recorder):
             o.routed(ex)
         return rec
 
-    def _feedback_trace(self, body: FeedbackBody) -> str | None:
+    def _feedback_trace(self, body: dict[str, Any]) -> str | None:
         return self.tracing.record_feedback(
-            body.response_id,
-            body.kind,
-            value=body.value,
-            flag=body.flag,
-            variant=body.variant,
-            category=body.category,
+            body["response_id"],
+            body["kind"],
+            value=body["value"],
+            flag=body["flag"],
+            variant=body["variant"],
+            category=body["category"],
         )
 
 

@@ -252,6 +252,13 @@ def gateway_cmd(folder: Path, name: str, sim_port: int, events: dict[str, Any]) 
     return [*head, "serve", "--config", str(path), "--log-level", "warning"]
 
 
+def with_path(path: str, cmd: list[str]) -> list[str]:
+    """`cmd` (python -m ...) with `path` first on sys.path. Python's -P keeps the working
+    directory (the checkout, where servers start) off sys.path: without it, `-m` puts it first
+    and a variant would run the checkout's code instead of its own."""
+    return ["env", f"PYTHONPATH={path}", cmd[0], "-P", *cmd[1:]]
+
+
 def serve(stack: ExitStack, name: str, cmd: list[str], health: str = "/healthz") -> Proc:
     """Start a server on a free port for the rest of the stack."""
     port = free_port()
@@ -446,7 +453,7 @@ def mode_kafka(args: argparse.Namespace, folder: Path) -> None:
                 path = os.pathsep.join((str(Path(extra).resolve()), str(ROOT)))
                 cmd = gateway_cmd(folder, name, sim_port,
                                   kafka_events(folder, name, broker.bootstrap))  # fmt: skip
-                gws[name] = serve(stack, name, ["env", f"PYTHONPATH={path}", *cmd])
+                gws[name] = serve(stack, name, with_path(path, cmd))
             bodies = chat_bodies()
             for gw in gws.values():  # warm up (and create the topics)
                 drive(gw, "/v1/chat/completions", bodies, 4, 1, True)
@@ -539,7 +546,7 @@ def mode_feedback(args: argparse.Namespace, folder: Path) -> None:
                               kafka_events(folder, "kafka", broker.bootstrap))  # fmt: skip
             if args.gateway_path:
                 path = os.pathsep.join((str(Path(args.gateway_path).resolve()), str(ROOT)))
-                cmd = ["env", f"PYTHONPATH={path}", *cmd]
+                cmd = with_path(path, cmd)
             gw = serve(stack, "kafka", cmd)
             ref = serve_reference(stack, sim_port)
             ids = _response_ids(gw.url, 200)
@@ -558,7 +565,7 @@ def mode_feedback(args: argparse.Namespace, folder: Path) -> None:
                 path = os.pathsep.join((str(Path(extra).resolve()), str(ROOT)))
                 vcmd = gateway_cmd(folder, name, sim_port,
                                    kafka_events(folder, name, broker.bootstrap))  # fmt: skip
-                variants[name] = serve(stack, name, ["env", f"PYTHONPATH={path}", *vcmd])
+                variants[name] = serve(stack, name, with_path(path, vcmd))
             gateways = [gw, *variants.values()]
             before = [wait_drained(g.url) for g in gateways]  # the chat calls' events are in
             threads0 = thread_cpu(gw.proc.pid)
