@@ -19,10 +19,11 @@ by its pid.
 
     PYTHONPATH=$PWD .venv/bin/python -m loadtests.bench_shape MODE [--rounds 2] [--duration 5]
 
-A/B of code or packages in the same rounds: `--kafka-variant NAME=DIR` (kafka) and
-`--feedback-variant NAME=DIR` (feedback) add a gateway with DIR first on its PYTHONPATH
-(a package installed there with `pip install --target DIR`, or an older `gateway/` from
-`git archive REV gateway | tar -x -C DIR`). `--profile` runs the gateways under cProfile.
+A/B of code or packages in the same rounds: `--kafka-variant NAME=DIR` (kafka),
+`--feedback-variant NAME=DIR` (feedback) and `--workers-variant NAME=DIR` (workers: another
+`--workers 2`) add a gateway with DIR first on its PYTHONPATH (a package installed there
+with `pip install --target DIR`, or an older `gateway/` from `git archive REV gateway | tar
+-x -C DIR`). `--profile` runs the gateways under cProfile.
 """
 
 from __future__ import annotations
@@ -675,6 +676,11 @@ def mode_workers(args: argparse.Namespace, folder: Path) -> None:
             )
             for n in (1, 2)
         }  # fmt: skip
+        for variant in args.workers_variant:  # another --workers 2 gateway, DIR first on its path
+            name, _, extra = variant.partition("=")
+            path = os.pathsep.join((str(Path(extra).resolve()), str(ROOT)))
+            cmd = gateway_cmd(folder, name, sim_port, spool_events(folder, name))
+            gws[name] = serve(stack, name, ["env", f"PYTHONPATH={path}", *cmd, "--workers", "2"])
         bodies = chat_bodies()
         for gw in gws.values():
             drive(gw, "/v1/chat/completions", bodies, 4, 1, True)
@@ -692,24 +698,30 @@ def mode_workers(args: argparse.Namespace, folder: Path) -> None:
         labels = _labels(by_proc)
     rows = []
     for i in range(args.rounds):
-        a, b = loads["w1"][i], loads["w2"][i]
-        rows.append([
-            str(i + 1), f"{a.ok / a.seconds:,.0f}", f"{b.ok / b.seconds:,.0f}",
-            f"{a.cpu_ms_per_call:.3f}", f"{b.cpu_ms_per_call:.3f}",
-            f"{b.cpu_ms_per_call / a.cpu_ms_per_call:.2f}x", str(a.errors + b.errors),
-        ])  # fmt: skip
+        a = loads["w1"][i]
+        for name, xs in loads.items():
+            b = xs[i]
+            rows.append([
+                str(i + 1), name, f"{b.ok / b.seconds:,.0f}", f"{b.cpu_ms_per_call:.3f}",
+                f"{b.cpu_ms_per_call / a.cpu_ms_per_call:.2f}x", str(b.errors),
+            ])  # fmt: skip
+    counted = ", ".join(f"{name}: {n}" for name, n in procs.items())
     table(f"chat json c={args.concurrency}, events to the spool: --workers 1 vs 2 "
-          f"(processes counted: {procs['w1']} and {procs['w2']})",
-          ["round", "w1 req/s", "w2 req/s", "w1 CPU ms/req", "w2 CPU ms/req", "w2/w1 CPU",
-           "errors"], rows)  # fmt: skip
-    ratio = [
-        b.cpu_ms_per_call / a.cpu_ms_per_call for a, b in zip(loads["w1"], loads["w2"], strict=True)
+          f"(processes counted: {counted})",
+          ["round", "gateway", "req/s", "CPU ms/req", "/ w1 CPU", "errors"], rows)  # fmt: skip
+    target_rows = []
+    for name in loads:
+        if name != "w1":
+            ratio = [b.cpu_ms_per_call / a.cpu_ms_per_call
+                     for a, b in zip(loads["w1"], loads[name], strict=True)]  # fmt: skip
+            target_rows.append(
+                [f"{name} (--workers 2) / w1 CPU per request", rng(ratio, "{:.2f}x"), "<= 1.1x"]
+            )
+    target_rows += [
+        [f"{name}: emitted / spooled / dropped", _counts(c), "all / 0"]
+        for name, c in counters.items()
     ]
-    table("targets", ["figure", "measured", "target"], [
-        ["--workers 2 / --workers 1 CPU per request", rng(ratio, "{:.2f}x"), "<= 1.1x"],
-        ["w1: emitted / spooled / dropped", _counts(counters["w1"]), "all / 0"],
-        ["w2: emitted / spooled / dropped", _counts(counters["w2"]), "all / 0"],
-    ])  # fmt: skip
+    table("targets", ["figure", "measured", "target"], target_rows)
     split = ", ".join(
         f"{label}: {by_proc[pid] - by_proc0.get(pid, 0.0):.1f}s" for pid, label in labels
     )
@@ -932,6 +944,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="items per feedback batch")
     parser.add_argument("--batch-concurrency", type=int, default=8)
     parser.add_argument("--kafka-variant", action="append", default=[], metavar="NAME=DIR")
+    parser.add_argument(
+        "--workers-variant",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="workers: another --workers 2 gateway with DIR first on its PYTHONPATH",
+    )
     parser.add_argument("--gateway-path", help="feedback: DIR first on the gateway's PYTHONPATH")
     parser.add_argument(
         "--feedback-variant",
