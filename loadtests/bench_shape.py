@@ -680,7 +680,7 @@ def mode_workers(args: argparse.Namespace, folder: Path) -> None:
             name, _, extra = variant.partition("=")
             path = os.pathsep.join((str(Path(extra).resolve()), str(ROOT)))
             cmd = gateway_cmd(folder, name, sim_port, spool_events(folder, name))
-            gws[name] = serve(stack, name, ["env", f"PYTHONPATH={path}", *cmd, "--workers", "2"])
+            gws[name] = serve(stack, name, with_path(path, [*cmd, "--workers", "2"]))
         bodies = chat_bodies()
         for gw in gws.values():
             drive(gw, "/v1/chat/completions", bodies, 4, 1, True)
