@@ -27,6 +27,7 @@ from feedback.sinks.faults import (
     valid_topic,
 )
 from feedback.sinks.headers import TRUNCATED_HEADER, Headers, record_headers
+from feedback.sinks.partition import make_partitioner
 from feedback.truncation import fit
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,8 @@ class KafkaSink:
                 max_request_size=self.config.max_request_bytes,
                 bootstrap_timeout_ms=connect_ms,
                 reconnect_backoff_max_ms=1000,
+                # Kafka's default partitions (murmur2 of the key), hashed in C when it can.
+                partitioner=make_partitioner(),
             )
         except KafkaError as exc:
             raise SinkUnavailable(
