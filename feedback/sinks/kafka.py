@@ -58,6 +58,12 @@ class _Pending:
         return _Pending(self.key, self.value, self.headers, len(self.value) // 2)
 
 
+def _without_client_metrics(producer_class: Any) -> dict[str, Any]:
+    """kafka-python's own metrics off, where it can: nothing reads them (the gateway counts
+    events itself), and its sender updated several sensors per record and per request."""
+    return {"metrics_enabled": False} if "metrics_enabled" in producer_class.DEFAULT_CONFIG else {}
+
+
 def load_kafka_client() -> None:
     """Import kafka-python now, in this thread, without its import-time DeprecationWarning.
 
@@ -145,6 +151,7 @@ class KafkaSink:
                 reconnect_backoff_max_ms=1000,
                 # Kafka's default partitions (murmur2 of the key), hashed in C when it can.
                 partitioner=make_partitioner(),
+                **_without_client_metrics(KafkaProducer),
             )
         except KafkaError as exc:
             raise SinkUnavailable(
