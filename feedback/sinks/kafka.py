@@ -27,6 +27,7 @@ from feedback.sinks.faults import (
     valid_topic,
 )
 from feedback.sinks.headers import TRUNCATED_HEADER, Headers, record_headers
+from feedback.sinks.partition import make_partitioner
 from feedback.truncation import fit
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,12 @@ class _Pending:
     def halved(self) -> _Pending:
         """The same record, to be cut to half of what was just sent."""
         return _Pending(self.key, self.value, self.headers, len(self.value) // 2)
+
+
+def _without_client_metrics(producer_class: Any) -> dict[str, Any]:
+    """kafka-python's own metrics off, where it can: nothing reads them (the gateway counts
+    events itself), and its sender updated several sensors per record and per request."""
+    return {"metrics_enabled": False} if "metrics_enabled" in producer_class.DEFAULT_CONFIG else {}
 
 
 def load_kafka_client() -> None:
@@ -142,6 +149,9 @@ class KafkaSink:
                 max_request_size=self.config.max_request_bytes,
                 bootstrap_timeout_ms=connect_ms,
                 reconnect_backoff_max_ms=1000,
+                # Kafka's default partitions (murmur2 of the key), hashed in C when it can.
+                partitioner=make_partitioner(),
+                **_without_client_metrics(KafkaProducer),
             )
         except KafkaError as exc:
             raise SinkUnavailable(
