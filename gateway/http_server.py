@@ -96,6 +96,13 @@ class CorkedTransport:
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol over a CorkedTransport, with the connection limits."""
 
+    # uvicorn's own fields stay in the instance dict; ours in slots (a smaller dict per
+    # connection: thousands of streams hold thousands of connections).
+    __slots__ = (
+        "_body_timeout", "_counted", "_head_bytes", "_head_started", "_head_timeout", "_in_head",
+        "_last_body", "_max_head", "_per_client", "_timer",
+    )  # fmt: skip
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         limits = _limits(self.config)
@@ -161,6 +168,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_started = None
+        if self._timer is not None:
+            # The head came in time: no timer while the answer runs (a body still to come
+            # arms its own in data_received; an idle connection is uvicorn's keep-alive's).
+            self._timer.cancel()
+            self._timer = None
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
