@@ -83,43 +83,73 @@ async def relay_stream(req: StreamRelay) -> None:
 
 
 async def _forward_events(req: StreamRelay, call: UpstreamCall) -> None:
-    """The upstream's events to the client, whole, as they come; raises on what is not SSE."""
+    """The upstream's events to the client, whole, as they come; raises on what is not SSE.
+
+    Per read: the whole events in it are checked and read one by one (orjson, then the
+    exchange's take_chunk), and sent as the bytes that came (a slice, not a join) unless a
+    usage chunk is dropped; the id is swapped with a bytes replace once the first id is known.
+    """
     ex, rec, send, started, strip_usage = req.ex, req.rec, req.reply, req.started, req.strip_usage
+    take_chunk, content, loads, now = ex.take_chunk, rec.content, orjson.loads, time.perf_counter
+    watched = rec.watched
     pending = b""
     swap: tuple[bytes, bytes, bytes, bytes] | None = None
     if not _event_stream_type(call.response.headers):
         raise NotEventStream("its content type is not text/event-stream")
     async for data in call.response.iter_any():
-        events, pending = take_events(pending + data)
-        if not events:
+        if pending:
+            data = pending + data
+        cut = data.rfind(b"\n\n")
+        if cut < 0:
+            if len(data) > MAX_EVENT_BYTES:
+                raise NotEventStream("no event ended within the size limit")
+            pending = data
             continue
-        out: list[bytes] = []
-        for event in events:
-            doc = event_json(event)
-            if doc is not None:
+        cut += 2
+        if cut < len(data):
+            chunk, pending = data[:cut], data[cut:]
+        else:
+            chunk, pending = data, b""
+        events = chunk[:-2].split(b"\n\n")
+        kept: list[bytes] | None = None  # the events sent, once one is dropped
+        for n, event in enumerate(events):
+            start = event.find(b"data:")
+            doc: Any = None
+            if start >= 0:
+                payload = event[start + 5 :].strip()
+                if payload and payload != b"[DONE]":
+                    try:
+                        doc = loads(payload)
+                    except orjson.JSONDecodeError:
+                        doc = None
+            if isinstance(doc, dict):
                 if swap is None and "id" in doc:
                     upstream_id = str(doc["id"])
                     swap = _id_swap(upstream_id, rec.response_id(upstream_id))
-                if ex.take_chunk(doc) and rec.content(time.perf_counter(), started):
+                if take_chunk(doc) and content(now(), started):
                     call.first_token()
                 if strip_usage and not doc.get("choices") and doc.get("usage"):
+                    if kept is None:
+                        kept = events[:n]
                     continue
             elif not _harmless(event):
                 raise NotEventStream("an event is not SSE data")
-            out.append(event)
-        if not out:
-            continue
-        chunk = b"\n\n".join(out) + b"\n\n"
+            if kept is not None:
+                kept.append(event)
+        if kept is not None:
+            if not kept:
+                continue
+            chunk = b"\n\n".join(kept) + b"\n\n"
         if swap is not None:  # only the `id` field: the same string in text stays
             chunk = chunk.replace(swap[0], swap[1]).replace(swap[2], swap[3])
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        if rec.watched:
+        if watched:
             rec.chunk(chunk)
     if pending.strip():
         if event_json(pending) is None and not _harmless(pending):
             raise NotEventStream("its last event is not SSE data")
         await send({"type": "http.response.body", "body": pending, "more_body": True})
-        if rec.watched:
+        if watched:
             rec.chunk(pending)
 
 
