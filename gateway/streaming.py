@@ -85,15 +85,14 @@ async def relay_stream(req: StreamRelay) -> None:
 async def _forward_events(req: StreamRelay, call: UpstreamCall) -> None:
     """The upstream's events to the client, whole, as they come; raises on what is not SSE.
 
-    Per read: the whole events in it are checked and read one by one (orjson, then the
-    exchange's take_chunk), and sent as the bytes that came (a slice, not a join) unless a
-    usage chunk is dropped; the id is swapped with a bytes replace once the first id is known.
+    Per read: the whole events in it are checked and read one by one (_Events.read), and sent
+    as the bytes that came (a slice, not a join) unless a usage chunk is dropped. Between
+    reads a stream holds only what it must (no parsed chunk, no last read's bytes).
     """
-    ex, rec, send, started, strip_usage = req.ex, req.rec, req.reply, req.started, req.strip_usage
-    take_chunk, content, loads, now = ex.take_chunk, rec.content, orjson.loads, time.perf_counter
+    rec, send = req.rec, req.reply
     watched = rec.watched
+    reader = _Events(req, call)
     pending = b""
-    swap: tuple[bytes, bytes, bytes, bytes] | None = None
     if not _event_stream_type(call.response.headers):
         raise NotEventStream("its content type is not text/event-stream")
     async for data in call.response.iter_any():
@@ -107,9 +106,45 @@ async def _forward_events(req: StreamRelay, call: UpstreamCall) -> None:
             continue
         cut += 2
         if cut < len(data):
-            chunk, pending = data[:cut], data[cut:]
+            pending = data[cut:]
+            chunk = reader.read(data[:cut])
         else:
-            chunk, pending = data, b""
+            pending = b""
+            chunk = reader.read(data)
+        data = b""
+        if chunk is None:
+            continue
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if watched:
+            rec.chunk(chunk)
+        chunk = None
+    if pending.strip():
+        if event_json(pending) is None and not _harmless(pending):
+            raise NotEventStream("its last event is not SSE data")
+        await send({"type": "http.response.body", "body": pending, "more_body": True})
+        if watched:
+            rec.chunk(pending)
+
+
+class _Events:
+    """What the relay reads in the events of a stream, one read at a time."""
+
+    __slots__ = ("call", "content", "rec", "started", "strip_usage", "swap", "take_chunk")
+
+    def __init__(self, req: StreamRelay, call: UpstreamCall) -> None:
+        self.call = call
+        self.rec = req.rec
+        self.take_chunk = req.ex.take_chunk
+        self.content = req.rec.content
+        self.started = req.started
+        self.strip_usage = req.strip_usage
+        # The id replace once the first id is known (only the `id` field: the same string
+        # elsewhere in the text stays).
+        self.swap: tuple[bytes, bytes, bytes, bytes] | None = None
+
+    def read(self, chunk: bytes) -> bytes | None:
+        """Whole events (`chunk` ends with a blank line): each checked and read; the bytes to
+        send, or None when none is left (a dropped usage chunk); raises on what is not SSE."""
         events = chunk[:-2].split(b"\n\n")
         kept: list[bytes] | None = None  # the events sent, once one is dropped
         for n, event in enumerate(events):
@@ -119,16 +154,16 @@ async def _forward_events(req: StreamRelay, call: UpstreamCall) -> None:
                 payload = event[start + 5 :].strip()
                 if payload and payload != b"[DONE]":
                     try:
-                        doc = loads(payload)
+                        doc = orjson.loads(payload)
                     except orjson.JSONDecodeError:
                         doc = None
             if isinstance(doc, dict):
-                if swap is None and "id" in doc:
+                if self.swap is None and "id" in doc:
                     upstream_id = str(doc["id"])
-                    swap = _id_swap(upstream_id, rec.response_id(upstream_id))
-                if take_chunk(doc) and content(now(), started):
-                    call.first_token()
-                if strip_usage and not doc.get("choices") and doc.get("usage"):
+                    self.swap = _id_swap(upstream_id, self.rec.response_id(upstream_id))
+                if self.take_chunk(doc) and self.content(time.perf_counter(), self.started):
+                    self.call.first_token()
+                if self.strip_usage and not doc.get("choices") and doc.get("usage"):
                     if kept is None:
                         kept = events[:n]
                     continue
@@ -138,19 +173,12 @@ async def _forward_events(req: StreamRelay, call: UpstreamCall) -> None:
                 kept.append(event)
         if kept is not None:
             if not kept:
-                continue
+                return None
             chunk = b"\n\n".join(kept) + b"\n\n"
-        if swap is not None:  # only the `id` field: the same string in text stays
+        swap = self.swap
+        if swap is not None:
             chunk = chunk.replace(swap[0], swap[1]).replace(swap[2], swap[3])
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        if watched:
-            rec.chunk(chunk)
-    if pending.strip():
-        if event_json(pending) is None and not _harmless(pending):
-            raise NotEventStream("its last event is not SSE data")
-        await send({"type": "http.response.body", "body": pending, "more_body": True})
-        if watched:
-            rec.chunk(pending)
+        return chunk
 
 
 def _id_swap(upstream_id: str, response_id: str) -> tuple[bytes, bytes, bytes, bytes]:
