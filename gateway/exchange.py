@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# A stream's text is kept as parts, joined into one every this many (a str per token costs
+# ~60 bytes for a few characters of text).
+_JOIN_PARTS = 32
+
 
 @dataclass(slots=True)
 class Exchange:
@@ -101,6 +105,9 @@ class Exchange:
         else:
             content = choice.get("text")
         if isinstance(content, str) and content:
-            self.text_parts.append(content)
+            parts = self.text_parts
+            parts.append(content)
+            if len(parts) >= _JOIN_PARTS:  # one string, not a small one per token
+                parts[:] = ("".join(parts),)
             return True
         return False

@@ -12,7 +12,8 @@ calls: two TCP segments on the wire and two wake-ups of the client for every req
 the writes a connection makes during one iteration of the event loop are held and sent as
 one when the iteration ends. Nothing waits longer for it (no other code would run before
 they went out), streamed chunks still leave as they come, and the gateway spends ~15% less
-CPU per request (loadtests/bench_gateway.py).
+CPU per request (loadtests/bench_gateway.py). Once a streamed answer has started, its chunks
+are written straight through (one write per chunk anyway: no flush callback per chunk).
 
 `loopgate serve` runs uvicorn with `http="gateway.http_server:CorkedHttpToolsProtocol"`.
 That subclasses a private uvicorn class: pyproject.toml caps uvicorn to the tested range,
@@ -36,18 +37,34 @@ log = logging.getLogger(__name__)
 
 
 class CorkedTransport:
-    """A transport whose writes are buffered until the current loop iteration ends."""
+    """A transport whose writes are buffered until the current loop iteration ends.
 
-    __slots__ = ("_buffer", "_loop", "_transport")
+    Once an answer has gone out in part and is not complete (a stream), its further writes
+    (one per chunk) go straight through until `uncork`: holding each for the end of the
+    iteration would only cost a callback per chunk.
+    """
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = ("_buffer", "_direct", "_loop", "_protocol", "_transport")
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        protocol: HttpToolsProtocol | None = None,
+    ) -> None:
         self._transport = transport
         self._loop = loop
         self._buffer: list[bytes] = []
+        self._protocol = protocol  # whose answer in progress makes writes direct
+        self._direct = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Hold the bytes; the first write of an iteration schedules the flush."""
         if not data:
+            return
+        if self._direct:
+            if not self._transport.is_closing():
+                self._transport.write(data)
             return
         if not self._buffer:
             self._loop.call_soon(self.flush)
@@ -67,6 +84,15 @@ class CorkedTransport:
         if self._transport.is_closing():
             return  # the peer is gone: asyncio drops writes to a closed transport too
         self._transport.write(buffer[0] if len(buffer) == 1 else b"".join(buffer))
+        protocol = self._protocol
+        if protocol is not None:
+            cycle = protocol.cycle
+            if cycle is not None and cycle.response_started and not cycle.response_complete:
+                self._direct = True  # a streamed answer: its chunks leave as they are written
+
+    def uncork(self) -> None:
+        """The answer is complete: writes are held again (the next answer's head and body)."""
+        self._direct = False
 
     def get_write_buffer_size(self) -> int:
         """Bytes held here and in the transport's own buffer."""
@@ -96,6 +122,13 @@ class CorkedTransport:
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol over a CorkedTransport, with the connection limits."""
 
+    # uvicorn's own fields stay in the instance dict; ours in slots (a smaller dict per
+    # connection: thousands of streams hold thousands of connections).
+    __slots__ = (
+        "_body_timeout", "_corked", "_counted", "_head_bytes", "_head_started", "_head_timeout",
+        "_in_head", "_last_body", "_max_head", "_per_client", "_timer",
+    )  # fmt: skip
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         limits = _limits(self.config)
@@ -111,7 +144,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        corked = CorkedTransport(cast(asyncio.Transport, transport), self.loop)
+        self._corked = corked = CorkedTransport(cast(asyncio.Transport, transport), self.loop, self)
         super().connection_made(cast(asyncio.Transport, corked))
         if self._per_client is not None and self.client is not None:
             clients = _clients(self.server_state)
@@ -161,7 +194,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_started = None
+        if self._timer is not None:
+            # The head came in time: no timer while the answer runs (a body still to come
+            # arms its own in data_received; an idle connection is uvicorn's keep-alive's).
+            self._timer.cancel()
+            self._timer = None
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        self._corked.uncork()
+        super().on_response_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -249,7 +291,7 @@ def _clients(server_state: Any) -> Counter[str]:
 # What GuardedHttpToolsProtocol uses of uvicorn's private classes.
 _PROTOCOL_METHODS = (
     "connection_made", "connection_lost", "data_received", "on_headers_complete",
-    "on_message_complete", "send_400_response",
+    "on_message_complete", "on_response_complete", "send_400_response",
 )  # fmt: skip
 _PROTOCOL_FIELDS = ("loop", "config", "transport", "flow", "cycle", "client", "server_state")
 _CYCLE_FIELDS = ("more_body", "disconnected", "message_event", "response_started",

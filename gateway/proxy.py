@@ -122,6 +122,7 @@ class ProxyRequest:
             self.choose_route()
             self.watch = DisconnectWatch(receive)
             await self.send_upstream()
+            self.raw = b""  # parsed, sent and counted: not held while the answer runs
             await self.relay()
         except ClientGone:
             self.rec.failed("cancelled", 499, None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -82,6 +83,9 @@ class Recorder:
         self.chunk_observers = tuple(
             _Guarded(o) for o in observers if getattr(o, "reads_chunks", True)
         )
+        # The inter-token histogram's bucket bounds: a stream counts its gaps per bucket and
+        # adds them when it ends (one call, not one per chunk); None: observed one by one.
+        self.itl_bounds = _bucket_bounds(getattr(metrics, "itl", None))
 
     def begin(self, ex: Exchange, route_label: str, headers: Any) -> Recording:
         """Request started: its Recording, which the request path reports every moment to."""
@@ -215,7 +219,7 @@ class TracedRecorder(Recorder):
 class Recording:
     """The moments of one request, reported by the request path as they happen."""
 
-    __slots__ = ("_last", "ex", "label", "r", "rm", "watched")
+    __slots__ = ("_gaps", "_gaps_s", "_last", "ex", "label", "r", "rm", "watched")
 
     def __init__(self, recorder: Recorder, ex: Exchange, label: str) -> None:
         self.r = recorder
@@ -223,6 +227,8 @@ class Recording:
         self.label = label
         self.rm: RouteMetrics | None = None
         self._last: float | None = None
+        self._gaps: list[int] | None = None  # inter-token gaps per histogram bucket, not yet added
+        self._gaps_s = 0.0  # and their sum
         # Whether any observer wants each chunk: the stream relay skips the call when not.
         self.watched = bool(recorder.chunk_observers)
 
@@ -293,9 +299,31 @@ class Recording:
         rm = self.rm
         if rm is None:
             ex = self.ex
+            # The labels as they are at the first gap (a failed request may blank them later).
             rm = self.rm = self.r.metrics.route(ex.flag, ex.variant, ex.model, self.label, ex.role)
-        rm.itl.observe(now - last)
+        gap = now - last
+        bounds = self.r.itl_bounds
+        if bounds is None:
+            rm.itl.observe(gap)
+            return False
+        gaps = self._gaps
+        if gaps is None:
+            gaps = self._gaps = [0] * len(bounds)
+        gaps[bisect_left(bounds, gap)] += 1
+        self._gaps_s += gap
         return False
+
+    def _add_gaps(self) -> None:
+        """The stream's inter-token gaps into the histogram, as observing each would have."""
+        gaps, rm = self._gaps, self.rm
+        if gaps is None or rm is None:
+            return
+        self._gaps = None
+        child = rm.itl
+        child._sum.inc(self._gaps_s)
+        for bucket, count in zip(child._buckets, gaps, strict=True):
+            if count:
+                bucket.inc(count)
 
     def chunk(self, data: bytes) -> None:
         """A piece of the stream went to the client."""
@@ -323,6 +351,7 @@ class Recording:
             o.finished(ex)
 
     def _metrics(self) -> None:
+        self._add_gaps()
         ex, m = self.ex, self.r.metrics
         key = (ex.flag, ex.variant, ex.model, self.label, ex.role)
         rm = m.route(*key)
@@ -439,6 +468,19 @@ def audit_writer(events: EventPipeline | None, instance: str) -> AuditSink:
             events.emit(audit_event(record, instance=instance))
 
     return audit
+
+
+def _bucket_bounds(histogram: Any) -> tuple[float, ...] | None:
+    """A prometheus_client histogram's bucket bounds (+Inf last), where its children keep one
+    count per bucket and a sum (`_buckets`, `_sum`, as observe fills them); else None."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    child_init = getattr(type(histogram), "_metric_init", None)
+    code = getattr(child_init, "__code__", None)
+    if not bounds or code is None or not {"_buckets", "_sum"} <= set(code.co_names):
+        return None
+    if bounds[-1] != float("inf") or list(bounds) != sorted(bounds):
+        return None
+    return tuple(bounds)
 
 
 def _bounded(category: str) -> str:

@@ -83,44 +83,102 @@ async def relay_stream(req: StreamRelay) -> None:
 
 
 async def _forward_events(req: StreamRelay, call: UpstreamCall) -> None:
-    """The upstream's events to the client, whole, as they come; raises on what is not SSE."""
-    ex, rec, send, started, strip_usage = req.ex, req.rec, req.reply, req.started, req.strip_usage
+    """The upstream's events to the client, whole, as they come; raises on what is not SSE.
+
+    Per read: the whole events in it are checked and read one by one (_Events.read), and sent
+    as the bytes that came (a slice, not a join) unless a usage chunk is dropped. Between
+    reads a stream holds only what it must (no parsed chunk, no last read's bytes).
+    """
+    rec, send = req.rec, req.reply
+    watched = rec.watched
+    reader = _Events(req, call)
     pending = b""
-    swap: tuple[bytes, bytes, bytes, bytes] | None = None
     if not _event_stream_type(call.response.headers):
         raise NotEventStream("its content type is not text/event-stream")
     async for data in call.response.iter_any():
-        events, pending = take_events(pending + data)
-        if not events:
+        if pending:
+            data = pending + data
+        cut = data.rfind(b"\n\n")
+        if cut < 0:
+            if len(data) > MAX_EVENT_BYTES:
+                raise NotEventStream("no event ended within the size limit")
+            pending = data
             continue
-        out: list[bytes] = []
-        for event in events:
-            doc = event_json(event)
-            if doc is not None:
-                if swap is None and "id" in doc:
-                    upstream_id = str(doc["id"])
-                    swap = _id_swap(upstream_id, rec.response_id(upstream_id))
-                if ex.take_chunk(doc) and rec.content(time.perf_counter(), started):
-                    call.first_token()
-                if strip_usage and not doc.get("choices") and doc.get("usage"):
-                    continue
-            elif not _harmless(event):
-                raise NotEventStream("an event is not SSE data")
-            out.append(event)
-        if not out:
+        cut += 2
+        if cut < len(data):
+            pending = data[cut:]
+            chunk = reader.read(data[:cut])
+        else:
+            pending = b""
+            chunk = reader.read(data)
+        data = b""
+        if chunk is None:
             continue
-        chunk = b"\n\n".join(out) + b"\n\n"
-        if swap is not None:  # only the `id` field: the same string in text stays
-            chunk = chunk.replace(swap[0], swap[1]).replace(swap[2], swap[3])
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        if rec.watched:
+        if watched:
             rec.chunk(chunk)
+        chunk = None
     if pending.strip():
         if event_json(pending) is None and not _harmless(pending):
             raise NotEventStream("its last event is not SSE data")
         await send({"type": "http.response.body", "body": pending, "more_body": True})
-        if rec.watched:
+        if watched:
             rec.chunk(pending)
+
+
+class _Events:
+    """What the relay reads in the events of a stream, one read at a time."""
+
+    __slots__ = ("call", "content", "rec", "started", "strip_usage", "swap", "take_chunk")
+
+    def __init__(self, req: StreamRelay, call: UpstreamCall) -> None:
+        self.call = call
+        self.rec = req.rec
+        self.take_chunk = req.ex.take_chunk
+        self.content = req.rec.content
+        self.started = req.started
+        self.strip_usage = req.strip_usage
+        # The id replace once the first id is known (only the `id` field: the same string
+        # elsewhere in the text stays).
+        self.swap: tuple[bytes, bytes, bytes, bytes] | None = None
+
+    def read(self, chunk: bytes) -> bytes | None:
+        """Whole events (`chunk` ends with a blank line): each checked and read; the bytes to
+        send, or None when none is left (a dropped usage chunk); raises on what is not SSE."""
+        events = chunk[:-2].split(b"\n\n")
+        kept: list[bytes] | None = None  # the events sent, once one is dropped
+        for n, event in enumerate(events):
+            start = event.find(b"data:")
+            doc: Any = None
+            if start >= 0:
+                payload = event[start + 5 :].strip()
+                if payload and payload != b"[DONE]":
+                    try:
+                        doc = orjson.loads(payload)
+                    except orjson.JSONDecodeError:
+                        doc = None
+            if isinstance(doc, dict):
+                if self.swap is None and "id" in doc:
+                    upstream_id = str(doc["id"])
+                    self.swap = _id_swap(upstream_id, self.rec.response_id(upstream_id))
+                if self.take_chunk(doc) and self.content(time.perf_counter(), self.started):
+                    self.call.first_token()
+                if self.strip_usage and not doc.get("choices") and doc.get("usage"):
+                    if kept is None:
+                        kept = events[:n]
+                    continue
+            elif not _harmless(event):
+                raise NotEventStream("an event is not SSE data")
+            if kept is not None:
+                kept.append(event)
+        if kept is not None:
+            if not kept:
+                return None
+            chunk = b"\n\n".join(kept) + b"\n\n"
+        swap = self.swap
+        if swap is not None:
+            chunk = chunk.replace(swap[0], swap[1]).replace(swap[2], swap[3])
+        return chunk
 
 
 def _id_swap(upstream_id: str, response_id: str) -> tuple[bytes, bytes, bytes, bytes]:

@@ -20,10 +20,11 @@ by its pid.
     PYTHONPATH=$PWD .venv/bin/python -m loadtests.bench_shape MODE [--rounds 2] [--duration 5]
 
 A/B of code or packages in the same rounds: `--kafka-variant NAME=DIR` (kafka),
-`--feedback-variant NAME=DIR` (feedback) and `--workers-variant NAME=DIR` (workers: another
-`--workers 2`) add a gateway with DIR first on its PYTHONPATH (a package installed there
-with `pip install --target DIR`, or an older `gateway/` from `git archive REV gateway | tar
--x -C DIR`). `--profile` runs the gateways under cProfile.
+`--feedback-variant NAME=DIR` (feedback), `--workers-variant NAME=DIR` (workers: another
+`--workers 2`) and `--streams-variant NAME=DIR` (streams) add a gateway with DIR first on its
+sys.path (a package installed there with `pip install --target DIR`, or an older `gateway/`
+from `git archive REV gateway | tar -x -C DIR`; servers run with `python -P`, so the
+checkout does not shadow it). `--profile` runs the gateways under cProfile.
 """
 
 from __future__ import annotations
@@ -871,7 +872,8 @@ def mode_streams(args: argparse.Namespace, folder: Path) -> None:
     """N open slow streams: gateway vs reference vs direct, fresh servers each round."""
     import uvloop
 
-    waves: dict[str, list[Wave]] = {"gateway": [], "reference": [], "direct": []}
+    names = [v.partition("=")[0] for v in args.streams_variant]
+    waves: dict[str, list[Wave]] = {n: [] for n in ["gateway", *names, "reference", "direct"]}
     counters: list[dict[str, float]] = []
     for _ in range(args.rounds):
         with ExitStack() as stack:
@@ -882,8 +884,14 @@ def mode_streams(args: argparse.Namespace, folder: Path) -> None:
             gw = serve(stack, "gateway",
                        gateway_cmd(folder, "gw", sim_port, spool_events(folder, "gw")))  # fmt: skip
             ref = serve_reference(stack, sim_port)
-            targets = {"gateway": (gw.port, gw.proc.pid), "reference": (ref.port, ref.proc.pid),
-                       "direct": (sim_port, None)}  # fmt: skip
+            targets = {"gateway": (gw.port, gw.proc.pid)}
+            for variant in args.streams_variant:
+                name, _, extra = variant.partition("=")
+                path = os.pathsep.join((str(Path(extra).resolve()), str(ROOT)))
+                cmd = gateway_cmd(folder, name, sim_port, spool_events(folder, name))
+                v = serve(stack, name, with_path(path, cmd))
+                targets[name] = (v.port, v.proc.pid)
+            targets.update({"reference": (ref.port, ref.proc.pid), "direct": (sim_port, None)})
             for port, pid in targets.values():  # warm up code paths and pools
                 uvloop.run(_wave(port, pid, 20, 5))
             for name, (port, pid) in targets.items():
@@ -925,6 +933,13 @@ def mode_streams(args: argparse.Namespace, folder: Path) -> None:
          f"({rng([w.us_per_extra_chunk for w in r], '{:.1f}')}) us", "<= 10 us"],
         ["gateway / reference CPU per chunk",
          rng([a.us_per_chunk / b.us_per_chunk for a, b in zip(g, r, strict=True)], "{:.2f}x"), ""],
+        *[[f"{n}: RSS KiB per stream; CPU us per chunk, per extra chunk",
+           f"{rng([w.kib_per_stream for w in waves[n]], '{:.1f}')}; "
+           f"{rng([w.us_per_chunk for w in waves[n]], '{:.1f}')}, "
+           f"{rng([w.us_per_extra_chunk for w in waves[n]], '{:.1f}')}", ""] for n in names],
+        *[[f"gateway / {n} CPU per chunk (per round)",
+           rng([a.us_per_chunk / b.us_per_chunk for a, b in zip(g, waves[n], strict=True)],
+               "{:.2f}x"), ""] for n in names],
         ["emitted / spooled / dropped (each round)",
          ", ".join(_counts(c) for c in counters), "all / 0"],
     ])  # fmt: skip
@@ -961,6 +976,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile", action="store_true", help="gateways under cProfile (CPU figures invalid)"
+    )
+    parser.add_argument(
+        "--streams-variant",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="streams: another gateway with DIR first on its PYTHONPATH, in the same rounds",
     )
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--itl", type=float, default=0.02, help="sim seconds between tokens")

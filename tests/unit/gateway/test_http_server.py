@@ -76,6 +76,45 @@ def test_writes_of_one_iteration_leave_as_one() -> None:
     _run(main)
 
 
+def test_a_started_stream_writes_straight_through_until_its_answer_completes() -> None:
+    class Cycle:
+        response_started = False
+        response_complete = False
+
+    class Protocol:
+        cycle: Cycle | None = None
+
+    async def main() -> None:
+        raw, protocol = RecordingTransport(), Protocol()
+        corked = CorkedTransport(raw, asyncio.get_running_loop(), protocol)  # type: ignore[arg-type]
+        corked.write(b"idle")  # no answer in progress: held
+        await asyncio.sleep(0)
+        protocol.cycle = cycle = Cycle()
+        cycle.response_started = True
+        corked.write(b"head")
+        corked.write(b"chunk 1")
+        assert raw.writes == [b"idle"]  # the head and first chunk of one iteration: held
+        await asyncio.sleep(0)
+        assert raw.writes == [b"idle", b"headchunk 1"]
+        corked.write(b"chunk 2")  # the answer has started and is not complete: straight out
+        assert raw.writes[-1] == b"chunk 2"
+        cycle.response_complete = True
+        corked.write(b"0\r\n\r\n")
+        corked.uncork()  # the protocol's on_response_complete
+        assert raw.writes[-1] == b"0\r\n\r\n"
+        corked.write(b"next head")
+        corked.write(b"next body")
+        assert raw.writes[-1] == b"0\r\n\r\n"  # held again
+        await asyncio.sleep(0)
+        assert raw.writes[-1] == b"next headnext body"
+        raw.closing = True
+        corked.write(b"too late")  # a closed transport: nothing written (and no error)
+        await asyncio.sleep(0)
+        assert raw.writes[-1] == b"next headnext body"
+
+    _run(main)
+
+
 def test_close_sends_what_is_held_first_and_abort_drops_it() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
