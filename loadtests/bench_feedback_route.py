@@ -2,8 +2,10 @@
 
 No sockets, no HTTP parsing, no Kafka: a gateway app (HotPath) with events to a spool, called
 with ready-made ASGI scopes, so what is left is the route (auth, body, validation, id check,
-the event handed to the pipeline, the answer) and the pipeline's own work on the loop. CPU is
-process time (every thread) per item over N calls, the best of 3. For an A/B, run it twice:
+the event handed to the pipeline, the answer) and the pipeline's own work on the loop (each
+round waits until the pipeline has spooled all it was given). CPU is process time (every
+thread) per item over N calls, the best of 3. `--profile one-item|batch`: cProfile of that
+load by thread CPU time (its overhead inflates small calls). For an A/B, run it twice:
 once as it is and once with the other code first on PYTHONPATH, and -P so that the
 checkout itself does not come first (as bench_shape's --feedback-variant does). Indicative.
 
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
+import pstats
 import tempfile
 import time
 from pathlib import Path
@@ -46,8 +50,9 @@ def _bodies(count: int) -> list[bytes]:
     """One-item bodies for ids of the anonymous app (`default`), as bench_shape sends."""
     signer = ResponseIdSigner([KEY.encode()])
     now = int(time.time())
+    # Real unit hashes: the pipeline seals content per unit, as in production.
     ids = [
-        signer.sign(Claims("f", "a", 1, "default", "u" * 32, now, f"n-{n:08d}"))
+        signer.sign(Claims("f", "a", 1, "default", signer.unit_hash(f"u{n}"), now, f"n-{n:08d}"))
         for n in range(count)
     ]
     return [
@@ -83,7 +88,17 @@ async def _call(server: HotPath, path: str, body: bytes) -> None:
         raise RuntimeError(f"{path} answered {status}")
 
 
-async def _run(label: str, single_calls: int, batch_calls: int) -> None:
+async def _drained(server: HotPath) -> None:
+    """Wait until the pipeline has spooled (or dropped) every event emitted so far."""
+    stats = server.app.state.runtime.events.stats
+    for _ in range(2000):
+        if stats.spooled + stats.dropped >= stats.emitted:
+            return
+        await asyncio.sleep(0.005)
+    raise RuntimeError(f"the pipeline did not drain: {stats}")
+
+
+async def _run(label: str, single_calls: int, batch_calls: int, profile: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = _server(Path(tmp))
         singles = _bodies(200)
@@ -96,14 +111,25 @@ async def _run(label: str, single_calls: int, batch_calls: int) -> None:
                 ("batch", "/v1/feedback/batch", [batch], 100, batch_calls),
             )
             for name, path, bodies, per, calls in loads:
+                if profile is not None and name != profile:
+                    continue
                 best = float("inf")
+                profiler = cProfile.Profile(time.thread_time) if profile else None
                 for _ in range(3):
                     started = time.process_time()
+                    if profiler is not None:
+                        profiler.enable()
                     for n in range(calls):
                         await _call(server, path, bodies[n % len(bodies)])
-                    await asyncio.sleep(0.05)  # let the pipeline take what was emitted
+                    await _drained(server)  # the pipeline's work is part of the cost
+                    if profiler is not None:
+                        profiler.disable()
                     best = min(best, time.process_time() - started)
                 print(f"{label:8s} {name:9s} {best / (calls * per) * 1e6:7.1f} us CPU per item")
+                if profiler is not None:
+                    stats = pstats.Stats(profiler)
+                    stats.sort_stats("tottime").print_stats(25)
+                    stats.sort_stats("cumulative").print_stats(40)
 
 
 def main() -> None:
@@ -111,8 +137,11 @@ def main() -> None:
     parser.add_argument("--label", default="gateway")
     parser.add_argument("--calls", type=int, default=4000, help="one-item calls per round")
     parser.add_argument("--batches", type=int, default=60, help="batch calls per round")
+    parser.add_argument(
+        "--profile", choices=("one-item", "batch"), help="cProfile (thread CPU) of this load only"
+    )
     args = parser.parse_args()
-    asyncio.run(_run(args.label, args.calls, args.batches))
+    asyncio.run(_run(args.label, args.calls, args.batches, args.profile))
 
 
 if __name__ == "__main__":
