@@ -128,6 +128,11 @@ class ResponseIdSigner:
         self._verified: dict[str, Claims] = {}
         self._cache_size = cache_size
 
+    @property
+    def remembered(self) -> int:
+        """How many verified ids are remembered now."""
+        return len(self._verified)
+
     def unit_hash(self, unit_id: str) -> str:
         """The unit hash that goes into ids and events."""
         return unit_hash(unit_id, self._unit_key)

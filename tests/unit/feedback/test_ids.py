@@ -214,3 +214,52 @@ def test_a_pair_claim_of_the_wrong_type_is_malformed() -> None:
     mac = base64.urlsafe_b64encode(hmac.digest(KEY_A, signed, "sha256")[:16]).rstrip(b"=")
     with pytest.raises(MalformedResponseId, match="wrong fields"):
         ResponseIdSigner([KEY_A]).verify((signed + b"." + mac).decode(), now=NOW, max_age=60)
+
+
+def test_a_remembered_id_is_still_refused_once_expired() -> None:
+    signer = ResponseIdSigner([KEY_A])
+    rid = signer.sign(claims())
+    assert signer.verify(rid, now=NOW + 10, max_age=3600).time == NOW  # now remembered
+    with pytest.raises(ExpiredResponseId, match="older than 3600s"):
+        signer.verify(rid, now=NOW + 3601, max_age=3600)
+    with pytest.raises(ExpiredResponseId, match="older than 60s"):
+        signer.verify(rid, now=NOW + 61, max_age=60)  # each caller's own max_age
+    with pytest.raises(ExpiredResponseId, match="in the future"):
+        signer.verify(rid, now=NOW - 301, max_age=3600)
+    assert signer.verify(rid, now=NOW + 20, max_age=3600).time == NOW
+
+
+def test_an_id_of_a_retired_key_is_refused_by_the_signer_without_it() -> None:
+    old = ResponseIdSigner([KEY_A]).sign(claims())
+    rotated = ResponseIdSigner([KEY_B, KEY_A])
+    assert rotated.verify(old, now=NOW, max_age=60).app == "app-1"  # remembered by `rotated`
+    retired = ResponseIdSigner([KEY_B])  # the config without KEY_A: a new signer
+    for _ in range(2):
+        with pytest.raises(BadResponseIdSignature):
+            retired.verify(old, now=NOW, max_age=60)
+
+
+def test_refused_ids_are_not_remembered_and_refused_again_alike() -> None:
+    signer = ResponseIdSigner([KEY_A])
+    rid = signer.sign(claims())
+    flipped = rid[:-1] + ("A" if rid[-1] != "A" else "Q")
+    for _ in range(2):
+        with pytest.raises((BadResponseIdSignature, MalformedResponseId)):
+            signer.verify(flipped, now=NOW, max_age=60)
+        with pytest.raises(ExpiredResponseId):
+            signer.verify(rid, now=NOW + 61, max_age=60)
+    assert signer.remembered == 0
+
+
+def test_remembered_ids_are_bounded_oldest_forgotten_first() -> None:
+    signer = ResponseIdSigner([KEY_A], cache_size=3)
+    ids = [signer.sign(claims()) for _ in range(5)]
+    for rid in ids:
+        assert signer.verify(rid, now=NOW, max_age=60).time == NOW
+    assert signer.remembered == 3
+    for rid in ids:  # forgotten or not, every id verifies the same
+        assert signer.verify(rid, now=NOW, max_age=60).time == NOW
+    assert signer.remembered == 3
+    no_memory = ResponseIdSigner([KEY_A], cache_size=0)
+    assert no_memory.verify(ids[0], now=NOW, max_age=60).time == NOW
+    assert no_memory.remembered == 0

@@ -6,10 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+import gateway.recorder as recorder_module
 from feedback.schema import FeedbackBody, FeedbackEvent
 from gateway.events import feedback_event
 from gateway.ids import Claims
+from gateway.metrics import Metrics
+from gateway.recorder import Recorder
 from gateway.routes.feedback import (
     FeedbackIn,
     Judge,
@@ -89,3 +93,36 @@ def test_the_first_consent_header_counts_as_fastapi_read_it() -> None:
     raw = [(b"host", b"x"), (b"x-loopgate-consent", b"none"), (b"x-loopgate-consent", b"full")]
     assert consent_header(raw) == "none"
     assert consent_header([(b"host", b"x")]) is None
+
+
+class CollectingPipeline:
+    """Stands in for EventPipeline: keeps what is emitted."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def emit(self, event: Any) -> None:
+        self.events.append(event)
+
+
+def test_feedback_counts_stay_right_past_the_children_cache_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(recorder_module, "_FEEDBACK_CHILDREN_MAX", 2)
+    registry = CollectorRegistry()
+    recorder = Recorder(
+        instance="gw", metrics=Metrics(registry), upstream_metrics=None,  # type: ignore[arg-type]
+        signer=None, observer=None,  # type: ignore[arg-type]
+    )  # fmt: skip
+    pipeline = CollectingPipeline()
+    item = plain_item({"response_id": "lg1.a.b", "kind": "thumbs_up"})
+    assert item is not None
+    labels = [("f", "a", "thumbs_up"), ("f", "b", "thumbs_up"), ("g", "a", "accept")] * 3
+    for flag, variant, kind in labels:
+        claims = Claims(flag, variant, 1, "shop", "u" * 32, 1_700_000_000, "nonce-1")
+        body = _event_body(item | {"kind": kind}, claims, None, "full", None)
+        recorder.feedback_recorded(body, pipeline, 1_700_000_001.0)  # type: ignore[arg-type]
+    assert len(pipeline.events) == 9
+    for flag, variant, kind in set(labels):
+        names = {"flag": flag, "variant": variant, "kind": kind}
+        assert registry.get_sample_value("loopgate_feedback_total", names) == 3
