@@ -176,6 +176,10 @@ Item = dict[str, Any]
 _ITEM_KEYS = frozenset(FeedbackIn.model_fields)
 _KINDS = frozenset(get_args(FeedbackKind))
 _WINNERS = frozenset(get_args(Winner))
+# Kinds that kind_problem accepts without value, text, category or a pair.
+_BARE_KINDS = frozenset(
+    k for k in _KINDS if kind_problem(k, "-", None, None, None, None, None, None) is None
+)
 _EXACT_FLOAT = 2**53  # ints up to this become the same float in pydantic and in float()
 
 
@@ -348,7 +352,13 @@ def plain_item(data: Any) -> Item | None:
     number for value, flat metadata, and kind_problem satisfied. Anything else (None) goes to
     FeedbackIn itself, so every refusal is pydantic's, word for word.
     """
-    if type(data) is not dict or not _ITEM_KEYS.issuperset(data):
+    if type(data) is not dict:
+        return None
+    if len(data) == 2:  # the common judgement, {"response_id", "kind"}: fewer checks
+        bare = _bare_item(data)
+        if bare is not None:
+            return bare
+    if not _ITEM_KEYS.issuperset(data):
         return None
     get = data.get
     response_id, kind, value = get("response_id"), get("kind"), get("value")
@@ -392,6 +402,26 @@ def plain_item(data: Any) -> Item | None:
         "idempotency_key": key,
         "other_response_id": other,
         "winner": winner,
+    }
+
+
+def _bare_item(data: dict[str, Any]) -> Item | None:
+    """plain_item of a two-key dict when it is {"response_id", "kind"} of a kind that needs
+    nothing else; None: plain_item checks it the long way."""
+    response_id, kind = data.get("response_id"), data.get("kind")
+    if type(kind) is not str or kind not in _BARE_KINDS or not _text(response_id, 1, 2048):
+        return None
+    return {
+        "response_id": response_id,
+        "kind": kind,
+        "value": None,
+        "edited_text": None,
+        "category": None,
+        "comment": None,
+        "metadata": {},
+        "idempotency_key": None,
+        "other_response_id": None,
+        "winner": None,
     }
 
 

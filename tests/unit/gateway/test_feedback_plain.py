@@ -3,13 +3,14 @@ event bodies (the event is a plain dict on the request path; FeedbackEvent must 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 
 import gateway.recorder as recorder_module
-from feedback.schema import FeedbackBody, FeedbackEvent
+from feedback.schema import FeedbackBody, FeedbackEvent, FeedbackKind
 from gateway.events import feedback_event
 from gateway.ids import Claims
 from gateway.metrics import Metrics
@@ -68,6 +69,20 @@ def test_plain_item_is_feedbackins_dump(data: dict[str, Any]) -> None:
 @pytest.mark.parametrize("data", UNUSUAL)
 def test_unusual_shapes_go_to_pydantic(data: Any) -> None:
     assert plain_item(data) is None
+
+
+@pytest.mark.parametrize("kind", [*get_args(FeedbackKind), "nope", 1, None])
+@pytest.mark.parametrize("response_id", ["lg1.a.b", "", "x" * 2049, 5])
+def test_two_key_items_are_feedbackins_dump_or_left_to_it(kind: Any, response_id: Any) -> None:
+    for data in ({"response_id": response_id, "kind": kind}, {"kind": kind, "value": 3}):
+        try:
+            expected: dict[str, Any] | None = FeedbackIn.model_validate(data).model_dump()
+        except ValidationError:
+            expected = None
+        item = plain_item(data)
+        if item is not None:
+            assert item == expected
+            assert list(item) == list(expected or {})
 
 
 @pytest.mark.parametrize("judge", [None, Judge("reviewer", "ana", "q1", 1200)])
