@@ -39,7 +39,7 @@ from gateway.routes.admin_feedback import admin_feedback_router
 from gateway.routes.admin_flags import admin_flags_router
 from gateway.routes.admin_privacy import admin_privacy_router
 from gateway.routes.admin_whoami import admin_whoami_router
-from gateway.routes.feedback import FeedbackEndpoint, feedback_endpoints
+from gateway.routes.feedback_raw import FeedbackEndpoint, feedback_endpoints
 from gateway.runtime import Readiness, Runtime
 from gateway.settings import Settings, load_settings
 from gateway.shadow import ShadowRunner

@@ -6,7 +6,7 @@ duplicate Authorization headers (400), checks the key on /v1/feedback* and the a
 on /admin/* (401/403) before a byte of the body is read, and reads the body itself up to
 its route's limit (413 as soon as the limit is passed, not after buffering the rest). The
 proxy and feedback routes never come here under HotPath: it serves them raw, and they check
-the same themselves (gateway/proxy.py, gateway/routes/feedback.py).
+the same themselves (gateway/proxy.py, gateway/routes/feedback_raw.py).
 """
 
 from __future__ import annotations

@@ -19,11 +19,10 @@ from gateway.routes.feedback import (
     FeedbackIn,
     Judge,
     _event_body,
-    _fingerprint,
-    consent_header,
     item_fingerprint,
-    plain_item,
+    model_fingerprint,
 )
+from gateway.routes.feedback_raw import consent_header, plain_item
 
 VALID: list[dict[str, Any]] = [
     {"response_id": "lg1.a.b", "kind": "thumbs_up"},
@@ -63,7 +62,7 @@ def test_plain_item_is_feedbackins_dump(data: dict[str, Any]) -> None:
     item = plain_item(data)
     assert item == model.model_dump()
     assert list(item) == list(model.model_dump())
-    assert item_fingerprint(item) == _fingerprint(model)
+    assert item_fingerprint(item) == model_fingerprint(model)
 
 
 @pytest.mark.parametrize("data", UNUSUAL)
