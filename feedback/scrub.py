@@ -91,9 +91,10 @@ def _rest(
     redactor: Redactor,
     found: Findings,
 ) -> None:
-    # Every field that is neither set by the gateway nor handled above is content.
+    # Every field that is neither set by the gateway nor handled above is content. None is
+    # tested first: most of an event's optional fields are empty.
     for key, value in body.items():
-        if key not in keep and key not in done and value is not None:
+        if value is not None and key not in keep and key not in done:
             body[key] = redactor.redact_value(value, found)
 
 
