@@ -50,9 +50,11 @@ def _bodies(count: int) -> list[bytes]:
     """One-item bodies for ids of the anonymous app (`default`), as bench_shape sends."""
     signer = ResponseIdSigner([KEY.encode()])
     now = int(time.time())
-    # Real unit hashes: the pipeline seals content per unit, as in production.
+    # Real unit hashes of 200 users (as bench_shape): the pipeline keeps a key per unit.
     ids = [
-        signer.sign(Claims("f", "a", 1, "default", signer.unit_hash(f"u{n}"), now, f"n-{n:08d}"))
+        signer.sign(
+            Claims("f", "a", 1, "default", signer.unit_hash(f"u{n % 200}"), now, f"n-{n:08d}")
+        )
         for n in range(count)
     ]
     return [
@@ -98,29 +100,38 @@ async def _drained(server: HotPath) -> None:
     raise RuntimeError(f"the pipeline did not drain: {stats}")
 
 
-async def _run(label: str, single_calls: int, batch_calls: int, profile: str | None) -> None:
+async def _run(
+    label: str, single_calls: int, batch_calls: int, profile: str | None, ids: int
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = _server(Path(tmp))
-        singles = _bodies(200)
-        batch = json.dumps({"items": [json.loads(s) for s in singles[:100]]}).encode()
+        # Each load judges its own ids, in turn: with more ids than calls, every call a new id.
+        bodies = _bodies(2 * ids + 1)
+        singles, items = bodies[:ids], [json.loads(b) for b in bodies[ids : 2 * ids]]
+        batches = [
+            json.dumps({"items": items[start : start + 100]}).encode()
+            for start in range(0, max(len(items) - 99, 1), 100)
+        ]
         async with server.app.router.lifespan_context(server.app):
             for _ in range(300):  # warm-up
-                await _call(server, "/v1/feedback", singles[0])
+                await _call(server, "/v1/feedback", bodies[-1])
             loads = (
                 ("one-item", "/v1/feedback", singles, 1, single_calls),
-                ("batch", "/v1/feedback/batch", [batch], 100, batch_calls),
+                ("batch", "/v1/feedback/batch", batches, 100, batch_calls),
             )
-            for name, path, bodies, per, calls in loads:
+            for name, path, load, per, calls in loads:
                 if profile is not None and name != profile:
                     continue
                 best = float("inf")
                 profiler = cProfile.Profile(time.thread_time) if profile else None
+                turn = 0
                 for _ in range(3):
                     started = time.process_time()
                     if profiler is not None:
                         profiler.enable()
-                    for n in range(calls):
-                        await _call(server, path, bodies[n % len(bodies)])
+                    for _ in range(calls):
+                        await _call(server, path, load[turn % len(load)])
+                        turn += 1
                     await _drained(server)  # the pipeline's work is part of the cost
                     if profiler is not None:
                         profiler.disable()
@@ -140,8 +151,15 @@ def main() -> None:
     parser.add_argument(
         "--profile", choices=("one-item", "batch"), help="cProfile (thread CPU) of this load only"
     )
+    parser.add_argument(
+        "--ids",
+        type=int,
+        default=200,
+        help="distinct response ids per load, judged in turn (200: as bench_shape; over 3x "
+        "the calls or 300x the batches: every judgement of a new id)",
+    )
     args = parser.parse_args()
-    asyncio.run(_run(args.label, args.calls, args.batches, args.profile))
+    asyncio.run(_run(args.label, args.calls, args.batches, args.profile, args.ids))
 
 
 if __name__ == "__main__":
