@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from feedback.config import KafkaConfig
+from feedback.sinks.kafka_process import child_command
 from loadtests.bench_shape import (
     PRODUCER_MODULE,
     VIEWS,
@@ -179,3 +181,13 @@ def test_kafka_events_set_the_producer_only_when_asked(tmp_path: Path) -> None:
     thread = kafka_events(tmp_path, "k", "127.0.0.1:9092", "thread")
     assert thread["kafka"] == {"bootstrap_servers": ["127.0.0.1:9092"], "producer": "thread"}
     assert thread["spool"] == plain["spool"]
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_the_gateway_takes_the_producer_key_bench_shape_writes(tmp_path: Path, mode: str) -> None:
+    events = kafka_events(tmp_path, "k", "127.0.0.1:9092", mode)
+    assert KafkaConfig.model_validate(events["kafka"]).producer == mode
+
+
+def test_the_producer_child_the_gateway_starts_is_known_as_one() -> None:
+    assert process_role(tuple(child_command())) == "producer"
