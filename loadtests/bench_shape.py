@@ -330,6 +330,17 @@ def with_path(path: str, cmd: list[str]) -> list[str]:
     return ["env", f"PYTHONPATH={path}", cmd[0], "-P", *cmd[1:]]
 
 
+def _first_on_path(folder: str) -> str:
+    """A PYTHONPATH with `folder` first, then the checkout."""
+    return os.pathsep.join((str(Path(folder).resolve()), str(ROOT)))
+
+
+def _variant(spec: str) -> tuple[str, str]:
+    """`NAME=DIR` -> (NAME, a PYTHONPATH with DIR first)."""
+    name, _, folder = spec.partition("=")
+    return name, _first_on_path(folder)
+
+
 def serve(stack: ExitStack, name: str, cmd: list[str], health: str = "/healthz") -> Proc:
     """Start a server on a free port for the rest of the stack."""
     port = free_port()
@@ -517,6 +528,48 @@ def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     console.print(t)
 
 
+View = Callable[[Load], Load]  # how a load's CPU is charged
+
+
+def _whole(load: Load) -> Load:
+    return load
+
+
+# A gateway's serving process(es) alone, then its whole tree (with any producer children).
+VIEWS: tuple[View, View] = (Load.serving, _whole)
+BOTH = "serving process (whole tree)"
+
+
+def _both(figure: Callable[[View], list[float]], fmt: str) -> str:
+    """A figure's range over rounds as BOTH says: 'serving (whole tree)'."""
+    return f"{rng(figure(Load.serving), fmt)} ({rng(figure(_whole), fmt)})"
+
+
+def _ratios(base: list[Load], other: list[Load], view: View = _whole) -> list[float]:
+    """`other`'s CPU per call over `base`'s, round by round."""
+    pairs = zip(base, other, strict=True)
+    return [view(b).cpu_ms_per_call / view(a).cpu_ms_per_call for a, b in pairs]
+
+
+def _round_rows(
+    loads: dict[str, list[Load]],
+    baseline: str,
+    views: tuple[View, ...] = (_whole,),
+) -> list[list[str]]:
+    """A row per round and server: round, name, req/s, then for each view its CPU ms per
+    call and that over the baseline's in the same round, then errors."""
+    rows = []
+    for i, base in enumerate(loads[baseline]):
+        for name, xs in loads.items():
+            x = xs[i]
+            cpu = []
+            for view in views:
+                ms = view(x).cpu_ms_per_call
+                cpu += [f"{ms:.3f}", f"{ms / view(base).cpu_ms_per_call:.2f}x"]
+            rows.append([str(i + 1), name, f"{x.ok / x.seconds:,.0f}", *cpu, str(x.errors)])
+    return rows
+
+
 # ---------------------------------------------------------------- mode: kafka
 
 
@@ -602,59 +655,6 @@ def _kafka_targets(name: str, spool: list[Load], kafka: list[Load]) -> list[list
         [f"{name} CPU per request, ms", _both(cpu, "{:.3f}"), "<= 0.20 ms"],
         [f"{name}: CPU added per request (per event), us", _both(added, "{:.0f}"), ""],
     ]
-
-
-View = Callable[[Load], Load]  # how a load's CPU is charged
-
-
-def _whole(load: Load) -> Load:
-    return load
-
-
-# A gateway's serving process(es) alone, then its whole tree (with any producer children).
-VIEWS: tuple[View, View] = (Load.serving, _whole)
-BOTH = "serving process (whole tree)"
-
-
-def _both(figure: Callable[[View], list[float]], fmt: str) -> str:
-    """A figure's range over rounds as BOTH says: 'serving (whole tree)'."""
-    return f"{rng(figure(Load.serving), fmt)} ({rng(figure(_whole), fmt)})"
-
-
-def _ratios(base: list[Load], other: list[Load], view: View = _whole) -> list[float]:
-    """`other`'s CPU per call over `base`'s, round by round."""
-    pairs = zip(base, other, strict=True)
-    return [view(b).cpu_ms_per_call / view(a).cpu_ms_per_call for a, b in pairs]
-
-
-def _round_rows(
-    loads: dict[str, list[Load]],
-    baseline: str,
-    views: tuple[View, ...] = (_whole,),
-) -> list[list[str]]:
-    """A row per round and server: round, name, req/s, then for each view its CPU ms per
-    call and that over the baseline's in the same round, then errors."""
-    rows = []
-    for i, base in enumerate(loads[baseline]):
-        for name, xs in loads.items():
-            x = xs[i]
-            cpu = []
-            for view in views:
-                ms = view(x).cpu_ms_per_call
-                cpu += [f"{ms:.3f}", f"{ms / view(base).cpu_ms_per_call:.2f}x"]
-            rows.append([str(i + 1), name, f"{x.ok / x.seconds:,.0f}", *cpu, str(x.errors)])
-    return rows
-
-
-def _first_on_path(folder: str) -> str:
-    """A PYTHONPATH with `folder` first, then the checkout."""
-    return os.pathsep.join((str(Path(folder).resolve()), str(ROOT)))
-
-
-def _variant(spec: str) -> tuple[str, str]:
-    """`NAME=DIR` -> (NAME, a PYTHONPATH with DIR first)."""
-    name, _, folder = spec.partition("=")
-    return name, _first_on_path(folder)
 
 
 def _counts(c: dict[str, float]) -> str:
