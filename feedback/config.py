@@ -36,6 +36,9 @@ class KafkaConfig(_Strict):
     # The largest record the producer sends (its max_request_size) and, for topics the
     # gateway creates, their max.message.bytes. A bigger event is cut to fit (docs/events.md).
     max_request_bytes: int = Field(1024 * 1024, ge=16 * 1024, le=32 * 1024 * 1024)
+    # "process": the producer (pure-Python, CPU-heavy) runs in a child process per worker,
+    # off the serving event loop's GIL; "thread": in this process, on one thread.
+    producer: Literal["process", "thread"] = "process"
 
 
 class SpoolConfig(_Strict):

@@ -41,6 +41,7 @@ from feedback.sinks.base import (
     SpoolFull,
 )
 from feedback.sinks.kafka import KafkaSink
+from feedback.sinks.kafka_process import KafkaProcessSink
 from feedback.sinks.spool import DEAD_LETTER, SpoolSink, record_from_line
 
 # Room left in a record for everything but the sealed content (ids, metadata, headers).
@@ -90,6 +91,7 @@ class PipelineSnapshot:
     spool_pending_bytes: int
     spool_segments: int
     spool_max_bytes: int
+    producer_restarts: int = 0  # Kafka producer processes started again after a fault
 
 
 class EventPipeline:
@@ -150,6 +152,9 @@ class EventPipeline:
             spool_pending_bytes=spool.pending_bytes,
             spool_segments=spool.segments,
             spool_max_bytes=spool.max_bytes,
+            producer_restarts=(
+                self._primary.restarts if isinstance(self._primary, KafkaProcessSink) else 0
+            ),
         )
 
     def start(self) -> None:
@@ -489,13 +494,17 @@ async def open_pipeline(
 ) -> AsyncIterator[EventPipeline]:
     """The pipeline for these settings, started; drained and closed on exit.
 
-    `primary` overrides the Kafka sink built from `config.kafka` (tests pass a MemorySink).
+    `primary` overrides the Kafka sink built from `config.kafka` (tests pass a MemorySink);
+    that sink runs its producer in a child process or on a thread (`kafka.producer`).
     """
     spool = await SpoolSink.open(
         config.spool.dir, instance, config.spool.segment_bytes, config.spool.max_bytes
     )
     if primary is None and config.kafka is not None:
-        primary = KafkaSink(config.kafka)
+        if config.kafka.producer == "process":
+            primary = KafkaProcessSink(config.kafka)
+        else:
+            primary = KafkaSink(config.kafka)
     dead_letter = None
     if primary is not None:
         # Inside the folder this process holds, under its own lock and bound.

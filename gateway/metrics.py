@@ -549,6 +549,10 @@ class _RuntimeCollector(Collector):
             "loopgate_events_replayed": ("Spooled events re-sent to Kafka.", stats.replayed),
             "loopgate_events_failed": ("Failed sink batch attempts.", stats.failed),
             "loopgate_events_dropped": ("Events lost (must stay 0).", stats.dropped),
+            "loopgate_events_producer_restarts": (
+                "Kafka producer processes started again after a crash, hang or bad reply.",
+                snap.producer_restarts,
+            ),
         }
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(name, doc, value=value)

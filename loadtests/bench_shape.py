@@ -3,7 +3,8 @@
 Four modes, each interleaving what it compares (A, B, A, B, ...) over `--rounds` rounds, so
 that a busy machine disturbs both sides alike; every figure is a ratio from one run.
 
-- `kafka`:    gateway CPU per json request, events to Kafka (a local tansu) vs the spool.
+- `kafka`:    gateway CPU per json request, events to Kafka (a local tansu) vs the spool;
+              a Kafka gateway per `--producers` mode (process, thread).
 - `feedback`: /v1/feedback and /v1/feedback/batch into Kafka beside a bare FastAPI+pydantic
               route parsing the same bodies; every accepted event read back from the topic.
 - `workers`:  `--workers 2` (Prometheus multiprocess mode) vs `--workers 1`, CPU per request
@@ -13,9 +14,12 @@ that a busy machine disturbs both sides alike; every figure is a ratio from one 
               inter-chunk gaps the client sees.
 
 CPU is user+sys from /proc of the server processes over the measured window (and the drain
-of the events it caused). Events emitted vs delivered are printed for every gateway. Nothing
-asserts on timing. Loopback only; every server is started here on a free port and stopped
-by its pid.
+of the events it caused). `kafka` and `feedback` give a gateway's CPU twice: its serving
+process(es) alone, and its whole tree with the Kafka producer child (a process whose command
+line holds `feedback.sinks.kafka_process`). A process that exits within the window takes its
+CPU with it (/proc forgets it); workers and producer children live as long as the gateway.
+Events emitted vs delivered are printed for every gateway. Nothing asserts on timing.
+Loopback only; every server is started here on a free port and stopped by its pid.
 
     PYTHONPATH=$PWD .venv/bin/python -m loadtests.bench_shape MODE [--rounds 2] [--duration 5]
 
@@ -44,7 +48,8 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +77,7 @@ console = Console(width=160)
 
 
 def tree_pids(root: int) -> list[int]:
-    """A process and its live descendants (serve's workers), from /proc."""
+    """A process and its live descendants (serve's workers, producer children), from /proc."""
     parent: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -88,13 +93,75 @@ def tree_pids(root: int) -> list[int]:
     return out
 
 
-def tree_cpu(root: int) -> float:
-    """user+sys CPU seconds of a process tree (live processes; workers stay up while measured)."""
-    total = 0.0
+# An argument of a Kafka producer child (`python -m feedback.sinks.kafka_process`).
+PRODUCER_MODULE = "feedback.sinks.kafka_process"
+ROLES = ("serving", "producer")
+
+
+def process_role(argv: tuple[str, ...]) -> str:
+    """'producer' for a Kafka producer child, 'serving' for the rest of a serve tree."""
+    return "producer" if PRODUCER_MODULE in argv else "serving"
+
+
+@dataclass(frozen=True)
+class ProcCpu:
+    """One process of a tree at one reading."""
+
+    argv: tuple[str, ...]
+    cpu_s: float  # user+sys, its own (not its reaped children's)
+
+    @property
+    def role(self) -> str:
+        """What it does: 'serving' or 'producer'."""
+        return process_role(self.argv)
+
+
+def tree_reading(root: int) -> dict[int, ProcCpu]:
+    """Each live process of a tree by pid, the root first: its arguments and CPU."""
+    out: dict[int, ProcCpu] = {}
     for pid in tree_pids(root):
         with suppress(OSError):
-            total += cpu_seconds(pid)
-    return total
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            out[pid] = ProcCpu(tuple(argv.split("\0")[:-1]), cpu_seconds(pid))
+    return out
+
+
+def cpu_by_role(before: dict[int, ProcCpu], after: dict[int, ProcCpu]) -> dict[str, float]:
+    """CPU seconds each role of a tree used between two readings (every role, 0 if none).
+
+    A process started in between counts from zero. One that exited in between is not in
+    `after`, and its CPU is lost: /proc forgets it (its parent's cutime gets it only once
+    reaped, and cutime is not read). Workers and producer children live as long as the
+    gateway, so this does not arise while a load is measured.
+    """
+    out = dict.fromkeys(ROLES, 0.0)
+    for pid, now in after.items():
+        then = before.get(pid)
+        out[now.role] += now.cpu_s - (then.cpu_s if then is not None else 0.0)
+    return out
+
+
+def process_labels(reading: dict[int, ProcCpu]) -> dict[int, str]:
+    """'what pid' for each process of a serve tree: the root ('serve', or 'supervisor' over
+    workers), 'worker', 'producer' (a Kafka producer child) or 'helper'."""
+    kinds = {
+        pid: "producer" if p.role == "producer"
+        else "worker" if any("spawn_main" in arg for arg in p.argv) else "helper"
+        for pid, p in reading.items()
+    }  # fmt: skip
+    root = next(iter(reading), None)
+    if root is not None:
+        kinds[root] = "supervisor" if "worker" in kinds.values() else "serve"
+    return {pid: f"{kind} {pid}" for pid, kind in kinds.items()}
+
+
+def process_split(before: dict[int, ProcCpu], after: dict[int, ProcCpu]) -> str:
+    """'label: seconds' for each process of a tree between two readings."""
+    labels = process_labels(after)
+    return ", ".join(
+        f"{labels[pid]}: {now.cpu_s - (before[pid].cpu_s if pid in before else 0.0):.1f}s"
+        for pid, now in after.items()
+    )
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -149,7 +216,7 @@ def rss_kib(pid: int) -> int:
 
 
 SCRAPES: dict[str, int] = {}  # /metrics scrapes made per gateway URL
-SCRAPE_COST: dict[str, float] = {}  # CPU seconds of one scrape, per gateway URL
+SCRAPE_COST: dict[str, dict[str, float]] = {}  # CPU s of one scrape by role, per gateway URL
 
 
 def event_counters(url: str) -> dict[str, float]:
@@ -182,16 +249,18 @@ def wait_drained(url: str, timeout: float = 60.0) -> dict[str, float]:
         time.sleep(0.25)
 
 
-def scrape_cpu_s(proc: Proc, count: int = 10) -> float:
-    """CPU seconds one /metrics scrape costs the gateway (idle, `count` in a row, averaged).
+def scrape_cpu_s(proc: Proc, count: int = 10) -> dict[str, float]:
+    """CPU seconds one /metrics scrape costs the gateway by role (idle, `count` in a row,
+    averaged).
 
     Waiting for the drain scrapes /metrics; a scrape is not cheap (tens of ms with every
     family), so drive() takes that cost out of what a load is charged.
     """
-    cpu0 = tree_cpu(proc.proc.pid)
+    before = tree_reading(proc.proc.pid)
     for _ in range(count):
         event_counters(proc.url)
-    return (tree_cpu(proc.proc.pid) - cpu0) / count
+    used = cpu_by_role(before, tree_reading(proc.proc.pid))
+    return {role: seconds / count for role, seconds in used.items()}
 
 
 def topic_event_ids(bootstrap: str, topic: str, expected: int) -> tuple[int, int]:
@@ -261,6 +330,17 @@ def with_path(path: str, cmd: list[str]) -> list[str]:
     return ["env", f"PYTHONPATH={path}", cmd[0], "-P", *cmd[1:]]
 
 
+def _first_on_path(folder: str) -> str:
+    """A PYTHONPATH with `folder` first, then the checkout."""
+    return os.pathsep.join((str(Path(folder).resolve()), str(ROOT)))
+
+
+def _variant(spec: str) -> tuple[str, str]:
+    """`NAME=DIR` -> (NAME, a PYTHONPATH with DIR first)."""
+    name, _, folder = spec.partition("=")
+    return name, _first_on_path(folder)
+
+
 def serve(stack: ExitStack, name: str, cmd: list[str], health: str = "/healthz") -> Proc:
     """Start a server on a free port for the rest of the stack."""
     port = free_port()
@@ -272,9 +352,15 @@ def spool_events(folder: Path, name: str) -> dict[str, Any]:
     return {"spool": {"dir": str(folder / f"spool-{name}")}}
 
 
-def kafka_events(folder: Path, name: str, bootstrap: str) -> dict[str, Any]:
-    """Events config: Kafka, with the spool as fallback."""
-    return {**spool_events(folder, name), "kafka": {"bootstrap_servers": [bootstrap]}}
+def kafka_events(
+    folder: Path, name: str, bootstrap: str, producer: str | None = None
+) -> dict[str, Any]:
+    """Events config: Kafka, with the spool as fallback; `producer` ('process' or 'thread')
+    sets events.kafka.producer, None leaves the gateway's default."""
+    kafka: dict[str, Any] = {"bootstrap_servers": [bootstrap]}
+    if producer is not None:
+        kafka["producer"] = producer
+    return {**spool_events(folder, name), "kafka": kafka}
 
 
 def reference_cmd(sim_port: int) -> Callable[[int], list[str]]:
@@ -301,6 +387,9 @@ class Load:
     what it served (`served`: the events it emitted, one per request or feedback item), so
     its CPU is divided by that; the reference has no counter, so its CPU is divided by
     what wrk counted (a small overcount: at most `conns` calls against thousands).
+
+    `cpu_s` is the whole tree; `producer_cpu_s` the part of it in Kafka producer children.
+    The figures below are for the whole tree; `serving()` gives them for the rest.
     """
 
     calls: int
@@ -309,6 +398,11 @@ class Load:
     cpu_s: float
     per: int = 1  # items per call
     served: int | None = None  # items the gateway served (its emitted-events delta)
+    producer_cpu_s: float = 0.0
+
+    def serving(self) -> Load:
+        """The same load charged only to the serving processes (producer children left out)."""
+        return replace(self, cpu_s=self.cpu_s - self.producer_cpu_s, producer_cpu_s=0.0)
 
     @property
     def ok(self) -> int:
@@ -330,6 +424,17 @@ class Load:
     def cpu_ms_per_call(self) -> float:
         """CPU per call, ms."""
         return self.cpu_us_per_item * self.per / 1000
+
+
+def chat_rounds(
+    gws: dict[str, Proc], bodies: list[str], args: argparse.Namespace, loads: dict[str, list[Load]]
+) -> None:
+    """`args.rounds` rounds of chat json loads, each gateway in turn; appended to `loads`."""
+    for _ in range(args.rounds):
+        for name, gw in gws.items():
+            loads[name].append(
+                drive(gw, "/v1/chat/completions", bodies, args.concurrency, args.duration, True)
+            )
 
 
 def _lua(path: str, bodies: list[str]) -> str:
@@ -364,7 +469,7 @@ def drive(
            proc.url + path]  # fmt: skip
     before = event_counters(proc.url) if gateway else {}
     scrapes0 = SCRAPES.get(proc.url, 0)
-    cpu0, start = tree_cpu(proc.proc.pid), time.monotonic()
+    cpu0, start = tree_reading(proc.proc.pid), time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     seconds = time.monotonic() - start
     served: int | None = None
@@ -373,12 +478,12 @@ def drive(
         served = int(after.get("emitted", 0) - before.get("emitted", 0))
     else:
         time.sleep(0.3)  # the calls in flight when wrk stopped
-    cpu = tree_cpu(proc.proc.pid) - cpu0
+    cpu = cpu_by_role(cpu0, tree_reading(proc.proc.pid))
     if gateway:
         scrapes = SCRAPES[proc.url] - scrapes0
         if proc.url not in SCRAPE_COST:
             SCRAPE_COST[proc.url] = scrape_cpu_s(proc)
-        cpu -= scrapes * SCRAPE_COST[proc.url]
+        cpu = {role: s - scrapes * SCRAPE_COST[proc.url][role] for role, s in cpu.items()}
     os.unlink(script)
     calls = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = 0
@@ -386,7 +491,7 @@ def drive(
         errors += int(m.group(1))
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
         errors += sum(int(g) for g in m.groups())
-    return Load(calls, errors, seconds, cpu, per, served)
+    return Load(calls, errors, seconds, sum(cpu.values()), per, served, cpu["producer"])
 
 
 def chat_bodies(stream: bool = False, tokens: int = 16) -> list[str]:
@@ -423,15 +528,62 @@ def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     console.print(t)
 
 
+View = Callable[[Load], Load]  # how a load's CPU is charged
+
+
+def _whole(load: Load) -> Load:
+    return load
+
+
+# A gateway's serving process(es) alone, then its whole tree (with any producer children).
+VIEWS: tuple[View, View] = (Load.serving, _whole)
+BOTH = "serving process (whole tree)"
+
+
+def _both(figure: Callable[[View], list[float]], fmt: str) -> str:
+    """A figure's range over rounds as BOTH says: 'serving (whole tree)'."""
+    return f"{rng(figure(Load.serving), fmt)} ({rng(figure(_whole), fmt)})"
+
+
+def _ratios(base: list[Load], other: list[Load], view: View = _whole) -> list[float]:
+    """`other`'s CPU per call over `base`'s, round by round."""
+    pairs = zip(base, other, strict=True)
+    return [view(b).cpu_ms_per_call / view(a).cpu_ms_per_call for a, b in pairs]
+
+
+def _round_rows(
+    loads: dict[str, list[Load]],
+    baseline: str,
+    views: tuple[View, ...] = (_whole,),
+) -> list[list[str]]:
+    """A row per round and server: round, name, req/s, then for each view its CPU ms per
+    call and that over the baseline's in the same round, then errors."""
+    rows = []
+    for i, base in enumerate(loads[baseline]):
+        for name, xs in loads.items():
+            x = xs[i]
+            cpu = []
+            for view in views:
+                ms = view(x).cpu_ms_per_call
+                cpu += [f"{ms:.3f}", f"{ms / view(base).cpu_ms_per_call:.2f}x"]
+            rows.append([str(i + 1), name, f"{x.ok / x.seconds:,.0f}", *cpu, str(x.errors)])
+    return rows
+
+
 # ---------------------------------------------------------------- mode: kafka
 
 
 def mode_kafka(args: argparse.Namespace, folder: Path) -> None:
     """Gateway CPU per json request with events to Kafka vs to the spool, interleaved.
 
+    One Kafka gateway per `--producers` mode (`events.kafka.producer`: the producer in a
+    child process or in a thread of the gateway). CPU is given for the serving process
+    alone and for the whole tree (with its producer child), each against the spool's.
+
     `--kafka-variant NAME=DIR` adds a Kafka gateway with DIR first on its PYTHONPATH (e.g.
     the `crc32c` package installed there with `pip install --target DIR crc32c`, which
-    kafka-python picks up instead of its pure-Python CRC-32C): measured in the same rounds.
+    kafka-python picks up instead of its pure-Python CRC-32C): measured in the same rounds,
+    with its code's default producer (no `producer` key, which older code would refuse).
     """
     broker = TansuBroker()
     broker.start()
@@ -439,20 +591,14 @@ def mode_kafka(args: argparse.Namespace, folder: Path) -> None:
         with ExitStack() as stack:
             sim_port = free_port()
             stack.enter_context(started("sim", sim_cmd(sim_port), sim_port, "/health"))
-            gws = {
-                "spool": serve(
-                    stack, "spool",
-                    gateway_cmd(folder, "spool", sim_port, spool_events(folder, "spool")),
-                ),
-                "kafka": serve(
-                    stack, "kafka",
-                    gateway_cmd(folder, "kafka", sim_port,
-                                kafka_events(folder, "kafka", broker.bootstrap)),
-                ),
-            }  # fmt: skip
+            spool = gateway_cmd(folder, "spool", sim_port, spool_events(folder, "spool"))
+            gws = {"spool": serve(stack, "spool", spool)}
+            for mode in args.producers:
+                name = f"kafka-{mode}"
+                events = kafka_events(folder, name, broker.bootstrap, mode)
+                gws[name] = serve(stack, name, gateway_cmd(folder, name, sim_port, events))
             for variant in args.kafka_variant:
-                name, _, extra = variant.partition("=")
-                path = os.pathsep.join((str(Path(extra).resolve()), str(ROOT)))
+                name, path = _variant(variant)
                 cmd = gateway_cmd(folder, name, sim_port,
                                   kafka_events(folder, name, broker.bootstrap))  # fmt: skip
                 gws[name] = serve(stack, name, with_path(path, cmd))
@@ -460,47 +606,24 @@ def mode_kafka(args: argparse.Namespace, folder: Path) -> None:
             for gw in gws.values():  # warm up (and create the topics)
                 drive(gw, "/v1/chat/completions", bodies, 4, 1, True)
             loads: dict[str, list[Load]] = {name: [] for name in gws}
-            for _ in range(args.rounds):
-                for name, gw in gws.items():
-                    loads[name].append(
-                        drive(gw, "/v1/chat/completions", bodies, args.concurrency,
-                              args.duration, True)
-                    )  # fmt: skip
+            procs0 = {name: tree_reading(gw.proc.pid) for name, gw in gws.items()}
+            chat_rounds(gws, bodies, args, loads)
             counters = {name: wait_drained(gw.url) for name, gw in gws.items()}
+            by_proc = {name: process_split(procs0[name], tree_reading(gw.proc.pid))
+                       for name, gw in gws.items()}  # fmt: skip
         emitted = int(sum(c.get("emitted", 0) for n, c in counters.items() if n != "spool"))
         records, distinct = topic_event_ids(broker.bootstrap, COMPLETIONS_TOPIC, emitted)
     finally:
         broker.kill()
-    rows = []
-    for i in range(args.rounds):
-        spool = loads["spool"][i]
-        for name, xs in loads.items():
-            x = xs[i]
-            rows.append([
-                str(i + 1), name, f"{x.ok / x.seconds:,.0f}", f"{x.cpu_ms_per_call:.3f}",
-                f"{x.cpu_ms_per_call / spool.cpu_ms_per_call:.2f}x", str(x.errors),
-            ])  # fmt: skip
-    table(f"chat json c={args.concurrency}, one worker: events to the spool vs to Kafka",
-          ["round", "events to", "req/s", "CPU ms/req", "CPU vs spool", "errors"],
-          rows)  # fmt: skip
-    targets = []
-    for name in loads:
-        if name == "spool":
-            continue
-        ratio = [
-            k.cpu_ms_per_call / s.cpu_ms_per_call
-            for s, k in zip(loads["spool"], loads[name], strict=True)
-        ]
-        added = [
-            (k.cpu_ms_per_call - s.cpu_ms_per_call) * 1000
-            for s, k in zip(loads["spool"], loads[name], strict=True)
-        ]
-        targets += [
-            [f"{name} / spool CPU per request", rng(ratio, "{:.2f}x"), "<= 1.1x"],
-            [f"{name} CPU per request", rng([k.cpu_ms_per_call for k in loads[name]]) + " ms",
-             "<= 0.20 ms"],
-            [f"{name}: CPU added per request (per event)", rng(added, "{:.0f}") + " us", ""],
-        ]  # fmt: skip
+    table(f"chat json c={args.concurrency}, one worker: events to the spool vs to Kafka; "
+          "CPU of the serving process alone, and of the whole tree (with a producer child)",
+          ["round", "events to", "req/s", "serving CPU ms/req", "vs spool", "tree CPU ms/req",
+           "vs spool", "errors"],
+          _round_rows(loads, "spool", VIEWS))  # fmt: skip
+    targets = [
+        row for name in loads if name != "spool"
+        for row in _kafka_targets(name, loads["spool"], loads[name])
+    ]  # fmt: skip
     targets += [
         [f"{name}: emitted / sent+spooled / dropped", _counts(c), "all / 0"]
         for name, c in counters.items()
@@ -509,7 +632,29 @@ def mode_kafka(args: argparse.Namespace, folder: Path) -> None:
         ["completions topic: records / distinct event ids", f"{records:,} / {distinct:,}",
          f"= emitted to Kafka ({emitted:,})"]
     )  # fmt: skip
-    table("targets", ["figure", "measured", "target"], targets)
+    table(f"targets; CPU: {BOTH}", ["figure", "measured", "target"], targets)
+    for name, split in by_proc.items():
+        console.print(f"{name}: CPU by process over the rounds: {split}")
+
+
+def _kafka_targets(name: str, spool: list[Load], kafka: list[Load]) -> list[list[str]]:
+    """Target rows of one Kafka gateway against the spool's, CPU charged both ways."""
+
+    def ratio(view: View) -> list[float]:
+        return _ratios(spool, kafka, view)
+
+    def cpu(view: View) -> list[float]:
+        return [view(k).cpu_ms_per_call for k in kafka]
+
+    def added(view: View) -> list[float]:
+        pairs = zip(spool, kafka, strict=True)
+        return [(view(k).cpu_ms_per_call - view(s).cpu_ms_per_call) * 1000 for s, k in pairs]
+
+    return [
+        [f"{name} / spool CPU per request", _both(ratio, "{:.2f}x"), "<= 1.1x"],
+        [f"{name} CPU per request, ms", _both(cpu, "{:.3f}"), "<= 0.20 ms"],
+        [f"{name}: CPU added per request (per event), us", _both(added, "{:.0f}"), ""],
+    ]
 
 
 def _counts(c: dict[str, float]) -> str:
@@ -547,8 +692,7 @@ def mode_feedback(args: argparse.Namespace, folder: Path) -> None:
             cmd = gateway_cmd(folder, "kafka", sim_port,
                               kafka_events(folder, "kafka", broker.bootstrap))  # fmt: skip
             if args.gateway_path:
-                path = os.pathsep.join((str(Path(args.gateway_path).resolve()), str(ROOT)))
-                cmd = with_path(path, cmd)
+                cmd = with_path(_first_on_path(args.gateway_path), cmd)
             gw = serve(stack, "kafka", cmd)
             ref = serve_reference(stack, sim_port)
             ids = _response_ids(gw.url, 200)
@@ -563,14 +707,13 @@ def mode_feedback(args: argparse.Namespace, folder: Path) -> None:
             ]  # fmt: skip
             variants: dict[str, Proc] = {}
             for variant in args.feedback_variant:
-                name, _, extra = variant.partition("=")
-                path = os.pathsep.join((str(Path(extra).resolve()), str(ROOT)))
+                name, path = _variant(variant)
                 vcmd = gateway_cmd(folder, name, sim_port,
                                    kafka_events(folder, name, broker.bootstrap))  # fmt: skip
                 variants[name] = serve(stack, name, with_path(path, vcmd))
             gateways = [gw, *variants.values()]
             before = [wait_drained(g.url) for g in gateways]  # the chat calls' events are in
-            threads0 = thread_cpu(gw.proc.pid)
+            threads0, procs0 = thread_cpu(gw.proc.pid), tree_reading(gw.proc.pid)
             targets = {"gateway": (gw, True), **{n: (v, True) for n, v in variants.items()},
                        "reference": (ref, False)}  # fmt: skip
             for proc, is_gw in targets.values():  # warm up
@@ -591,6 +734,7 @@ def mode_feedback(args: argparse.Namespace, folder: Path) -> None:
             after = afters[0]
             feedback_total = sum(_feedback_recorded(g.url) for g in gateways)
             threads = thread_split(threads0, thread_cpu(gw.proc.pid))
+            by_proc = process_split(procs0, tree_reading(gw.proc.pid))
         emitted = int(
             sum(
                 a.get("emitted", 0) - b.get("emitted", 0)
@@ -604,38 +748,40 @@ def mode_feedback(args: argparse.Namespace, folder: Path) -> None:
     for (route, name), xs in loads.items():
         conns = args.batch_concurrency if route.endswith("batch") else args.concurrency
         for i, x in enumerate(xs):
+            s = x.serving()
             rows.append([
                 route, str(conns), name, str(i + 1), f"{x.ok / x.seconds:,.0f}",
-                f"{x.items_per_s:,.0f}", f"{1e6 / x.cpu_us_per_item:,.0f}",
-                f"{x.cpu_us_per_item:,.0f}", f"{x.cpu_ms_per_call:.3f}", str(x.errors),
+                f"{x.items_per_s:,.0f}", f"{1e6 / s.cpu_us_per_item:,.0f}",
+                f"{1e6 / x.cpu_us_per_item:,.0f}", f"{s.cpu_us_per_item:,.0f}",
+                f"{x.cpu_us_per_item:,.0f}", str(x.errors),
             ])  # fmt: skip
     extra = f", gateway with {args.gateway_path} first on its path" if args.gateway_path else ""
-    table(f"feedback, one worker, events to Kafka (batch = {batch} items){extra}",
-          ["route", "conc", "server", "round", "calls/s", "items/s", "items per CPU-s",
-           "CPU us/item", "CPU ms/call", "errors"], rows)  # fmt: skip
+    table(f"feedback, one worker, events to Kafka (batch = {batch} items){extra}; CPU of the "
+          "serving process alone, and of the whole tree (with a producer child)",
+          ["route", "conc", "server", "round", "calls/s", "items/s", "items/CPU-s serving",
+           "items/CPU-s tree", "CPU us/item serving", "CPU us/item tree", "errors"],
+          rows)  # fmt: skip
 
-    def ratio(route: str) -> list[float]:
-        pairs = zip(loads[(route, "gateway")], loads[(route, "reference")], strict=True)
-        return [g.cpu_us_per_item / r.cpu_us_per_item for g, r in pairs]
+    def ratio(route: str, view: View, num: str = "gateway", den: str = "reference") -> list[float]:
+        return _ratios(loads[(route, den)], loads[(route, num)], view)
 
     def rate(route: str) -> list[float]:
         return [x.items_per_s for x in loads[(route, "gateway")]]
 
-    def per_cpu(route: str) -> list[float]:
-        return [1e6 / x.cpu_us_per_item for x in loads[(route, "gateway")]]
+    def per_cpu(route: str, view: View) -> list[float]:
+        return [1e6 / view(x).cpu_us_per_item for x in loads[(route, "gateway")]]
 
-    table("targets", ["figure", "measured", "target"], [
+    one, many = "/v1/feedback", "/v1/feedback/batch"
+    table(f"targets; CPU: {BOTH}", ["figure", "measured", "target"], [
         ["one-item calls: events/s (wall; wrk shares the 2 cores)",
-         rng(rate("/v1/feedback"), "{:,.0f}"), ">= 5,000"],
+         rng(rate(one), "{:,.0f}"), ">= 5,000"],
         ["one-item calls: events per gateway CPU-second",
-         rng(per_cpu("/v1/feedback"), "{:,.0f}"), "(>= 5,000 on a core of its own)"],
-        ["one-item call CPU: gateway / bare route", rng(ratio("/v1/feedback"), "{:.2f}x"),
+         _both(partial(per_cpu, one), "{:,.0f}"), "(>= 5,000 on a core of its own)"],
+        ["one-item call CPU: gateway / bare route", _both(partial(ratio, one), "{:.2f}x"),
          "<= 0.5x"],
-        ["batch: items/s (wall)", rng(rate("/v1/feedback/batch"), "{:,.0f}"), ">= 20,000"],
-        ["batch: items per gateway CPU-second",
-         rng(per_cpu("/v1/feedback/batch"), "{:,.0f}"), ""],
-        ["batch item CPU: gateway / bare route", rng(ratio("/v1/feedback/batch"), "{:.2f}x"),
-         ""],
+        ["batch: items/s (wall)", rng(rate(many), "{:,.0f}"), ">= 20,000"],
+        ["batch: items per gateway CPU-second", _both(partial(per_cpu, many), "{:,.0f}"), ""],
+        ["batch item CPU: gateway / bare route", _both(partial(ratio, many), "{:.2f}x"), ""],
         ["feedback recorded (metric) / events emitted", f"{feedback_total:,.0f} / {emitted:,}",
          "equal"],
         ["emitted / sent+spooled / dropped (whole run)", _counts(after), "all / 0"],
@@ -643,11 +789,11 @@ def mode_feedback(args: argparse.Namespace, folder: Path) -> None:
          f"= emitted ({emitted:,})"],
     ])  # fmt: skip
     for name in variants:
-        for route in ("/v1/feedback", "/v1/feedback/batch"):
-            pairs = zip(loads[(route, name)], loads[(route, "gateway")], strict=True)
-            ratios = [v.cpu_us_per_item / g.cpu_us_per_item for v, g in pairs]
-            console.print(f"{route} CPU per item, {name} / gateway: {rng(ratios, '{:.2f}x')}")
-    console.print(f"gateway CPU by thread over the feedback loads: {threads}")
+        for route in (one, many):
+            ratios = _both(partial(ratio, route, num=name, den="gateway"), "{:.2f}x")
+            console.print(f"{route} CPU per item, {name} / gateway: {ratios} ({BOTH})")
+    console.print(f"gateway CPU by process over the feedback loads: {by_proc}")
+    console.print(f"gateway serving process CPU by thread over the feedback loads: {threads}")
 
 
 def _feedback_recorded(url: str) -> float:
@@ -678,77 +824,34 @@ def mode_workers(args: argparse.Namespace, folder: Path) -> None:
             for n in (1, 2)
         }  # fmt: skip
         for variant in args.workers_variant:  # another --workers 2 gateway, DIR first on its path
-            name, _, extra = variant.partition("=")
-            path = os.pathsep.join((str(Path(extra).resolve()), str(ROOT)))
+            name, path = _variant(variant)
             cmd = gateway_cmd(folder, name, sim_port, spool_events(folder, name))
             gws[name] = serve(stack, name, with_path(path, [*cmd, "--workers", "2"]))
         bodies = chat_bodies()
         for gw in gws.values():
             drive(gw, "/v1/chat/completions", bodies, 4, 1, True)
         loads: dict[str, list[Load]] = {name: [] for name in gws}
-        by_proc0 = _cpu_by_process(gws["w2"].proc.pid)
-        for _ in range(args.rounds):
-            for name, gw in gws.items():
-                loads[name].append(
-                    drive(gw, "/v1/chat/completions", bodies, args.concurrency,
-                          args.duration, True)
-                )  # fmt: skip
+        procs0 = tree_reading(gws["w2"].proc.pid)
+        chat_rounds(gws, bodies, args, loads)
         counters = {name: wait_drained(gw.url) for name, gw in gws.items()}
         procs = {name: len(tree_pids(gw.proc.pid)) for name, gw in gws.items()}
-        by_proc = _cpu_by_process(gws["w2"].proc.pid)
-        labels = _labels(by_proc)
-    rows = []
-    for i in range(args.rounds):
-        a = loads["w1"][i]
-        for name, xs in loads.items():
-            b = xs[i]
-            rows.append([
-                str(i + 1), name, f"{b.ok / b.seconds:,.0f}", f"{b.cpu_ms_per_call:.3f}",
-                f"{b.cpu_ms_per_call / a.cpu_ms_per_call:.2f}x", str(b.errors),
-            ])  # fmt: skip
+        split = process_split(procs0, tree_reading(gws["w2"].proc.pid))
     counted = ", ".join(f"{name}: {n}" for name, n in procs.items())
     table(f"chat json c={args.concurrency}, events to the spool: --workers 1 vs 2 "
           f"(processes counted: {counted})",
-          ["round", "gateway", "req/s", "CPU ms/req", "/ w1 CPU", "errors"], rows)  # fmt: skip
-    target_rows = []
-    for name in loads:
-        if name != "w1":
-            ratio = [b.cpu_ms_per_call / a.cpu_ms_per_call
-                     for a, b in zip(loads["w1"], loads[name], strict=True)]  # fmt: skip
-            target_rows.append(
-                [f"{name} (--workers 2) / w1 CPU per request", rng(ratio, "{:.2f}x"), "<= 1.1x"]
-            )
+          ["round", "gateway", "req/s", "CPU ms/req", "/ w1 CPU", "errors"],
+          _round_rows(loads, "w1"))  # fmt: skip
+    target_rows = [
+        [f"{name} (--workers 2) / w1 CPU per request",
+         rng(_ratios(loads["w1"], loads[name]), "{:.2f}x"), "<= 1.1x"]
+        for name in loads if name != "w1"
+    ]  # fmt: skip
     target_rows += [
         [f"{name}: emitted / spooled / dropped", _counts(c), "all / 0"]
         for name, c in counters.items()
     ]
     table("targets", ["figure", "measured", "target"], target_rows)
-    split = ", ".join(
-        f"{label}: {by_proc[pid] - by_proc0.get(pid, 0.0):.1f}s" for pid, label in labels
-    )
     console.print(f"--workers 2, CPU by process over the whole run: {split}")
-
-
-def _cpu_by_process(root: int) -> dict[int, float]:
-    """CPU seconds of each process of a tree, by pid (the root first)."""
-    out: dict[int, float] = {}
-    for pid in tree_pids(root):
-        with suppress(OSError):
-            out[pid] = cpu_seconds(pid)
-    return out
-
-
-def _labels(by_proc: dict[int, float]) -> list[tuple[int, str]]:
-    """(pid, what it is) for a serve tree: the supervisor, then the others by their command."""
-    labels = []
-    for n, pid in enumerate(by_proc):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            cmd = "?"
-        what = "supervisor" if n == 0 else "worker" if "spawn_main" in cmd else "helper"
-        labels.append((pid, f"{what} {pid}"))
-    return labels
 
 
 # ---------------------------------------------------------------- mode: streams
@@ -884,10 +987,9 @@ def mode_streams(args: argparse.Namespace, folder: Path) -> None:
             gw = serve(stack, "gateway",
                        gateway_cmd(folder, "gw", sim_port, spool_events(folder, "gw")))  # fmt: skip
             ref = serve_reference(stack, sim_port)
-            targets = {"gateway": (gw.port, gw.proc.pid)}
+            targets: dict[str, tuple[int, int | None]] = {"gateway": (gw.port, gw.proc.pid)}
             for variant in args.streams_variant:
-                name, _, extra = variant.partition("=")
-                path = os.pathsep.join((str(Path(extra).resolve()), str(ROOT)))
+                name, path = _variant(variant)
                 cmd = gateway_cmd(folder, name, sim_port, spool_events(folder, name))
                 v = serve(stack, name, with_path(path, cmd))
                 targets[name] = (v.port, v.proc.pid)
@@ -949,6 +1051,14 @@ MODES = {"kafka": mode_kafka, "feedback": mode_feedback, "workers": mode_workers
          "streams": mode_streams}  # fmt: skip
 
 
+def producer_modes(text: str) -> list[str]:
+    """`--producers`: a comma list of 'process' and 'thread', each once, in order."""
+    modes = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    if not modes or not set(modes) <= {"process", "thread"}:
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma list of process and thread")
+    return modes
+
+
 def main() -> None:
     """Parse the arguments and run one mode."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -958,6 +1068,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--batch", type=int, default=100, help="items per feedback batch")
     parser.add_argument("--batch-concurrency", type=int, default=8)
+    parser.add_argument(
+        "--producers",
+        type=producer_modes,
+        default=["process"],
+        metavar="process,thread",
+        help="kafka: a Kafka gateway per events.kafka.producer mode, in the same rounds",
+    )
     parser.add_argument("--kafka-variant", action="append", default=[], metavar="NAME=DIR")
     parser.add_argument(
         "--workers-variant",
@@ -1002,7 +1119,7 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if SCRAPE_COST:
-        costs = ", ".join(f"{v * 1000:.0f} ms" for v in SCRAPE_COST.values())
+        costs = ", ".join(f"{sum(v.values()) * 1000:.0f} ms" for v in SCRAPE_COST.values())
         console.print(f"one /metrics scrape cost the gateways {costs} of CPU (idle; taken out)")
     print_profiles()
 

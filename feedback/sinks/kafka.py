@@ -1,4 +1,8 @@
-"""KafkaSink: kafka-python producer (acks=all, idempotent, compressed) run off the event loop."""
+"""KafkaSink: kafka-python producer (acks=all, idempotent, compressed) run off the event loop.
+
+`send_batch` and `close_producer` are the synchronous core: `emit` runs them on one thread
+of this process; feedback.sinks.kafka_process runs them in a child process instead.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from feedback.truncation import fit
 log = logging.getLogger(__name__)
 
 # A record the broker finds too large is cut to half, then a quarter, ... of what it sent.
-_SIZE_TRIES = 6
+SIZE_TRIES = 6
 
 
 def _size(record: Record) -> bytes:
@@ -76,6 +80,15 @@ def load_kafka_client() -> None:
             importlib.import_module(module)
 
 
+def rejected_error(delivery: Delivery, total: int) -> RecordsRejected:
+    """The error `emit` raises when every record but `delivery.rejected` went through."""
+    reasons = sorted({r.reason for r in delivery.rejected})
+    return RecordsRejected(
+        f"Kafka can never take {len(delivery.rejected)} of {total} records ({', '.join(reasons)})",
+        delivery,
+    )
+
+
 def _close_producer(producer: Any, timeout: float) -> None:
     """Close a producer for good, even when its pending batches will not flush."""
     from kafka.errors import KafkaError
@@ -99,8 +112,9 @@ class KafkaSink:
 
     def __init__(self, config: KafkaConfig) -> None:
         self.config = config
-        # One thread: producer calls stay ordered and never block the event loop.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopgate-kafka")
+        # One thread: producer calls stay ordered and never block the event loop. Made on the
+        # first emit: a child process calling send_batch itself never starts it.
+        self._executor: ThreadPoolExecutor | None = None
         self._producer: Any = None
         self._topics_ready = not config.create_topics
         load_kafka_client()  # here, not in the worker thread: warning filters are process-wide
@@ -215,7 +229,11 @@ class KafkaSink:
         # Room for the truncation header, and for the value's length varint as it grows.
         return self.config.max_request_bytes - overhead - len(TRUNCATED_HEADER) - 32
 
-    def _send(self, records: Sequence[Record]) -> Delivery:
+    def send_batch(self, records: Sequence[Record]) -> Delivery:
+        """Send the batch and wait for every ack, in this thread (one thread at a time).
+
+        SinkUnavailable when Kafka fails or is slow; rejected records are in the Delivery.
+        """
         try:
             if self._producer is None:
                 self._producer = self._connect()
@@ -257,7 +275,7 @@ class KafkaSink:
             if rough + 128 > self.config.max_request_bytes:
                 budget = self._value_budget(key, headers)
             todo[index] = _Pending(key, record.value, headers, budget)
-        for _ in range(_SIZE_TRIES):
+        for _ in range(SIZE_TRIES):
             if not todo:
                 break
             todo = self._send_round(records, todo, rejected, truncated)
@@ -350,25 +368,25 @@ class KafkaSink:
         """
         if not records:
             return Delivery()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopgate-kafka")
         loop = asyncio.get_running_loop()
-        delivery = await loop.run_in_executor(self._executor, self._send, list(records))
+        delivery = await loop.run_in_executor(self._executor, self.send_batch, list(records))
         if delivery.rejected:
-            reasons = sorted({r.reason for r in delivery.rejected})
-            raise RecordsRejected(
-                f"Kafka can never take {len(delivery.rejected)} of {len(records)} records "
-                f"({', '.join(reasons)})",
-                delivery,
-            )
+            raise rejected_error(delivery, len(records))
         return delivery
 
-    def _close(self) -> None:
-
+    def close_producer(self) -> None:
+        """Flush and close the producer, in this thread (bounded by the send timeout)."""
         producer, self._producer = self._producer, None
         if producer is not None:
             _close_producer(producer, self.config.send_timeout_s + 1)
 
     async def aclose(self) -> None:
         """Flush and close the producer (bounded by the send timeout)."""
+        if self._executor is None:
+            self.close_producer()  # never sent: nothing to flush, nothing blocks
+            return
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._close)
+        await loop.run_in_executor(self._executor, self.close_producer)
         self._executor.shutdown(wait=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,19 +11,23 @@ from typing import Any
 
 import jsonschema
 import orjson
+import pytest
 
 from feedback.config import EventsConfig, KafkaConfig, SpoolConfig
 from feedback.emitter import EventPipeline, open_pipeline
 from feedback.schema import COMPLETIONS_TOPIC, FEEDBACK_TOPIC, SCHEMA_DIR
-from feedback.sinks.base import Record
+from feedback.sinks.base import EventSink, Record
 from feedback.sinks.kafka import KafkaSink
+from feedback.sinks.kafka_process import KafkaProcessSink
 from tests.support.kafka import TansuBroker, consume_all
 from tests.unit.feedback.test_pipeline import until, workload
 
 TOPICS = [COMPLETIONS_TOPIC, FEEDBACK_TOPIC]
+# Where the producer runs (events.kafka.producer): a child process, or a thread of this one.
+PRODUCERS = pytest.mark.parametrize("producer", ["process", "thread"])
 
 
-def kafka_config(tmp_path: Path, broker: TansuBroker) -> EventsConfig:
+def kafka_config(tmp_path: Path, broker: TansuBroker, producer: str = "process") -> EventsConfig:
     kafka = KafkaConfig(
         bootstrap_servers=[broker.bootstrap],
         partitions=3,
@@ -30,14 +35,20 @@ def kafka_config(tmp_path: Path, broker: TansuBroker) -> EventsConfig:
         connect_timeout_s=1.0,
         retry_backoff_s=0.2,
         retry_backoff_max_s=1.0,
+        producer=producer,  # type: ignore[arg-type]
     )
     return EventsConfig(kafka=kafka, spool=SpoolConfig(dir=tmp_path / "spool"), batch_max=100)
+
+
+def kafka_sink(config: KafkaConfig) -> KafkaSink | KafkaProcessSink:
+    """The sink open_pipeline would build for this config."""
+    return KafkaProcessSink(config) if config.producer == "process" else KafkaSink(config)
 
 
 class AckLog:
     """Wraps the Kafka sink and notes which event ids the broker acknowledged, and when."""
 
-    def __init__(self, inner: KafkaSink) -> None:
+    def __init__(self, inner: EventSink) -> None:
         self.inner = inner
         self.acked: list[tuple[float, str]] = []
 
@@ -76,17 +87,22 @@ def assert_key_order(consumed: list[dict[str, Any]], emitted: list[Any]) -> None
     assert all(len(p) == 1 for p in partitions_per_key.values())  # one key, one partition
 
 
+@PRODUCERS
 def test_events_reach_kafka_keyed_in_order_and_valid(
-    tmp_path: Path, kafka_broker: TansuBroker
+    tmp_path: Path, kafka_broker: TansuBroker, producer: str
 ) -> None:
     events = workload(400)
+    config = kafka_config(tmp_path, kafka_broker, producer)
 
     async def main() -> EventPipeline:
-        async with open_pipeline(kafka_config(tmp_path, kafka_broker), "gw") as pipeline:
+        async with open_pipeline(config, "gw") as pipeline:
             for event in events:
                 pipeline.emit(event)
             await until(lambda: pipeline.stats.sent == len(events), within=30)
             assert pipeline.mode == "direct"
+            # The producer's CPU work is in a child process, or on a thread of this one.
+            in_child = [t for t in threading.enumerate() if t.name.startswith("loopgate-kafka")]
+            assert bool(in_child) == (producer == "thread")
         return pipeline
 
     pipeline = asyncio.run(main())
@@ -108,13 +124,15 @@ def test_events_reach_kafka_keyed_in_order_and_valid(
         jsonschema.validate(event, schemas[event["type"]])
 
 
+@PRODUCERS
 def test_broker_killed_mid_load_loses_nothing(
-    tmp_path: Path, restartable_kafka: TansuBroker
+    tmp_path: Path, restartable_kafka: TansuBroker, producer: str
 ) -> None:
     broker = restartable_kafka
     events = workload(1200, keys=11)
-    cfg = kafka_config(tmp_path, broker)
-    acks = AckLog(KafkaSink(cfg.kafka))  # type: ignore[arg-type]
+    cfg = kafka_config(tmp_path, broker, producer)
+    assert cfg.kafka is not None
+    acks = AckLog(kafka_sink(cfg.kafka))
     killed_at: list[float] = []
 
     async def load(pipeline: EventPipeline) -> None:

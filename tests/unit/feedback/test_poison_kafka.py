@@ -39,6 +39,7 @@ from feedback.schema import (
 from feedback.sinks import faults
 from feedback.sinks.base import Record, RecordsRejected, SinkUnavailable
 from feedback.sinks.kafka import KafkaSink, load_kafka_client
+from feedback.sinks.kafka_process import KafkaProcessSink
 from feedback.sinks.spool import DEAD_LETTER, Spool
 from tests.integration.test_events_kafka import read_all
 from tests.support.kafka import TansuBroker
@@ -46,6 +47,8 @@ from tests.unit.feedback.events import completion, feedback
 from tests.unit.feedback.test_pipeline import until
 
 TOPICS = [COMPLETIONS_TOPIC, FEEDBACK_TOPIC, AUDIT_TOPIC]
+# Where the producer runs (events.kafka.producer): a child process, or a thread of this one.
+PRODUCERS = pytest.mark.parametrize("producer", ["process", "thread"])
 SCHEMA = orjson.loads((SCHEMA_DIR / "completion.json").read_bytes())
 MIB = 1024 * 1024
 
@@ -136,16 +139,19 @@ def run(config: EventsConfig, events: list[Any], done: Callable[[EventPipeline],
 # -- the size limit: cut to fit, or set aside -----------------------------------------------
 
 
+@PRODUCERS
 def test_an_event_over_the_size_limit_is_cut_to_fit_and_everything_behind_it_flows(
-    tmp_path: Path, broker: TansuBroker
+    tmp_path: Path, broker: TansuBroker, producer: str
 ) -> None:
-    before, after = small("sz-a", 5), small("sz-b", 5)
-    poison = huge("lg1.sz-poison.m")
+    prefix = f"sz-{producer}-"
+    before, after = small(f"{prefix}a", 5), small(f"{prefix}b", 5)
+    poison = huge(f"lg1.{prefix}poison.m")
     events = [*before, poison, *after]
-    pipeline = run(events_config(tmp_path, broker), events, lambda p: p.stats.sent == len(events))
+    config = events_config(tmp_path, broker, producer=producer)
+    pipeline = run(config, events, lambda p: p.stats.sent == len(events))
     assert pipeline.stats.truncated == {COMPLETIONS_TOPIC: 1}
     assert (pipeline.stats.dropped, pipeline.stats.dead_lettered) == (0, {})
-    arrived = ours(broker, "sz-")
+    arrived = ours(broker, prefix)
     assert set(arrived) == {str(e.event_id) for e in events}
     record = arrived[str(poison.event_id)]
     assert len(record.value) <= MIB
@@ -159,13 +165,15 @@ def test_an_event_over_the_size_limit_is_cut_to_fit_and_everything_behind_it_flo
     assert "loopgate-truncated" not in dict(arrived[str(after[0].event_id)].headers)
 
 
+@PRODUCERS
 def test_a_spool_stuck_behind_poison_lines_replays_past_them(
-    tmp_path: Path, broker: TansuBroker
+    tmp_path: Path, broker: TansuBroker, producer: str
 ) -> None:
     """The state a gateway before this fix left behind: its replay retried the head forever."""
-    events = [*small("st-a", 4), huge("lg1.st-cut.m"), uncuttable("lg1.st-dead.m"),
-              *small("st-b", 4)]  # fmt: skip
-    config = events_config(tmp_path, broker)
+    p = f"st-{producer}-"
+    events = [*small(f"{p}a", 4), huge(f"lg1.{p}cut.m"), uncuttable(f"lg1.{p}dead.m"),
+              *small(f"{p}b", 4)]  # fmt: skip
+    config = events_config(tmp_path, broker, producer=producer)
     spool = Spool.open(config.spool.dir, "gw", config.spool.segment_bytes, config.spool.max_bytes)
     spool.append([to_json(e) for e in events])
     spool.close()
@@ -178,7 +186,7 @@ def test_a_spool_stuck_behind_poison_lines_replays_past_them(
     assert pipeline.stats.truncated == {COMPLETIONS_TOPIC: 1}
     assert pipeline.stats.dead_lettered == {(COMPLETIONS_TOPIC, faults.TOO_LARGE): 1}
     assert pipeline.stats.dropped == 0
-    arrived = ours(broker, "st-")
+    arrived = ours(broker, p)
     assert set(arrived) == {str(e.event_id) for e in events} - {str(events[5].event_id)}
     assert dead_letters(tmp_path) == [to_json(events[5])]  # kept whole, as it was spooled
 
@@ -194,14 +202,18 @@ def test_a_spool_stuck_behind_poison_lines_replays_past_them(
     ],
     ids=["invalid_topic", "unserialisable_key"],
 )
+@PRODUCERS
 def test_a_record_the_client_refuses_is_reported_and_the_rest_delivered(
-    broker: TansuBroker, poison: Record, reason: str
+    broker: TansuBroker, poison: Record, reason: str, producer: str
 ) -> None:
-    good = [Record(e.topic, e.key, to_json(e)) for e in small(f"cl-{reason}", 4)]
+    prefix = f"cl-{producer}-{reason}"
+    good = [Record(e.topic, e.key, to_json(e)) for e in small(prefix, 4)]
     batch = [*good[:2], poison, *good[2:]]
 
     async def main() -> RecordsRejected:
-        sink = KafkaSink(kafka(broker))
+        sink = (
+            KafkaProcessSink(kafka(broker)) if producer == "process" else KafkaSink(kafka(broker))
+        )
         try:
             with pytest.raises(RecordsRejected) as caught:
                 await sink.emit(batch)
@@ -211,7 +223,8 @@ def test_a_record_the_client_refuses_is_reported_and_the_rest_delivered(
 
     rejected = asyncio.run(main()).delivery.rejected
     assert [(r.index, r.reason) for r in rejected] == [(2, reason)]
-    arrived = ours(broker, f"cl-{reason}")
+    assert rejected[0].record is batch[2]  # the caller's own record, for the dead-letter spool
+    arrived = ours(broker, prefix)
     assert {r.value for r in arrived.values()} == {r.value for r in good}
 
 
@@ -360,13 +373,14 @@ def test_a_transient_error_is_retried_without_loss(
     assert {str(e.event_id) for e in events} <= set(arrived)
 
 
+@PRODUCERS
 def test_a_broker_that_stops_answering_times_out_and_nothing_is_lost(
-    tmp_path: Path, restartable_kafka: TansuBroker
+    tmp_path: Path, restartable_kafka: TansuBroker, producer: str
 ) -> None:
     """A real timeout: the broker process is paused (SIGSTOP) under a send, then resumed."""
     broker = restartable_kafka
     events = small("to-", 20)
-    config = events_config(tmp_path, broker, send_timeout_s=1.0)
+    config = events_config(tmp_path, broker, send_timeout_s=1.0, producer=producer)
 
     async def main() -> EventPipeline:
         async with open_pipeline(config, "gw") as pipeline:
