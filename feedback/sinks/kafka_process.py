@@ -261,8 +261,7 @@ async def _request(proc: asyncio.subprocess.Process, body: bytes) -> bytes:
     assert reader is not None
     if writer.is_closing():
         raise EOFError("the Kafka producer process closed its input")
-    writer.write(_HEADER.pack(len(body)))
-    writer.write(body)
+    writer.write(_HEADER.pack(len(body)) + body)  # one write: the child wakes once
     await writer.drain()
     try:
         (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
