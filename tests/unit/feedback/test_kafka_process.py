@@ -359,6 +359,34 @@ def test_aclose_leaves_no_child_behind(broker: TansuBroker, loop: str) -> None:
     assert producer_children(os.getpid()) == []
 
 
+@LOOPS
+def test_a_batch_cancelled_in_flight_kills_the_child_and_the_next_batch_gets_a_fresh_one(
+    broker: TansuBroker, loop: str
+) -> None:
+    """As at shutdown when the drain times out: the late answer must not answer another batch."""
+    records = [Record(e.topic, e.key, to_json(e)) for e in small(f"cancel-{loop}-", 4)]
+    sink = KafkaProcessSink(kafka(broker))
+
+    async def main() -> int:
+        try:
+            await sink.emit(records)
+            stuck = sink.pid
+            assert stuck is not None
+            os.kill(stuck, signal.SIGSTOP)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(sink.emit(records), 0.5)
+            assert sink.pid is None
+            await sink.emit(records)
+            assert sink.pid not in (None, stuck)
+            return stuck
+        finally:
+            await sink.aclose()
+
+    stuck = run_on(loop, main())
+    assert gone(stuck)
+    assert producer_children(os.getpid()) == []
+
+
 _PARENT = """
 import asyncio, sys, time
 from feedback.config import KafkaConfig
