@@ -128,6 +128,7 @@ class KafkaProcessSink:
         self.config = config
         self.starts = 0  # children started; more than one means it crashed or hung
         self._proc: asyncio.subprocess.Process | None = None
+        self._killed: list[asyncio.subprocess.Process] = []  # to wait for in aclose
         # The pipeline's sender and replayer may overlap; one batch at a time on the pipe.
         self._lock = asyncio.Lock()
         self._closed = False
@@ -164,9 +165,10 @@ class KafkaProcessSink:
     async def _exchange(self, records: list[Record]) -> Delivery:
         proc = self._proc or await self._start()
         bound = reply_bound(self.config)
+        request = encode_batch(records)
         try:
             async with asyncio.timeout(bound):
-                body = await _request(proc, encode_batch(records))
+                body = await _request(proc, request)
             return decode_reply(body, records)
         except SinkUnavailable:
             raise  # Kafka's answer, from a healthy child
@@ -175,13 +177,15 @@ class KafkaProcessSink:
             raise SinkUnavailable(
                 f"the Kafka producer process did not answer within {bound:.0f}s; killed it"
             ) from None
-        except (OSError, EOFError, ValueError) as exc:  # died, or a reply it never writes
+        except Exception as exc:
+            # Died (EOF, a broken pipe; uvloop: RuntimeError on its closed pipe), or answered
+            # what it never writes: whatever it was, a fresh child takes the next batch.
             await self._discard(proc)
             raise SinkUnavailable(f"the Kafka producer process failed: {exc!r}") from None
         except BaseException:
             # Cancelled mid-exchange: its reply would answer the next batch. Kill it now (no
-            # await while cancelled); aclose or the next start waits for it.
-            _kill(proc)
+            # await while cancelled); aclose waits for it.
+            self._abandon(proc)
             raise
 
     async def _start(self) -> asyncio.subprocess.Process:
@@ -199,11 +203,11 @@ class KafkaProcessSink:
             async with asyncio.timeout(_START_TIMEOUT_S):
                 body = await _request(proc, self._setup())
             _check_greeting(body, proc.pid)
-        except (OSError, EOFError, ValueError, TimeoutError) as exc:
+        except Exception as exc:
             await self._discard(proc)
             raise SinkUnavailable(f"the Kafka producer process did not start: {exc!r}") from None
         except BaseException:
-            _kill(proc)
+            self._abandon(proc)
             raise
         log.debug("events: Kafka producer process %d started", proc.pid)
         return proc
@@ -217,17 +221,25 @@ class KafkaProcessSink:
         }
         return json.dumps(setup).encode()
 
-    async def _discard(self, proc: asyncio.subprocess.Process) -> None:
-        """Kill the child and wait for it: no zombie, no second answer."""
+    def _abandon(self, proc: asyncio.subprocess.Process) -> None:
+        """Kill the child now; aclose waits for it."""
         if self._proc is proc:
             self._proc = None
         _kill(proc)
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(proc.wait())
+        self._killed.append(proc)
+
+    async def _discard(self, proc: asyncio.subprocess.Process) -> None:
+        """Kill the child and wait for it: no zombie, no second answer."""
+        self._abandon(proc)
+        await proc.wait()  # if cancelled meanwhile, aclose still waits for it
+        self._killed.remove(proc)
 
     async def aclose(self) -> None:
         """Close the child's stdin so it flushes and exits (bounded), then kill what is left."""
         self._closed = True
+        for killed in self._killed:
+            await killed.wait()
+        self._killed.clear()
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -247,8 +259,9 @@ async def _request(proc: asyncio.subprocess.Process, body: bytes) -> bytes:
     writer, reader = proc.stdin, proc.stdout
     assert writer is not None
     assert reader is not None
-    writer.write(_HEADER.pack(len(body)))
-    writer.write(body)
+    if writer.is_closing():
+        raise EOFError("the Kafka producer process closed its input")
+    writer.write(_HEADER.pack(len(body)) + body)  # one write: the child wakes once
     await writer.drain()
     try:
         (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))

@@ -17,12 +17,13 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pytest
+import uvloop
 
 from feedback.config import EventsConfig, KafkaConfig, SpoolConfig
 from feedback.emitter import EventPipeline, open_pipeline
@@ -45,6 +46,8 @@ from tests.unit.feedback.events import completion, feedback
 from tests.unit.feedback.test_pipeline import until
 from tests.unit.feedback.test_pipeline_kafka import TOPICS
 from tests.unit.feedback.test_poison_kafka import huge, small
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +77,16 @@ def events_config(tmp_path: Path, broker: TansuBroker, **changes: Any) -> Events
     return EventsConfig(
         kafka=kafka(broker, **changes), spool=SpoolConfig(dir=tmp_path / "spool"), batch_max=50
     )
+
+
+# The gateway serves on uvloop (its own subprocess support); tests elsewhere use asyncio's.
+LOOPS = pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+
+
+def run_on(loop: str, main: Coroutine[Any, Any, T]) -> T:
+    factory = uvloop.new_event_loop if loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 def gone(pid: int) -> bool:
@@ -195,8 +208,9 @@ def test_a_batch_with_rejected_and_cut_records_gives_what_the_thread_sink_gives(
 # -- faults of the child ------------------------------------------------------------------------
 
 
+@LOOPS
 def test_a_child_killed_mid_load_loses_nothing_and_a_fresh_one_takes_over(
-    tmp_path: Path, kafka_broker: TansuBroker
+    tmp_path: Path, kafka_broker: TansuBroker, loop: str
 ) -> None:
     config = events_config(tmp_path, kafka_broker)
     assert config.kafka is not None
@@ -252,7 +266,7 @@ def test_a_child_killed_mid_load_loses_nothing_and_a_fresh_one_takes_over(
             assert pipeline.snapshot().producer_restarts == sink.restarts >= 3
         return pipeline
 
-    pipeline = asyncio.run(main())
+    pipeline = run_on(loop, main())
     assert pipeline.stats.dropped == 0
     assert pipeline.stats.failed >= 1  # at least one kill hit a batch in flight
     assert all(gone(pid) for pid in killed)
@@ -261,8 +275,36 @@ def test_a_child_killed_mid_load_loses_nothing_and_a_fresh_one_takes_over(
     assert not missing, f"{len(missing)} of {len(events)} events lost"
 
 
+@LOOPS
+def test_a_child_that_died_between_batches_fails_one_batch_and_is_replaced(
+    broker: TansuBroker, loop: str
+) -> None:
+    """Killed while idle: the loop has seen its pipes close before the next batch comes."""
+    records = [Record(e.topic, e.key, to_json(e)) for e in small(f"idle-{loop}-", 4)]
+    sink = KafkaProcessSink(kafka(broker))
+
+    async def main() -> None:
+        try:
+            await sink.emit(records)
+            first = sink.pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            await asyncio.sleep(0.5)
+            with pytest.raises(SinkUnavailable, match="producer process failed"):
+                await sink.emit(records)
+            assert sink.pid is None
+            await sink.emit(records)  # a fresh child
+            assert sink.pid not in (None, first)
+            assert sink.restarts == 1
+        finally:
+            await sink.aclose()
+
+    run_on(loop, main())
+
+
+@LOOPS
 def test_a_child_that_hangs_is_killed_after_the_bound_and_its_batch_spooled(
-    tmp_path: Path, kafka_broker: TansuBroker
+    tmp_path: Path, kafka_broker: TansuBroker, loop: str
 ) -> None:
     config = events_config(tmp_path, kafka_broker, send_timeout_s=0.3, connect_timeout_s=0.3)
     assert config.kafka is not None
@@ -287,7 +329,7 @@ def test_a_child_that_hangs_is_killed_after_the_bound_and_its_batch_spooled(
             await until(lambda: pipeline.mode == "direct", within=30)
         return pipeline, waited
 
-    pipeline, waited = asyncio.run(main())
+    pipeline, waited = run_on(loop, main())
     assert bound - 0.5 <= waited <= bound + 5
     assert (pipeline.stats.dropped, pipeline.stats.spooled) == (0, len(events) - 1)
     assert pipeline.stats.replayed == len(events) - 1
@@ -296,7 +338,8 @@ def test_a_child_that_hangs_is_killed_after_the_bound_and_its_batch_spooled(
     assert arrived == {str(e.event_id) for e in events}
 
 
-def test_aclose_leaves_no_child_behind(broker: TansuBroker) -> None:
+@LOOPS
+def test_aclose_leaves_no_child_behind(broker: TansuBroker, loop: str) -> None:
     records = [Record(e.topic, e.key, to_json(e)) for e in small("close-", 4)]
     sink = KafkaProcessSink(kafka(broker))
 
@@ -311,8 +354,36 @@ def test_aclose_leaves_no_child_behind(broker: TansuBroker) -> None:
             await sink.emit(records)
         return pid
 
-    pid = asyncio.run(main())
+    pid = run_on(loop, main())
     assert not Path(f"/proc/{pid}").exists()  # exited and reaped: no zombie
+    assert producer_children(os.getpid()) == []
+
+
+@LOOPS
+def test_a_batch_cancelled_in_flight_kills_the_child_and_the_next_batch_gets_a_fresh_one(
+    broker: TansuBroker, loop: str
+) -> None:
+    """As at shutdown when the drain times out: the late answer must not answer another batch."""
+    records = [Record(e.topic, e.key, to_json(e)) for e in small(f"cancel-{loop}-", 4)]
+    sink = KafkaProcessSink(kafka(broker))
+
+    async def main() -> int:
+        try:
+            await sink.emit(records)
+            stuck = sink.pid
+            assert stuck is not None
+            os.kill(stuck, signal.SIGSTOP)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(sink.emit(records), 0.5)
+            assert sink.pid is None
+            await sink.emit(records)
+            assert sink.pid not in (None, stuck)
+            return stuck
+        finally:
+            await sink.aclose()
+
+    stuck = run_on(loop, main())
+    assert gone(stuck)
     assert producer_children(os.getpid()) == []
 
 

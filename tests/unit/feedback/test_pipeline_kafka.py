@@ -101,8 +101,8 @@ def test_events_reach_kafka_keyed_in_order_and_valid(
             await until(lambda: pipeline.stats.sent == len(events), within=30)
             assert pipeline.mode == "direct"
             # The producer's CPU work is in a child process, or on a thread of this one.
-            in_child = [t for t in threading.enumerate() if t.name.startswith("loopgate-kafka")]
-            assert bool(in_child) == (producer == "thread")
+            threads = [t for t in threading.enumerate() if t.name.startswith("loopgate-kafka")]
+            assert bool(threads) == (producer == "thread")
         return pipeline
 
     pipeline = asyncio.run(main())
