@@ -157,11 +157,37 @@ class EventPipeline:
             ),
         )
 
+    def room(self) -> int:
+        """Events emit() takes now before it drops one: what the spool buffer has left once
+        the queue and the batch in flight have moved there (as a failure would move them)."""
+        if self._closed:
+            return 0
+        taken = len(self._spool_buf)
+        if self._mode == "direct":
+            taken += len(self._queue)
+            if self._inflight is not None and not self._inflight_spooled:
+                taken += len(self._inflight)
+        return max(0, self.config.spool_buffer - taken)
+
+    def backlogged(self) -> bool:
+        """True when feedback should be refused (retryable) rather than risk being dropped.
+
+        The last tenth of the room is kept for completion events, which cannot be refused:
+        their answer has been given by the time they are emitted."""
+        room = self.room()
+        if room > self.config.spool_buffer // 10:
+            return False
+        self._warn("backlog", "events: %d events of room left; refusing feedback (503)", room)
+        return True
+
     def start(self) -> None:
         """Start the named worker tasks."""
         if self._primary is not None:
             self._spawn(self._sender(), "loopgate-events-sender")
             self._spawn(self._replayer(), "loopgate-events-replayer")
+            if isinstance(self._primary, KafkaProcessSink):
+                # The child starts now, not with the first batch (~1 s of interpreter start).
+                self._spawn(self._primary.warm(), "loopgate-events-warm")
         self._spawn(self._spooler(), "loopgate-events-spooler")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -382,8 +408,10 @@ class EventPipeline:
                     log.error("events: skipping an unreadable spool line (%d bytes)", len(line))
             try:
                 delivered = await self._deliver(records)
-            except SinkError as exc:
+            except Exception as exc:  # a sink's bug must not end the replay: retry later
                 self.stats.failed += 1
+                if not isinstance(exc, SinkError):
+                    log.error("events: unexpected error replaying to Kafka: %r", exc)
                 # The message, not the exception: its traceback would pin the client's sockets.
                 why = str(exc)
                 self._warn(
@@ -456,6 +484,9 @@ class EventPipeline:
         self._queue_ready.set()
         self._replay_wake.set()
         tasks = {task.get_name(): task for task in self._tasks}
+        warm = tasks.get("loopgate-events-warm")
+        if warm is not None:
+            await warm  # bounded by the child's start timeout; cancelling it would kill the child
         sender = tasks.get("loopgate-events-sender")
         if sender is not None:
             try:

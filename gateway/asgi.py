@@ -135,11 +135,20 @@ _JSON = (b"content-type", b"application/json")
 _CLOSE = (b"connection", b"close")
 
 
-async def send_json(send: Send, status: int, body: bytes, close: bool = False) -> None:
-    """A whole JSON answer; `close`: the connection ends with it (a body may be left unread)."""
+async def send_json(
+    send: Send,
+    status: int,
+    body: bytes,
+    close: bool = False,
+    extra: dict[str, str] | None = None,
+) -> None:
+    """A whole JSON answer; `close`: the connection ends with it (a body may be left unread);
+    `extra`: more headers (an error's Retry-After)."""
     headers = [_JSON, (b"content-length", str(len(body)).encode())]
     if close:
         headers.append(_CLOSE)
+    if extra:
+        headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items())
     try:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -83,6 +83,12 @@ class UpstreamUnavailable(GatewayError):
     status, type, code = 503, "upstream_error", "upstream_unavailable"
 
 
+class EventsBacklogged(GatewayError):
+    """The event pipeline is too far behind to take a judgement without risking it: retry."""
+
+    status, type, code = 503, "server_error", "events_backlogged"
+
+
 class UpstreamTimeout(GatewayError):
     status, type, code = 504, "upstream_error", "upstream_timeout"
 

@@ -143,6 +143,17 @@ class KafkaProcessSink:
         """The running child's process id, if one runs."""
         return self._proc.pid if self._proc is not None else None
 
+    async def warm(self) -> None:
+        """Start the child now, so that the first batch does not wait for it (~1 s). A failure
+        is logged; the first batch tries again."""
+        async with self._lock:
+            if self._proc is not None or self._closed:
+                return
+            try:
+                await self._start()
+            except SinkUnavailable as exc:
+                log.warning("events: %s; the first batch tries again", exc)
+
     async def emit(self, records: Sequence[Record]) -> Delivery:
         """Send the batch and wait for every ack (KafkaSink.emit's contract).
 

@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute
 from feedback.schema import FeedbackKind, Metadata, Source, Winner
 from gateway.errors import (
     Conflict,
+    EventsBacklogged,
     Forbidden,
     GatewayError,
     UnprocessableEntity,
@@ -190,6 +191,13 @@ async def record(
     events = rt.events
     if events is None:
         raise UpstreamUnavailable("the event pipeline is disabled (events.enabled is false)")
+    if events.backlogged():
+        # Refused, not accepted and then dropped: the caller keeps it and tries again.
+        raise EventsBacklogged(
+            "the gateway's event pipeline is behind (Kafka slow or away and the spool busy); "
+            "the judgement was not recorded: try again",
+            headers={"retry-after": "1"},
+        )
     response_id, other_id = item["response_id"], item["other_response_id"]
     claims = _verified(rt, response_id, app_id, now, "response_id")
     other: Claims | None = None

@@ -231,7 +231,7 @@ class FeedbackEndpoint:
             else:
                 answer = await _record_one(rt, data, caller.app_id, consent)
         except GatewayError as err:
-            await send_json(send, err.status, err.body())
+            await send_json(send, err.status, err.body(), extra=err.headers)
         except Exception:  # the edge: a bug answers 500 in OpenAI's shape, the process lives
             log.exception("%s failed", self.path)
             await send_json(send, 500, InternalError("internal error").body())

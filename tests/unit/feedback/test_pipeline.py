@@ -263,3 +263,90 @@ def test_a_batch_still_being_prepared_for_the_spool_is_not_stranded(
             assert [e.key for e in sink.events()] == [first.key, second.key]
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("inflight", [True, False])
+def test_room_is_exactly_what_emit_takes_before_it_drops(tmp_path: Path, inflight: bool) -> None:
+    """room() counts the queue and the batch in flight as a failure would move them to the
+    spool buffer: emitting room() events drops none, the next one is dropped."""
+
+    async def main() -> EventPipeline:
+        sink = MemorySink()
+        sink.delay = 30.0  # a broker that never answers in this test: the batch stays in flight
+        cfg = config(tmp_path, queue_size=5, spool_buffer=12, batch_max=3, linger_s=0)
+        async with open_pipeline(cfg, "gw", primary=sink) as pipeline:
+            assert pipeline.room() == 12
+            if inflight:
+                for event in workload(3):
+                    pipeline.emit(event)
+                await until(lambda: not pipeline.snapshot().queue_depth)  # taken by the sender
+                assert pipeline.room() == 9
+            room = pipeline.room()
+            for event in workload(room):  # no awaits: nothing drains meanwhile
+                pipeline.emit(event)
+                assert pipeline.room() >= 0
+            assert pipeline.mode == "spooling"
+            assert pipeline.room() == 0
+            assert pipeline.backlogged()
+            assert pipeline.stats.dropped == 0
+            pipeline.emit(workload(1)[0])
+            assert pipeline.stats.dropped == 1
+            sink.delay = 0
+        return pipeline
+
+    pipeline = asyncio.run(main())
+    assert pipeline.room() == 0  # closed
+
+
+def test_backlogged_keeps_the_last_tenth_for_completions(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        sink = MemorySink()
+        sink.delay = 30.0
+        cfg = config(tmp_path, queue_size=100, spool_buffer=100, batch_max=500, linger_s=0.5)
+        async with open_pipeline(cfg, "gw", primary=sink) as pipeline:
+            events = workload(91)
+            for event in events[:89]:
+                pipeline.emit(event)
+            assert pipeline.room() == 11
+            assert not pipeline.backlogged()
+            pipeline.emit(events[89])
+            assert pipeline.room() == 10
+            assert pipeline.backlogged()
+            sink.delay = 0
+
+    with caplog.at_level(logging.WARNING, logger="feedback.emitter"):
+        asyncio.run(main())
+    assert "refusing feedback (503)" in caplog.text
+
+
+class _BuggySink(MemorySink):
+    """A sink whose emit raises something other than SinkError (a client library's bug)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bugs = 2
+
+    async def emit(self, records: Any) -> None:
+        if self.bugs:
+            self.bugs -= 1
+            raise RuntimeError("a bug in the sink")
+        await super().emit(records)
+
+
+def test_a_sink_bug_does_not_end_the_replay(tmp_path: Path) -> None:
+    async def main() -> None:
+        sink = _BuggySink()
+        async with open_pipeline(config(tmp_path), "gw", primary=sink) as pipeline:
+            events = workload(20)
+            for event in events:
+                pipeline.emit(event)
+            # The sender's batch fails (spooled), the first replay fails too; the next one
+            # delivers: the replayer lived through an exception that is not a SinkError.
+            await until(lambda: pipeline.stats.replayed >= 20, within=20)
+            assert pipeline.mode == "direct"
+        assert pipeline.stats.dropped == 0
+        arrived_in_order(sink, events)
+
+    asyncio.run(main())
