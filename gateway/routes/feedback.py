@@ -192,12 +192,7 @@ async def record(
     if events is None:
         raise UpstreamUnavailable("the event pipeline is disabled (events.enabled is false)")
     if events.backlogged():
-        # Refused, not accepted and then dropped: the caller keeps it and tries again.
-        raise EventsBacklogged(
-            "the gateway's event pipeline is behind (Kafka slow or away and the spool busy); "
-            "the judgement was not recorded: try again",
-            headers={"retry-after": "1"},
-        )
+        raise backlogged()
     response_id, other_id = item["response_id"], item["other_response_id"]
     claims = _verified(rt, response_id, app_id, now, "response_id")
     other: Claims | None = None
@@ -236,6 +231,16 @@ async def record(
     out["id"] = str(event.data["event_id"])
     out["recorded"] = True
     return out
+
+
+def backlogged() -> EventsBacklogged:
+    """The refusal of feedback the event pipeline has no room for: refused, not accepted and
+    then dropped, so the caller keeps it and tries again."""
+    return EventsBacklogged(
+        "the gateway's event pipeline is behind (Kafka slow or away and the spool busy); "
+        "the judgement was not recorded: try again",
+        headers={"retry-after": "1"},
+    )
 
 
 def _event_body(

@@ -37,6 +37,7 @@ from gateway.routes.feedback import (
     FeedbackBatchIn,
     FeedbackIn,
     Item,
+    backlogged,
     kind_problem,
     model_fingerprint,
     record,
@@ -222,6 +223,11 @@ class FeedbackEndpoint:
             await refuse(send, err)
             return
         except ClientGone:
+            return
+        if rt.events is not None and rt.events.backlogged():
+            # Before parsing: a client that retries at once costs little while it lasts.
+            refusal = backlogged()
+            await send_json(send, refusal.status, refusal.body(), extra=refusal.headers)
             return
         try:
             data = _parsed(raw, headers.content_type)

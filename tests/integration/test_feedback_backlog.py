@@ -2,9 +2,10 @@
 
 A gateway without Kafka, its spool buffer small and its spool writer lingering a second: one
 batch of judgements fills the buffer faster than the writer empties it. What the pipeline
-can take is recorded, the rest of the batch is refused item by item, a single call right
-after is refused with Retry-After, and every recorded judgement is in the spool: the loss
-counter stays 0 (issue 19: a benchmark's batch route dropped a quarter of what it accepted).
+can take is recorded, the rest of the batch is refused item by item, a single call and a
+whole batch right after are refused with Retry-After, and every recorded judgement is in the
+spool: the loss counter stays 0 (issue 19: a benchmark's batch route dropped a quarter of
+what it had accepted).
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ def test_a_backlogged_pipeline_refuses_feedback_and_loses_none(
         headers=AUTH,
         timeout=10,
     )
+    again = httpx.post(
+        gw.base_url + "/v1/feedback/batch", json={"items": items}, headers=AUTH, timeout=10
+    )
 
     assert batch.status_code == 200, batch.text
     answer = batch.json()
@@ -84,6 +88,10 @@ def test_a_backlogged_pipeline_refuses_feedback_and_loses_none(
     assert single.status_code == 503, single.text
     assert single.headers["retry-after"] == "1"
     assert single.json()["error"]["code"] == "events_backlogged"
+    # A whole batch while backlogged: refused before it is parsed, as one 503.
+    assert again.status_code == 503, again.text
+    assert again.headers["retry-after"] == "1"
+    assert again.json()["error"]["code"] == "events_backlogged"
 
     deadline = time.monotonic() + 20
     while _metric(gw, "loopgate_events_spooled_total") < taken and time.monotonic() < deadline:
