@@ -8,6 +8,9 @@ records/s, and, in a second pass, how late a 1 ms timer on the serving loop (uvl
 `loopgate serve` runs) fires while the sink sends (what requests would feel), then ratios.
 
 Run: .venv/bin/python -m loadtests.bench_kafka_process [--records 8000] [--rounds 3]
+`--profile 500`: instead, the child's own work (KafkaSink.send_batch, batches of 500 as the
+pipeline sends under load) under cProfile, the calling thread and kafka-python's network
+thread each profiled, with the CPU per record of each.
 Nothing here asserts on timing; on a shared machine read the ratios.
 """
 
@@ -15,8 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import os
+import pstats
 import statistics
+import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -174,11 +181,51 @@ def report(size: int, runs: dict[str, list[Run]]) -> None:
     print(f"  serving loop lag p99, thread / process: {lag:.1f}x")
 
 
+def profile_child_work(config: KafkaConfig, records: list[Record], size: int) -> None:
+    """KafkaSink.send_batch (what the child runs per batch) under cProfile, in this process:
+    the calling thread and the client's network thread, each with its own profile."""
+    sink = KafkaSink(config)
+    batches = [records[i : i + size] for i in range(0, len(records), size)]
+    threads: list[cProfile.Profile] = []
+
+    def start_in_thread(*_: object) -> None:  # the first event of a thread started from now
+        sys.setprofile(None)
+        profile = cProfile.Profile(time.thread_time)  # CPU: waits for the GIL are not work
+        threads.append(profile)
+        profile.enable()
+
+    threading.setprofile(start_in_thread)  # the producer's sender thread starts on connect
+    main_profile = cProfile.Profile(time.thread_time)
+    try:
+        sink.send_batch(batches[0])  # connect, topics
+        threading.setprofile(None)  # type: ignore[arg-type]
+        main_cpu, cpu = time.thread_time(), time.process_time()
+        main_profile.enable()
+        for batch in batches:
+            sink.send_batch(batch)
+        main_profile.disable()
+        main_cpu, cpu = time.thread_time() - main_cpu, time.process_time() - cpu
+    finally:
+        sink.close_producer()
+    count = sum(len(b) for b in batches)
+    print(f"\n{count} records in batches of {size}, profiled: process CPU "
+          f"{cpu / count * 1e6:.1f} us/record, of it the sending thread "
+          f"{main_cpu / count * 1e6:.1f} and the client's other threads "
+          f"{(cpu - main_cpu) / count * 1e6:.1f} (profiling inflates both)")  # fmt: skip
+    for title, profile in (
+        ("sending thread", main_profile),
+        *(("network thread", t) for t in threads),
+    ):
+        print(f"\n-- {title}, by own time")
+        pstats.Stats(profile).sort_stats("tottime").print_stats(18)
+
+
 def main() -> None:
     """Both modes, batches of 16 and 64, `--rounds` rounds alternating the modes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=8000, help="records per measurement")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", type=int, metavar="SIZE", help="profile the child's work")
     args = parser.parse_args()
     records = sample_records(args.records)
     size_bytes = sum(len(r.value) for r in records) / len(records)
@@ -187,6 +234,9 @@ def main() -> None:
     broker.start()
     try:
         config = KafkaConfig(bootstrap_servers=[broker.bootstrap], partitions=6)
+        if args.profile:
+            profile_child_work(config, records, args.profile)
+            return
         for size in (16, 64):
             batches = [records[i : i + size] for i in range(0, len(records), size)]
             runs: dict[str, list[Run]] = {mode: [] for mode in MODES}
