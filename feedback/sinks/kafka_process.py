@@ -151,7 +151,7 @@ class KafkaProcessSink:
                 return
             try:
                 await self._start()
-            except SinkUnavailable as exc:
+            except Exception as exc:  # never fails the pipeline's start or close
                 log.warning("events: %s; the first batch tries again", exc)
 
     async def emit(self, records: Sequence[Record]) -> Delivery:
@@ -203,12 +203,15 @@ class KafkaProcessSink:
         self.starts += 1
         if self.starts > 1:
             log.warning("events: starting the Kafka producer process again (%d)", self.starts)
-        proc = await asyncio.create_subprocess_exec(
-            *child_command(),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=child_environment(),
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *child_command(),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=child_environment(),
+            )
+        except OSError as exc:  # no interpreter, no file descriptors or memory left
+            raise SinkUnavailable(f"cannot start the Kafka producer process: {exc!r}") from None
         self._proc = proc
         try:
             async with asyncio.timeout(_START_TIMEOUT_S):

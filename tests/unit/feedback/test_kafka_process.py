@@ -28,7 +28,7 @@ import uvloop
 from feedback.config import EventsConfig, KafkaConfig, SpoolConfig
 from feedback.emitter import EventPipeline, open_pipeline
 from feedback.schema import COMPLETIONS_TOPIC, to_json
-from feedback.sinks import faults
+from feedback.sinks import faults, kafka_process
 from feedback.sinks.base import Delivery, Record, RecordsRejected, SinkUnavailable
 from feedback.sinks.kafka import KafkaSink
 from feedback.sinks.kafka_process import (
@@ -419,3 +419,22 @@ def test_the_child_exits_when_the_gateway_process_dies(broker: TansuBroker) -> N
         if parent.stdout is not None:
             parent.stdout.close()
     wait_gone(child, within=5)
+
+
+def test_a_child_that_cannot_start_fails_the_batch_not_the_pipeline(
+    broker: TansuBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No interpreter to start (or no descriptors left): the warm start only logs, every
+    batch is spooled as Kafka unavailable, nothing is dropped, and the pipeline closes."""
+    monkeypatch.setattr(kafka_process, "child_command", lambda: [str(tmp_path / "no-python")])
+
+    async def main() -> EventPipeline:
+        async with open_pipeline(events_config(tmp_path, broker), "gw") as pipeline:
+            for n in range(20):
+                pipeline.emit(completion(f"lg1.r{n}.m", text=str(n)))
+            await until(lambda: pipeline.stats.spooled >= 20, within=20)
+        return pipeline
+
+    pipeline = asyncio.run(main())
+    assert pipeline.stats.dropped == 0
+    assert pipeline.stats.failed >= 1
