@@ -51,7 +51,7 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """user+sys CPU seconds of a process and its reaped children, from /proc."""
+    """user+sys CPU seconds of a process (its own, not its reaped children's), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 

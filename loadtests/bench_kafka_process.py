@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import os
 import pstats
 import statistics
 import sys
@@ -27,80 +26,35 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import uvloop
 
 from feedback.config import KafkaConfig
-from feedback.schema import (
-    CompletionBody,
-    CompletionEvent,
-    FeedbackBody,
-    FeedbackEvent,
-    RequestContent,
-    ResponseContent,
-    to_json,
-)
+from feedback.schema import to_json
 from feedback.sinks.base import Record
 from feedback.sinks.kafka import KafkaSink
 from feedback.sinks.kafka_process import KafkaProcessSink
+from loadtests.bench_events import MESSAGE, sample_completion, sample_feedback
+from loadtests.bench_gateway import cpu_seconds
+from loadtests.bench_shape import rss_kib
 from tests.support.kafka import TansuBroker
 
 MODES = ("thread", "process")
-TICK = os.sysconf("SC_CLK_TCK")
-MESSAGE = (
-    "Hi, I'm having trouble with my order. It was supposed to arrive yesterday but the "
-    "tracking page shows it's still in the warehouse. Can you tell me what's going on?"
-)
 
 
 def sample_records(count: int) -> list[Record]:
     """Completions and feedback on 512 response ids, serialised as the pipeline sends them."""
-    records = []
-    for i in range(count):
-        key = f"lg1.r{i % 512}.m"
-        event: CompletionEvent | FeedbackEvent
-        if i % 2:
-            event = FeedbackEvent.create(
-                FeedbackBody(response_id=key, app="app-1", kind="thumbs_down", comment="long"),
-                gateway="bench",
-                now=time.time(),
-            )
-        else:
-            body = CompletionBody(
-                response_id=key,
-                flag="support-bot",
-                flag_version=3,
-                variant="canary",
-                app="app-1",
-                unit_hash="0" * 32,
-                model_requested="support-bot",
-                model_served="policy-b",
-                request=RequestContent(messages=[{"role": "user", "content": MESSAGE}]),
-                response=ResponseContent(text=MESSAGE),
-                latency_ms=120.0,
-                ttft_ms=40.0,
-            )
-            event = CompletionEvent.create(body, gateway="bench", now=time.time())
-        records.append(Record(event.topic, event.key, to_json(event)))
-    return records
+    events = [sample_feedback(i) if i % 2 else sample_completion(i, MESSAGE) for i in range(count)]
+    return [Record(event.topic, event.key, to_json(event)) for event in events]
 
 
 def child_cpu_s(pid: int | None) -> float:
-    """User + system CPU of a live process (read while it runs: it is not waited for yet)."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    """User + system CPU of a live child (read while it runs: it is not waited for yet)."""
+    return cpu_seconds(pid) if pid is not None else 0.0
 
 
 def child_rss_mib(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_kib(pid) / 1024 if pid is not None else 0.0
 
 
 @dataclass

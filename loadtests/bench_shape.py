@@ -58,6 +58,9 @@ from rich.console import Console
 from rich.table import Table
 
 from feedback.schema import COMPLETIONS_TOPIC, FEEDBACK_TOPIC
+
+# An argument of a Kafka producer child (`python -P -m feedback.sinks.kafka_process`).
+from feedback.sinks.kafka_process import MODULE as PRODUCER_MODULE
 from loadtests.bench_gateway import (
     CLK_TCK,
     PY,
@@ -93,8 +96,6 @@ def tree_pids(root: int) -> list[int]:
     return out
 
 
-# An argument of a Kafka producer child (`python -m feedback.sinks.kafka_process`).
-PRODUCER_MODULE = "feedback.sinks.kafka_process"
 ROLES = ("serving", "producer")
 
 

@@ -31,7 +31,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -177,22 +177,29 @@ class KafkaProcessSink:
         proc = self._proc or await self._start()
         bound = reply_bound(self.config)
         request = encode_batch(records)
-        try:
+        async with self._or_discard(proc, f"did not answer within {bound:.0f}s", "failed"):
             async with asyncio.timeout(bound):
                 body = await _request(proc, request)
             return decode_reply(body, records)
+
+    @contextlib.asynccontextmanager
+    async def _or_discard(
+        self, proc: asyncio.subprocess.Process, late: str, failed: str
+    ) -> AsyncIterator[None]:
+        """Any failure of an exchange with `proc` kills and reaps it and is SinkUnavailable;
+        a SinkUnavailable from a healthy child (Kafka's answer) passes as it is."""
+        try:
+            yield
         except SinkUnavailable:
-            raise  # Kafka's answer, from a healthy child
+            raise
         except TimeoutError:
             await self._discard(proc)
-            raise SinkUnavailable(
-                f"the Kafka producer process did not answer within {bound:.0f}s; killed it"
-            ) from None
+            raise SinkUnavailable(f"the Kafka producer process {late}; killed it") from None
         except Exception as exc:
             # Died (EOF, a broken pipe; uvloop: RuntimeError on its closed pipe), or answered
             # what it never writes: whatever it was, a fresh child takes the next batch.
             await self._discard(proc)
-            raise SinkUnavailable(f"the Kafka producer process failed: {exc!r}") from None
+            raise SinkUnavailable(f"the Kafka producer process {failed}: {exc!r}") from None
         except BaseException:
             # Cancelled mid-exchange: its reply would answer the next batch. Kill it now (no
             # await while cancelled); aclose waits for it.
@@ -213,16 +220,11 @@ class KafkaProcessSink:
         except OSError as exc:  # no interpreter, no file descriptors or memory left
             raise SinkUnavailable(f"cannot start the Kafka producer process: {exc!r}") from None
         self._proc = proc
-        try:
+        late = f"did not start within {_START_TIMEOUT_S:.0f}s"
+        async with self._or_discard(proc, late, "did not start"):
             async with asyncio.timeout(_START_TIMEOUT_S):
                 body = await _request(proc, self._setup())
             _check_greeting(body, proc.pid)
-        except Exception as exc:
-            await self._discard(proc)
-            raise SinkUnavailable(f"the Kafka producer process did not start: {exc!r}") from None
-        except BaseException:
-            self._abandon(proc)
-            raise
         log.debug("events: Kafka producer process %d started", proc.pid)
         return proc
 

@@ -21,8 +21,7 @@ from feedback.privacy.keys import KeyCache
 from feedback.schema import AUDIT_TOPIC, COMPLETIONS_TOPIC, FEEDBACK_TOPIC
 from feedback.sinks.spool import SEGMENT_SUFFIX
 from gateway.ids import ResponseIdSigner
-from tests.integration.test_routing import metric, poll
-from tests.support.gateway import GatewayServer, pool
+from tests.support.gateway import GatewayServer, metric, poll, pool
 from tests.support.kafka import TansuBroker, consume_all
 from tests.support.sim import SimFactory
 

@@ -27,9 +27,10 @@ from feedback.privacy import KeyReader, open_event
 from feedback.privacy.file_store import FileKeyStore
 from feedback.privacy.keys import KeyCache
 from feedback.schema import AUDIT_TOPIC, COMPLETIONS_TOPIC, FEEDBACK_TOPIC, SCHEMA_DIR
+from feedback.sinks.kafka_process import MODULE as PRODUCER_MODULE
 from feedback.sinks.kafka_reader import end_offsets
-from tests.support.gateway import GatewayServer, pool
-from tests.support.kafka import TansuBroker
+from tests.support.gateway import GatewayServer, metric, poll, pool
+from tests.support.kafka import TansuBroker, started_broker
 from tests.support.ports import wait_until
 from tests.support.sim import SimServer, start_sim
 
@@ -151,15 +152,8 @@ def _keys(gateway: GatewayServer) -> KeyReader:
 # -- one gateway, one broker, two policy versions for the content tests -------------------
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[TansuBroker]:
-    """One in-memory tansu broker for the module's content tests."""
-    server = TansuBroker()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+# One in-memory tansu broker for the module's content tests.
+broker = pytest.fixture(started_broker, scope="module", name="broker")
 
 
 @pytest.fixture(scope="module")
@@ -310,15 +304,6 @@ def test_flag_change_through_the_admin_api_writes_an_audit_event(
 # -- the broker killed under load -----------------------------------------------------------
 
 
-def _metric(gw: GatewayServer, name: str) -> float:
-    status, text = gw.get("/metrics")
-    assert status == 200
-    for line in text.decode().splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not exported")
-
-
 def test_broker_killed_under_load_every_event_once_in_order(
     gateway_factory: Callable[..., GatewayServer],
     sims: dict[str, SimServer],
@@ -392,15 +377,15 @@ def test_broker_killed_under_load_every_event_once_in_order(
     assert progress[0] < progress[1] < answers, progress  # load ran across the outage
     wait_until(
         lambda: (
-            _metric(gw, "loopgate_spool_pending_bytes") == 0
-            and _metric(gw, "loopgate_events_queue_depth") == 0
-            and _metric(gw, "loopgate_events_spooled_total") > 0
+            metric(gw, "loopgate_spool_pending_bytes") == 0
+            and metric(gw, "loopgate_events_queue_depth") == 0
+            and metric(gw, "loopgate_events_spooled_total") > 0
         ),
         60,
         "spool replayed",
         interval=0.5,
     )
-    assert _metric(gw, "loopgate_events_dropped_total") == 0
+    assert metric(gw, "loopgate_events_dropped_total") == 0
     after = read_all(broker.bootstrap, topics)
 
     first_seen: dict[str, tuple[int, int, int, dict[str, Any]]] = {}
@@ -483,4 +468,55 @@ def test_an_oversized_event_is_cut_to_fit_and_records_carry_headers(
     assert _series(gateway, "loopgate_events_truncated_total", topic) == 1
     reason = f'reason="too_large",topic="{COMPLETIONS_TOPIC}"'
     assert _series(gateway, "loopgate_events_dead_lettered_total", reason) == 0
-    assert _metric(gateway, "loopgate_events_dropped_total") == 0
+    assert metric(gateway, "loopgate_events_dropped_total") == 0
+
+
+def _producer_children(gw: GatewayServer) -> list[int]:
+    """The Kafka producer children of a gateway process (python -P -m <MODULE>)."""
+    children = Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()
+    return [
+        int(pid)
+        for pid in children
+        if PRODUCER_MODULE in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    ]
+
+
+def test_a_killed_producer_child_is_replaced_counted_and_loses_nothing(
+    gateway_factory: Callable[..., GatewayServer],
+    sims: dict[str, SimServer],
+    broker: TansuBroker,
+    tmp_path: Path,
+) -> None:
+    """What an SRE sees when the producer child dies: the next one takes over, nothing is
+    lost, and loopgate_events_producer_restarts_total says it happened."""
+    gw = gateway_factory(gateway_config(sims, tmp_path, broker))
+    client = gw.client()
+
+    def chat(count: int) -> list[str]:
+        return [
+            client.chat.completions.create(
+                model=FLAG, messages=MESSAGES, user=f"u{n}", max_tokens=4
+            ).id
+            for n in range(count)
+        ]
+
+    poll(lambda: len(_producer_children(gw)) == 1, 30, "the producer child")
+    first = _producer_children(gw)[0]
+    ids = chat(5)
+    poll(lambda: metric(gw, "loopgate_events_sent_total") >= 5, 30, "the first events sent")
+    assert metric(gw, "loopgate_events_producer_restarts_total") == 0
+    os.kill(first, signal.SIGKILL)
+    ids += chat(5)
+    poll(lambda: metric(gw, "loopgate_events_producer_restarts_total") == 1, 60, "a restart")
+    poll(
+        lambda: (
+            metric(gw, "loopgate_events_sent_total") + metric(gw, "loopgate_events_replayed_total")
+            >= 10
+        ),
+        60,
+        "every event sent or replayed",
+    )
+    assert _producer_children(gw) not in ([], [first])
+    assert metric(gw, "loopgate_events_dropped_total") == 0
+    in_topic = {r.key.decode() for r in read_all(broker.bootstrap, [COMPLETIONS_TOPIC])}
+    assert set(ids) <= in_topic

@@ -20,22 +20,13 @@ import httpx
 from gateway.auth import hash_secret
 from gateway.ids import Claims, ResponseIdSigner
 from tests.support.events import spooled_events
-from tests.support.gateway import GatewayServer, pool
+from tests.support.gateway import GatewayServer, metric, poll, pool
 from tests.support.sim import SimServer
 
 KEY = "lgk-backlog-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 IDS_KEY = "b" * 40
 SPOOL_BUFFER = 40
-
-
-def _metric(gw: GatewayServer, name: str) -> float:
-    status, text = gw.get("/metrics")
-    assert status == 200
-    for line in text.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not exported")
 
 
 def test_a_backlogged_pipeline_refuses_feedback_and_loses_none(
@@ -93,10 +84,8 @@ def test_a_backlogged_pipeline_refuses_feedback_and_loses_none(
     assert again.headers["retry-after"] == "1"
     assert again.json()["error"]["code"] == "events_backlogged"
 
-    deadline = time.monotonic() + 20
-    while _metric(gw, "loopgate_events_spooled_total") < taken and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _metric(gw, "loopgate_events_dropped_total") == 0
+    poll(lambda: metric(gw, "loopgate_events_spooled_total") >= taken, 20, "the taken spooled")
+    assert metric(gw, "loopgate_events_dropped_total") == 0
     later = httpx.post(  # drained: taken again
         gw.base_url + "/v1/feedback",
         json={"response_id": rid, "kind": "thumbs_down"},

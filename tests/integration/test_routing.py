@@ -22,7 +22,7 @@ import yaml
 
 from router.bucketing import split
 from router.model import parse_flag
-from tests.support.gateway import GatewayServer, pool
+from tests.support.gateway import GatewayServer, metric, poll, pool
 from tests.support.sim import SimServer, start_sim
 
 TOKEN = "routing-admin-token"
@@ -146,26 +146,6 @@ def received_by(sim: SimServer, units: set[str]) -> dict[str, int]:
         if unit in units:
             counts[unit] = counts.get(unit, 0) + 1
     return counts
-
-
-def metric(gateway: GatewayServer, name: str) -> float:
-    """One unlabelled sample from the gateway's /metrics."""
-    status, body = gateway.get("/metrics")
-    assert status == 200
-    for line in body.decode().splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rpartition(" ")[2])
-    raise KeyError(name)
-
-
-def poll(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
-    """Seconds until `check` holds; fails the test after `timeout`."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"{what} not seen within {timeout} s")
-        time.sleep(interval)
-    return time.monotonic() - started
 
 
 # -- fixtures ---------------------------------------------------------------------------

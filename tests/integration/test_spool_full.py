@@ -13,21 +13,12 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.gateway import GatewayServer, pool
+from tests.support.gateway import GatewayServer, metric, pool
 from tests.support.sim import SimServer
 
 MAX_BYTES = 8192
 SEGMENT_BYTES = 4096
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8}
-
-
-def _metric(gw: GatewayServer, name: str) -> float:
-    status, text = gw.get("/metrics")
-    assert status == 200
-    for line in text.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not exported")
 
 
 def test_full_spool_keeps_the_gateway_answering_and_says_so(
@@ -58,16 +49,16 @@ def test_full_spool_keeps_the_gateway_answering_and_says_so(
             assert feedback.status_code == 200, feedback.text
 
     def dropped() -> float:
-        return _metric(gw, "loopgate_events_dropped_total")
+        return metric(gw, "loopgate_events_dropped_total")
 
     deadline = time.monotonic() + 30
-    while dropped() + _metric(gw, "loopgate_events_spooled_total") < 80:
+    while dropped() + metric(gw, "loopgate_events_spooled_total") < 80:
         assert time.monotonic() < deadline, "events neither spooled nor dropped"
         time.sleep(0.2)
     elapsed = time.monotonic() - started
     assert dropped() > 40  # most of the 80 events did not fit
-    assert _metric(gw, "loopgate_spool_max_bytes") == MAX_BYTES
-    spool_bytes = _metric(gw, "loopgate_spool_bytes")
+    assert metric(gw, "loopgate_spool_max_bytes") == MAX_BYTES
+    spool_bytes = metric(gw, "loopgate_spool_bytes")
     assert MAX_BYTES - 1200 < spool_bytes <= MAX_BYTES  # filled up to the bound, not past it
     on_disk = sum(p.stat().st_size for p in (tmp_path / "spool" / "full").glob("*.jsonl"))
     assert on_disk == spool_bytes

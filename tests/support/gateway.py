@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -110,3 +111,23 @@ def module_gateway_factory(
     """Like gateway_factory, for gateways shared by the tests of one module."""
     with _gateways(tmp_path_factory.mktemp("gateway")) as factory:
         yield factory
+
+
+def metric(gateway: GatewayServer, name: str) -> float:
+    """One unlabelled sample from the gateway's /metrics."""
+    status, body = gateway.get("/metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rpartition(" ")[2])
+    raise KeyError(name)
+
+
+def poll(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
+    """Seconds until `check` holds; fails the test after `timeout`."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"{what} not seen within {timeout} s")
+        time.sleep(interval)
+    return time.monotonic() - started

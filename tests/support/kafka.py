@@ -132,15 +132,23 @@ def consume_all(
     return records
 
 
-@pytest.fixture
-def kafka_broker() -> Iterator[TansuBroker]:
-    """A fresh in-memory tansu broker for one test; killed (by pid) at the end."""
+def started_broker() -> Iterator[TansuBroker]:
+    """A fresh in-memory tansu broker, killed (by pid) when the caller is done with it.
+
+    A module whose tests share one broker (each with its own response ids) makes it its
+    fixture: `broker = pytest.fixture(started_broker, scope="module", name="broker")`."""
     broker = TansuBroker()
     broker.start()
     try:
         yield broker
     finally:
         broker.kill()
+
+
+@pytest.fixture
+def kafka_broker() -> Iterator[TansuBroker]:
+    """A fresh in-memory tansu broker for one test; killed (by pid) at the end."""
+    yield from started_broker()
 
 
 @pytest.fixture

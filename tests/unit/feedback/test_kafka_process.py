@@ -17,7 +17,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,24 +41,17 @@ from feedback.sinks.kafka_process import (
     reply_bound,
 )
 from tests.integration.test_events_kafka import read_all
-from tests.support.kafka import TansuBroker
+from tests.support.kafka import TansuBroker, started_broker
 from tests.unit.feedback.events import completion, feedback
 from tests.unit.feedback.test_pipeline import until
-from tests.unit.feedback.test_pipeline_kafka import TOPICS
+from tests.unit.feedback.test_pipeline_kafka import TOPICS, settled
 from tests.unit.feedback.test_poison_kafka import huge, small
 
 T = TypeVar("T")
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[TansuBroker]:
-    """One in-memory tansu broker for the module's tests that need no broker of their own."""
-    server = TansuBroker()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+# One in-memory tansu broker for the module's tests that need no broker of their own.
+broker = pytest.fixture(started_broker, scope="module", name="broker")
 
 
 def kafka(broker: TansuBroker, **changes: Any) -> KafkaConfig:
@@ -246,15 +239,8 @@ def test_a_child_killed_mid_load_loses_nothing_and_a_fresh_one_takes_over(
     async def main() -> EventPipeline:
         async with open_pipeline(config, "gw", primary=sink) as pipeline:
             await asyncio.gather(load(pipeline), kill_children(pipeline))
+            await settled(pipeline, len(events))
             stats = pipeline.stats
-            await until(
-                lambda: (
-                    stats.sent + stats.spooled >= len(events)
-                    and pipeline.mode == "direct"
-                    and not pipeline.snapshot().spool_pending_bytes
-                ),
-                within=60,
-            )
             # A fresh child serves what comes after the last kill.
             late = [feedback(f"lg1.late{i}.m") for i in range(20)]
             for event in late:

@@ -61,6 +61,19 @@ class AckLog:
         await self.inner.aclose()
 
 
+async def settled(pipeline: EventPipeline, count: int) -> None:
+    """Until `count` events were sent or spooled, the spool replayed, and Kafka direct again."""
+    stats = pipeline.stats
+    await until(
+        lambda: (
+            stats.sent + stats.spooled >= count
+            and pipeline.mode == "direct"
+            and not pipeline.snapshot().spool_pending_bytes
+        ),
+        within=60,
+    )
+
+
 def first_occurrences(records: list[Any]) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Consumed events deduped by event_id, and duplicates seen."""
     seen: dict[str, dict[str, Any]] = {}
@@ -151,15 +164,7 @@ def test_broker_killed_mid_load_loses_nothing(
     async def main() -> EventPipeline:
         async with open_pipeline(cfg, "gw", primary=acks) as pipeline:
             await asyncio.gather(load(pipeline), faults())
-            stats = pipeline.stats
-            await until(
-                lambda: (
-                    stats.sent + stats.spooled >= len(events)
-                    and pipeline.mode == "direct"
-                    and not pipeline.snapshot().spool_pending_bytes
-                ),
-                within=60,
-            )
+            await settled(pipeline, len(events))
         return pipeline
 
     pipeline = asyncio.run(main())

@@ -14,7 +14,7 @@ import asyncio
 import os
 import re
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from feedback.sinks.kafka import KafkaSink, load_kafka_client
 from feedback.sinks.kafka_process import KafkaProcessSink
 from feedback.sinks.spool import DEAD_LETTER, Spool
 from tests.integration.test_events_kafka import read_all
-from tests.support.kafka import TansuBroker
+from tests.support.kafka import TansuBroker, started_broker
 from tests.unit.feedback.events import completion, feedback
 from tests.unit.feedback.test_pipeline import until
 
@@ -53,15 +53,8 @@ SCHEMA = orjson.loads((SCHEMA_DIR / "completion.json").read_bytes())
 MIB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[TansuBroker]:
-    """One in-memory tansu broker for the module; tests use their own response ids."""
-    server = TansuBroker()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+# One in-memory tansu broker for the module; tests use their own response ids.
+broker = pytest.fixture(started_broker, scope="module", name="broker")
 
 
 def kafka(broker: TansuBroker, **changes: Any) -> KafkaConfig:
